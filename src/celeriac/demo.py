@@ -1,0 +1,62 @@
+"""The built-in demo app: example tasks to try celeriac before bringing your own.
+
+Run anything against it with ``--app celeriac.demo:app`` (the default).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+from celery import Task
+
+from celeriac.app import create_app
+
+app = create_app("celeriac.demo")
+
+MAX_SLEEP_SECONDS = 3600.0
+
+
+@app.task(name="celeriac.demo.sleep")
+def sleep(seconds: float = 1.0) -> float:
+    """Wait ``seconds`` (a stand-in for a long-running job); returns the time slept."""
+    seconds = min(max(float(seconds), 0.0), MAX_SLEEP_SECONDS)
+    time.sleep(seconds)
+    return seconds
+
+
+@app.task(name="celeriac.demo.add")
+def add(x: float, y: float) -> float:
+    """Add two numbers: the smallest task there is."""
+    return x + y
+
+
+@app.task(name="celeriac.demo.cpu")
+def cpu(rounds: int = 200_000) -> str:
+    """CPU-bound: ``rounds`` chained SHA-256 hashes; returns the last digest."""
+    digest = b"celeriac"
+    for _ in range(max(int(rounds), 0)):
+        digest = hashlib.sha256(digest).digest()
+    return digest.hex()
+
+
+@app.task(name="celeriac.demo.io")
+def io(calls: int = 10, latency_seconds: float = 0.05) -> int:
+    """I/O-bound: ``calls`` waits of ``latency_seconds`` each, like sequential HTTP calls."""
+    calls = max(int(calls), 0)
+    for _ in range(calls):
+        time.sleep(min(max(float(latency_seconds), 0.0), 60.0))
+    return calls
+
+
+@app.task(name="celeriac.demo.flaky", bind=True, max_retries=3, default_retry_delay=1)
+def flaky(self: Task[Any, Any], fail_times: int = 2) -> int:
+    """Fails ``fail_times`` times, retrying each time, then succeeds; returns the attempt count.
+
+    With ``fail_times`` above ``max_retries`` (3) it ends FAILURE, showing a final error.
+    """
+    attempt = self.request.retries
+    if attempt < int(fail_times):
+        raise self.retry(exc=RuntimeError(f"attempt {attempt + 1} failed on purpose"))
+    return attempt + 1

@@ -1,0 +1,120 @@
+"""Typed reads of ``CELERIAC_*`` environment variables.
+
+Every error names the variable, the bad value and what would be accepted, so a
+misconfigured pod fails at start with one line instead of a traceback later.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+PREFIX = "CELERIAC_"
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class ConfigError(ValueError):
+    """A setting has a value celeriac cannot use; the message says which and why."""
+
+
+class Env:
+    """Reads settings from one environment mapping (``os.environ`` by default)."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._environ: Mapping[str, str] = os.environ if environ is None else environ
+
+    def raw(self, name: str) -> str | None:
+        value = self._environ.get(PREFIX + name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def string(self, name: str, default: str) -> str:
+        value = self.raw(name)
+        return default if value is None else value
+
+    def optional_string(self, name: str) -> str | None:
+        return self.raw(name)
+
+    def integer(self, name: str, default: int, *, minimum: int | None = None) -> int:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigError(f"{PREFIX}{name}={value!r} is not a whole number") from None
+        _check_minimum(name, value, number, minimum)
+        return number
+
+    def optional_integer(self, name: str, *, minimum: int | None = None) -> int | None:
+        if self.raw(name) is None:
+            return None
+        return self.integer(name, 0, minimum=minimum)
+
+    def number(self, name: str, default: float, *, minimum: float | None = None) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{PREFIX}{name}={value!r} is not a number") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ConfigError(f"{PREFIX}{name}={value!r} is not a finite number")
+        _check_minimum(name, value, number, minimum)
+        return number
+
+    def optional_number(self, name: str, *, minimum: float | None = None) -> float | None:
+        if self.raw(name) is None:
+            return None
+        return self.number(name, 0.0, minimum=minimum)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        lowered = value.lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ConfigError(f"{PREFIX}{name}={value!r} is not a boolean; use true or false")
+
+    def names(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.raw(name)
+        if value is None:
+            return default
+        items = tuple(item.strip() for item in value.split(",") if item.strip())
+        if not items:
+            raise ConfigError(f"{PREFIX}{name}={value!r} names no items; give a comma list")
+        return items
+
+    def secret(self, name: str) -> str | None:
+        """A secret from ``CELERIAC_<name>`` or the file named by ``CELERIAC_<name>_FILE``.
+
+        The file form is how Kubernetes mounts a Secret; its value is never echoed in errors.
+        """
+        direct = self.raw(name)
+        path = self.raw(name + "_FILE")
+        if direct is not None and path is not None:
+            raise ConfigError(f"set only one of {PREFIX}{name} and {PREFIX}{name}_FILE")
+        if path is None:
+            return direct
+        try:
+            content = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"{PREFIX}{name}_FILE={path!r} cannot be read: {exc.strerror}"
+            ) from None
+        if not content:
+            raise ConfigError(f"{PREFIX}{name}_FILE={path!r} is empty")
+        return content
+
+
+def _check_minimum(name: str, value: str, number: float, minimum: float | None) -> None:
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"{PREFIX}{name}={value!r} must be at least {minimum}")

@@ -1,0 +1,136 @@
+"""Settings every component shares: broker, results, queues, the Celery app to load.
+
+Read once from the environment into an immutable object and passed down.
+Component-specific settings live beside their component (``celeriac.worker.settings`` ...).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from celeriac.env import ConfigError, Env
+
+DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+DEFAULT_APP = "celeriac.demo:app"
+DEFAULT_QUEUE = "default"
+# Must exceed the longest task, the longest countdown/ETA and the shutdown grace period:
+# kombu redelivers any message left unacknowledged for longer than this.
+DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 3600
+DEFAULT_RESULT_EXPIRES_SECONDS = 86400
+# kombu's Redis transport keeps one list per step; 0 is the highest priority.
+DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
+DEFAULT_REDIS_SOCKET_TIMEOUT_SECONDS = 5.0
+
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Shared settings. ``redis_password`` is kept out of ``repr`` so it never reaches a log."""
+
+    broker_url: str = DEFAULT_BROKER_URL
+    result_backend_url: str | None = None
+    redis_password: str | None = field(default=None, repr=False)
+    app: str = DEFAULT_APP
+    default_queue: str = DEFAULT_QUEUE
+    queues: tuple[str, ...] = (DEFAULT_QUEUE,)
+    priority_steps: tuple[int, ...] = DEFAULT_PRIORITY_STEPS
+    visibility_timeout_seconds: int = DEFAULT_VISIBILITY_TIMEOUT_SECONDS
+    result_expires_seconds: int = DEFAULT_RESULT_EXPIRES_SECONDS
+    redis_socket_timeout_seconds: float = DEFAULT_REDIS_SOCKET_TIMEOUT_SECONDS
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = Env(environ)
+        default_queue = env.string("DEFAULT_QUEUE", DEFAULT_QUEUE)
+        queues = env.names("QUEUES", (default_queue,))
+        for name in (default_queue, *queues):
+            if not _QUEUE_NAME.match(name):
+                raise ConfigError(
+                    f"queue name {name!r} is invalid; use letters, digits, '_', '.', ':' or '-'"
+                )
+        if default_queue not in queues:
+            queues = (default_queue, *queues)
+        return cls(
+            broker_url=_redis_url("BROKER_URL", env.string("BROKER_URL", DEFAULT_BROKER_URL)),
+            result_backend_url=_optional_redis_url("RESULT_BACKEND_URL", env),
+            redis_password=env.secret("REDIS_PASSWORD"),
+            app=env.string("APP", DEFAULT_APP),
+            default_queue=default_queue,
+            queues=queues,
+            priority_steps=_priority_steps(env),
+            visibility_timeout_seconds=env.integer(
+                "VISIBILITY_TIMEOUT_SECONDS", DEFAULT_VISIBILITY_TIMEOUT_SECONDS, minimum=1
+            ),
+            result_expires_seconds=env.integer(
+                "RESULT_EXPIRES_SECONDS", DEFAULT_RESULT_EXPIRES_SECONDS, minimum=1
+            ),
+            redis_socket_timeout_seconds=env.number(
+                "REDIS_SOCKET_TIMEOUT_SECONDS", DEFAULT_REDIS_SOCKET_TIMEOUT_SECONDS, minimum=0.1
+            ),
+        )
+
+    @property
+    def broker_connection_url(self) -> str:
+        """The broker URL with the password filled in; for connecting only, never for logs."""
+        return with_password(self.broker_url, self.redis_password)
+
+    @property
+    def result_backend_connection_url(self) -> str:
+        return with_password(self.result_backend_url or self.broker_url, self.redis_password)
+
+
+def _redis_url(name: str, value: str) -> str:
+    scheme = urlsplit(value).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"CELERIAC_{name}={redact_url(value)!r} is not a Redis URL; "
+            "use redis://host:port/db or rediss:// for TLS"
+        )
+    return value
+
+
+def _optional_redis_url(name: str, env: Env) -> str | None:
+    value = env.optional_string(name)
+    return None if value is None else _redis_url(name, value)
+
+
+def _priority_steps(env: Env) -> tuple[int, ...]:
+    raw = env.names("PRIORITY_STEPS", tuple(str(step) for step in DEFAULT_PRIORITY_STEPS))
+    try:
+        steps = tuple(int(step) for step in raw)
+    except ValueError:
+        raise ConfigError(
+            f"CELERIAC_PRIORITY_STEPS={','.join(raw)!r} must be whole numbers, e.g. 0,3,6,9"
+        ) from None
+    if steps[0] != 0 or list(steps) != sorted(set(steps)) or steps[-1] > 255:
+        raise ConfigError(
+            f"CELERIAC_PRIORITY_STEPS={','.join(raw)!r} must start at 0 and rise, at most 255"
+        )
+    return steps
+
+
+def with_password(url: str, password: str | None) -> str:
+    """Put ``password`` into a Redis URL unless the URL already carries one."""
+    if not password:
+        return url
+    parts = urlsplit(url)
+    if parts.password or parts.scheme == "unix":
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[-1]
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, safe to log."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

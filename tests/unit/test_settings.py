@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from celeriac.app import celery_config, load_app
+from celeriac.env import ConfigError
+from celeriac.settings import Settings, redact_url
+
+
+def test_defaults_are_production_safe() -> None:
+    config = celery_config(Settings.from_env({}))
+    assert config["accept_content"] == ["json"]
+    assert config["task_serializer"] == "json"
+    assert config["task_acks_late"] is True
+    assert config["task_reject_on_worker_lost"] is True
+    assert config["worker_prefetch_multiplier"] == 1
+    assert config["broker_connection_retry_on_startup"] is True
+    assert config["broker_transport_options"]["visibility_timeout"] == 3600
+    assert config["broker_transport_options"]["priority_steps"] == [0, 3, 6, 9]
+    assert [q.name for q in config["task_queues"]] == ["default"]
+
+
+def test_password_from_file_reaches_connection_url_but_not_repr(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("s3cr:t/\n")
+    settings = Settings.from_env(
+        {
+            "CELERIAC_BROKER_URL": "redis://redis:6379/0",
+            "CELERIAC_REDIS_PASSWORD_FILE": str(secret),
+        }
+    )
+    assert settings.broker_connection_url == "redis://:s3cr%3At%2F@redis:6379/0"
+    assert "s3cr" not in repr(settings)
+    assert "s3cr" not in redact_url(settings.broker_connection_url)
+
+
+@pytest.mark.parametrize(
+    ("environ", "fragment"),
+    [
+        ({"CELERIAC_VISIBILITY_TIMEOUT_SECONDS": "soon"}, "CELERIAC_VISIBILITY_TIMEOUT_SECONDS"),
+        ({"CELERIAC_VISIBILITY_TIMEOUT_SECONDS": "0"}, "at least 1"),
+        ({"CELERIAC_BROKER_URL": "amqp://x"}, "not a Redis URL"),
+        ({"CELERIAC_PRIORITY_STEPS": "3,0"}, "CELERIAC_PRIORITY_STEPS"),
+        ({"CELERIAC_QUEUES": "ok,bad queue"}, "'bad queue'"),
+        ({"CELERIAC_REDIS_PASSWORD_FILE": "/nonexistent/pw"}, "cannot be read"),
+        ({"CELERIAC_REDIS_PASSWORD": "a", "CELERIAC_REDIS_PASSWORD_FILE": "/x"}, "only one"),
+    ],
+)
+def test_bad_settings_name_the_variable(environ: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
+        Settings.from_env(environ)
+
+
+def test_queues_always_include_default() -> None:
+    settings = Settings.from_env({"CELERIAC_QUEUES": "cpu,io"})
+    assert settings.queues == ("default", "cpu", "io")
+
+
+@pytest.mark.parametrize(
+    ("path", "fragment"),
+    [
+        ("no-colon", "must look like"),
+        ("celeriac.nonexistent_module:app", "cannot import"),
+        ("celeriac.demo:sleep", "is not a Celery app"),
+    ],
+)
+def test_load_app_errors_name_the_path(path: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_app(path, Settings.from_env({}))
