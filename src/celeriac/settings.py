@@ -35,7 +35,9 @@ class Settings:
     result_backend_url: str | None = None
     redis_password: str | None = field(default=None, repr=False)
     app: str = DEFAULT_APP
+    # Where tasks go when the caller names no queue.
     default_queue: str = DEFAULT_QUEUE
+    # The queues this process works with: a worker consumes exactly these; the API accepts them.
     queues: tuple[str, ...] = (DEFAULT_QUEUE,)
     priority_steps: tuple[int, ...] = DEFAULT_PRIORITY_STEPS
     visibility_timeout_seconds: int = DEFAULT_VISIBILITY_TIMEOUT_SECONDS
@@ -52,8 +54,6 @@ class Settings:
                 raise ConfigError(
                     f"queue name {name!r} is invalid; use letters, digits, '_', '.', ':' or '-'"
                 )
-        if default_queue not in queues:
-            queues = (default_queue, *queues)
         return cls(
             broker_url=_redis_url("BROKER_URL", env.string("BROKER_URL", DEFAULT_BROKER_URL)),
             result_backend_url=_optional_redis_url("RESULT_BACKEND_URL", env),

@@ -53,9 +53,11 @@ def test_bad_settings_name_the_variable(environ: dict[str, str], fragment: str) 
         Settings.from_env(environ)
 
 
-def test_queues_always_include_default() -> None:
+def test_queues_are_exactly_those_configured() -> None:
+    # A worker group consumes only its own queues, never the default one by accident.
     settings = Settings.from_env({"CELERIAC_QUEUES": "cpu,io"})
-    assert settings.queues == ("default", "cpu", "io")
+    assert settings.queues == ("cpu", "io")
+    assert settings.default_queue == "default"
 
 
 @pytest.mark.parametrize(
