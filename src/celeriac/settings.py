@@ -23,6 +23,8 @@ DEFAULT_RESULT_EXPIRES_SECONDS = 86400
 # kombu's Redis transport keeps one list per step; 0 is the highest priority.
 DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
 DEFAULT_REDIS_SOCKET_TIMEOUT_SECONDS = 5.0
+DEFAULT_LOG_LEVEL = "INFO"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
 
@@ -43,6 +45,7 @@ class Settings:
     visibility_timeout_seconds: int = DEFAULT_VISIBILITY_TIMEOUT_SECONDS
     result_expires_seconds: int = DEFAULT_RESULT_EXPIRES_SECONDS
     redis_socket_timeout_seconds: float = DEFAULT_REDIS_SOCKET_TIMEOUT_SECONDS
+    log_level: str = DEFAULT_LOG_LEVEL
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -71,6 +74,7 @@ class Settings:
             redis_socket_timeout_seconds=env.number(
                 "REDIS_SOCKET_TIMEOUT_SECONDS", DEFAULT_REDIS_SOCKET_TIMEOUT_SECONDS, minimum=0.1
             ),
+            log_level=_log_level(env),
         )
 
     @property
@@ -96,6 +100,13 @@ def _redis_url(name: str, value: str) -> str:
 def _optional_redis_url(name: str, env: Env) -> str | None:
     value = env.optional_string(name)
     return None if value is None else _redis_url(name, value)
+
+
+def _log_level(env: Env) -> str:
+    level = env.string("LOG_LEVEL", DEFAULT_LOG_LEVEL).upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"CELERIAC_LOG_LEVEL={level!r} is not one of {', '.join(LOG_LEVELS)}")
+    return level
 
 
 def _priority_steps(env: Env) -> tuple[int, ...]:
