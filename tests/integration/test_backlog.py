@@ -1,0 +1,156 @@
+"""Backlog counting against known Redis contents: real Celery publishing, real kombu delivery."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+from celery import Celery
+
+from celeriac.app import create_app
+from celeriac.backlog import QueueBacklog, read_backlog
+from celeriac.keys import UNACKED_KEY
+from celeriac.settings import Settings
+from tests.support import RedisServer
+
+pytestmark = pytest.mark.integration
+
+STEPS = (0, 3, 6, 9)
+
+
+@pytest.fixture
+def celery_app(redis_url: str) -> Iterator[Celery]:
+    settings = Settings(broker_url=redis_url, queues=("default", "cpu", "idle"))
+    app = create_app("test-backlog", settings)
+    yield app
+    app.close()
+
+
+def _unacked_value(queue: str, eta: str | None, exchange: str = "") -> str:
+    message = {
+        "body": "",
+        "headers": {"task": "t", "id": "x", "eta": eta},
+        "properties": {"delivery_info": {"exchange": exchange, "routing_key": queue}},
+    }
+    return json.dumps([message, exchange, queue])
+
+
+def test_empty_redis_counts_zero(redis_client: redis.Redis) -> None:
+    assert read_backlog(redis_client, ["default", "cpu"], STEPS) == {
+        "default": QueueBacklog(0, 0, 0),
+        "cpu": QueueBacklog(0, 0, 0),
+    }
+
+
+def test_counts_published_and_delivered_messages(
+    celery_app: Celery, redis_client: redis.Redis
+) -> None:
+    # default: 3 at priority 0 (one of them countdown), 2 at priority 5 (list step 3),
+    # 1 at priority 9; cpu: 2 at priority 7 (list step 6).
+    for _ in range(2):
+        celery_app.send_task("t.a", queue="default")
+    celery_app.send_task("t.eta", queue="default", countdown=600)
+    for _ in range(2):
+        celery_app.send_task("t.b", queue="default", priority=5)
+    celery_app.send_task("t.c", queue="default", priority=9)
+    for _ in range(2):
+        celery_app.send_task("t.d", queue="cpu", priority=7)
+
+    assert redis_client.llen("default\x06\x163") == 2  # the layout we count is kombu's
+    assert read_backlog(redis_client, ["default", "cpu", "idle"], STEPS) == {
+        "default": QueueBacklog(waiting=6, in_flight=0, scheduled=0),
+        "cpu": QueueBacklog(waiting=2, in_flight=0, scheduled=0),
+        "idle": QueueBacklog(),
+    }
+
+    with celery_app.connection_for_read() as conn:
+        channel = conn.default_channel
+        # Delivery takes the highest priority first: the two plain tasks, then the countdown one.
+        delivered = [channel.basic_get("default", no_ack=False) for _ in range(3)]
+        delivered.append(channel.basic_get("cpu", no_ack=False))
+        assert all(message is not None for message in delivered)
+        assert redis_client.hlen(UNACKED_KEY) == 4
+        counts = read_backlog(redis_client, ["default", "cpu", "idle"], STEPS)
+        assert counts == {
+            "default": QueueBacklog(waiting=3, in_flight=2, scheduled=1),
+            "cpu": QueueBacklog(waiting=1, in_flight=1, scheduled=0),
+            "idle": QueueBacklog(),
+        }
+        assert counts["default"].backlog == 5
+        assert counts["cpu"].backlog == 2
+
+        delivered[0].ack()
+        assert read_backlog(redis_client, ["default"], STEPS)["default"] == QueueBacklog(3, 1, 1)
+
+
+def test_eta_in_the_past_is_in_flight(celery_app: Celery, redis_client: redis.Redis) -> None:
+    now = datetime.now(UTC)
+    redis_client.hset(
+        UNACKED_KEY,
+        mapping={
+            "future": _unacked_value("default", (now + timedelta(seconds=60)).isoformat()),
+            "past": _unacked_value("default", (now - timedelta(seconds=60)).isoformat()),
+            # Naive ETAs are UTC (Celery with enable_utc off); this one is in the future.
+            "naive": _unacked_value(
+                "default", (now + timedelta(hours=1)).replace(tzinfo=None).isoformat()
+            ),
+            "none": _unacked_value("default", None),
+        },
+    )
+    assert read_backlog(redis_client, ["default"], STEPS, now=now) == {
+        "default": QueueBacklog(waiting=0, in_flight=2, scheduled=2)
+    }
+    # The same entries two hours later: every ETA has passed.
+    later = now + timedelta(hours=2)
+    assert read_backlog(redis_client, ["default"], STEPS, now=later)["default"].in_flight == 4
+
+
+def test_ignores_other_queues_and_garbage(redis_client: redis.Redis) -> None:
+    redis_client.hset(
+        UNACKED_KEY,
+        mapping={
+            "other": _unacked_value("elsewhere", None),
+            "garbage": "not json",
+            "short": json.dumps(["only", "two"]),
+            "bad-eta": _unacked_value("default", "tomorrow"),
+            "mine": _unacked_value("default", None),
+        },
+    )
+    redis_client.lpush("elsewhere", "m")
+    assert read_backlog(redis_client, ["default"], STEPS) == {
+        "default": QueueBacklog(waiting=0, in_flight=2, scheduled=0)
+    }
+
+
+def test_custom_priority_steps_and_duplicate_queue_names(redis_client: redis.Redis) -> None:
+    redis_client.lpush("q", "a", "b")
+    redis_client.lpush("q\x06\x165", "c")
+    redis_client.lpush("q\x06\x163", "not a step here")
+    counts = read_backlog(redis_client, ["q", "q"], (0, 5))
+    assert counts == {"q": QueueBacklog(waiting=3)}
+
+
+def test_reads_in_one_pipeline(redis_client: redis.Redis) -> None:
+    queues = [f"q{index}" for index in range(20)]
+    before = _commands_processed(redis_client)
+    read_backlog(redis_client, queues, STEPS)
+    # MULTI + 80 LLEN + HVALS + EXEC, sent as one pipeline (INFO itself counts once).
+    assert _commands_processed(redis_client) - before == 1 + 20 * len(STEPS) + 1 + 1 + 1
+
+
+def test_redis_down_raises_redis_error(own_redis: RedisServer) -> None:
+    client = redis.Redis.from_url(own_redis.url(), socket_connect_timeout=1, socket_timeout=1)
+    try:
+        own_redis.stop()
+        with pytest.raises(redis.RedisError):
+            read_backlog(client, ["default"], STEPS)
+    finally:
+        client.close()
+
+
+def _commands_processed(client: redis.Redis) -> int:
+    stats = client.info("stats")
+    return int(stats["total_commands_processed"])
