@@ -1,0 +1,149 @@
+"""The Prometheus collector: per-queue and per-group gauges from one round of Redis reads.
+
+Families are built fresh on every scrape, so a queue's numbers are never stale. When Redis
+cannot be read, only ``celeriac_redis_up 0`` and the scrape duration are reported: the backlog
+gauges are left out rather than reported as 0, because a false 0 would let KEDA scale workers
+away; an absent series makes KEDA count a scaler failure and apply its fallback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import redis
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from celeriac.backlog import QueueBacklog, read_backlog
+from celeriac.exporter.groups import WorkerGroup
+from celeriac.exporter.settings import ExporterSettings
+from celeriac.settings import redact_url
+
+log = logging.getLogger(__name__)
+
+QUEUE_WAITING = "celeriac_queue_waiting_messages"
+QUEUE_IN_FLIGHT = "celeriac_queue_in_flight_messages"
+QUEUE_SCHEDULED = "celeriac_queue_scheduled_messages"
+QUEUE_BACKLOG = "celeriac_queue_backlog_messages"
+GROUP_BACKLOG = "celeriac_group_backlog_messages"
+REDIS_UP = "celeriac_redis_up"
+SCRAPE_DURATION = "celeriac_scrape_duration_seconds"
+
+_HELP = {
+    QUEUE_WAITING: "Messages waiting in the queue's lists, summed over every priority sub-list.",
+    QUEUE_IN_FLIGHT: "Messages delivered to a worker and not yet acknowledged (reserved or "
+    "running), without ETA/countdown messages whose time has not come.",
+    QUEUE_SCHEDULED: "ETA/countdown messages a worker holds until their time; not load yet.",
+    QUEUE_BACKLOG: "Work to do now: waiting plus in-flight messages.",
+    GROUP_BACKLOG: "Backlog summed over the queues a worker group consumes; KEDA scales on it.",
+    REDIS_UP: "1 when this scrape read Redis; 0 when it could not, and backlog gauges are absent.",
+    SCRAPE_DURATION: "Seconds this scrape spent reading Redis.",
+}
+
+
+class BacklogCollector(Collector):
+    """Reads every queue's counts with one pipeline per scrape; never talks to workers."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        queues: Sequence[str],
+        groups: Sequence[WorkerGroup],
+        priority_steps: Sequence[int],
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._client = client
+        self._queues = tuple(dict.fromkeys([*queues, *(q for g in groups for q in g.queues)]))
+        self._groups = tuple(groups)
+        self._priority_steps = tuple(priority_steps)
+        self._clock = clock
+        self._failing = False
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only: registering this collector must not read Redis.
+        return _families()
+
+    def collect(self) -> Iterable[Metric]:
+        started = self._clock()
+        counts = self._read()
+        elapsed = self._clock() - started
+        queue_families = _families()
+        waiting, in_flight, scheduled, backlog, group_backlog, redis_up, duration = queue_families
+        redis_up.add_metric([], 0.0 if counts is None else 1.0)
+        duration.add_metric([], elapsed)
+        if counts is not None:
+            for queue in self._queues:
+                count = counts.get(queue, QueueBacklog())
+                waiting.add_metric([queue], count.waiting)
+                in_flight.add_metric([queue], count.in_flight)
+                scheduled.add_metric([queue], count.scheduled)
+                backlog.add_metric([queue], count.backlog)
+            for group in self._groups:
+                total = sum(counts.get(q, QueueBacklog()).backlog for q in group.queues)
+                group_backlog.add_metric([group.name], total)
+        return queue_families
+
+    def _read(self) -> dict[str, QueueBacklog] | None:
+        try:
+            counts = read_backlog(self._client, self._queues, self._priority_steps)
+        except (redis.RedisError, OSError) as exc:
+            # Log on the change only: Prometheus and KEDA scrape every few seconds.
+            if not self._failing:
+                log.warning(
+                    "cannot read Redis, backlog gauges are absent until it answers: %s", exc
+                )
+            self._failing = True
+            return None
+        if self._failing:
+            log.info("Redis answers again")
+        self._failing = False
+        return counts
+
+
+def _families() -> list[GaugeMetricFamily]:
+    return [
+        GaugeMetricFamily(QUEUE_WAITING, _HELP[QUEUE_WAITING], labels=["queue"]),
+        GaugeMetricFamily(QUEUE_IN_FLIGHT, _HELP[QUEUE_IN_FLIGHT], labels=["queue"]),
+        GaugeMetricFamily(QUEUE_SCHEDULED, _HELP[QUEUE_SCHEDULED], labels=["queue"]),
+        GaugeMetricFamily(QUEUE_BACKLOG, _HELP[QUEUE_BACKLOG], labels=["queue"]),
+        GaugeMetricFamily(GROUP_BACKLOG, _HELP[GROUP_BACKLOG], labels=["group"]),
+        GaugeMetricFamily(REDIS_UP, _HELP[REDIS_UP]),
+        GaugeMetricFamily(SCRAPE_DURATION, _HELP[SCRAPE_DURATION]),
+    ]
+
+
+def redis_client(settings: ExporterSettings) -> redis.Redis:
+    """A client that gives up fast: a scrape must answer before KEDA's timeout, Redis or not."""
+    timeout = settings.redis_timeout_seconds
+    return redis.Redis.from_url(
+        settings.common.broker_connection_url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        socket_keepalive=True,
+        # No retries: the next scrape is the retry, and a retry would double the wait.
+        retry=Retry(NoBackoff(), 0),
+        retry_on_timeout=False,
+        client_name="celeriac-exporter",
+    )
+
+
+def create_registry(settings: ExporterSettings, client: redis.Redis) -> CollectorRegistry:
+    """A registry of its own holding only the backlog collector (no global registration)."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(
+        BacklogCollector(client, settings.queues, settings.groups, settings.common.priority_steps)
+    )
+    return registry
+
+
+def describe_source(settings: ExporterSettings) -> str:
+    """One log line's worth: the Redis URL (password hidden), queues and groups."""
+    groups = ", ".join(f"{g.name}=[{','.join(g.queues)}]" for g in settings.groups)
+    return (
+        f"redis {redact_url(settings.common.broker_url)}, "
+        f"queues {','.join(settings.queues)}, groups {groups}"
+    )

@@ -1,0 +1,60 @@
+"""Exporter settings: where to listen, which groups to report, how long Redis may take."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from celeriac.env import ConfigError, Env
+from celeriac.exporter.groups import WorkerGroup, default_groups, load_groups
+from celeriac.settings import Settings
+
+DEFAULT_HOST = "0.0.0.0"
+DEFAULT_PORT = 9540
+# Well under KEDA's default 3 s metrics-api timeout: a hung Redis must not hang the scrape.
+DEFAULT_REDIS_TIMEOUT_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class ExporterSettings:
+    """What ``celeriac exporter`` needs; ``common`` holds the broker and queue settings."""
+
+    common: Settings = field(default_factory=Settings)
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    groups: tuple[WorkerGroup, ...] = ()
+    redis_timeout_seconds: float = DEFAULT_REDIS_TIMEOUT_SECONDS
+
+    def __post_init__(self) -> None:
+        if not self.groups:  # no groups given: one "default" group over the common queues
+            object.__setattr__(self, "groups", default_groups(self.common.queues))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ExporterSettings:
+        env = Env(environ)
+        common = Settings.from_env(environ)
+        groups_file = env.optional_string("WORKER_GROUPS_FILE")
+        return cls(
+            common=common,
+            host=env.string("EXPORTER_HOST", DEFAULT_HOST),
+            port=port("CELERIAC_EXPORTER_PORT", env.integer("EXPORTER_PORT", DEFAULT_PORT)),
+            groups=load_groups(Path(groups_file)) if groups_file else default_groups(common.queues),
+            redis_timeout_seconds=env.number(
+                "EXPORTER_REDIS_TIMEOUT_SECONDS", DEFAULT_REDIS_TIMEOUT_SECONDS, minimum=0.05
+            ),
+        )
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        """Queues measured: the configured ones, then every group's, each once, in order."""
+        names = list(self.common.queues)
+        for group in self.groups:
+            names.extend(group.queues)
+        return tuple(dict.fromkeys(names))
+
+
+def port(name: str, value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ConfigError(f"{name}={value} is not a TCP port; use 1-65535")
+    return value
