@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -290,6 +292,8 @@ def test_redis_down_reports_up_0_and_no_backlog_then_recovers(
     assert value(found, "celeriac_scrape_duration_seconds") is not None
     # Absent, not 0: a false 0 would let KEDA scale the workers away.
     assert set(found) == {("celeriac_redis_up", ()), ("celeriac_scrape_duration_seconds", ())}
+    assert "celeriac_queue_" not in text
+    assert "celeriac_group_" not in text
     with pytest.raises(LookupError, match="not found"):
         keda_value(text, "celeriac_group_backlog_messages", {"group": "default"})
 
@@ -331,3 +335,39 @@ def test_sigterm_stops_the_exporter_cleanly(spawn: Spawn, redis_url: str) -> Non
     assert "serving /metrics on 127.0.0.1" in log
     assert "received SIGTERM, stopping" in log
     assert "Traceback" not in log
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus is not installed")
+def test_a_real_prometheus_scrapes_the_exporter(
+    spawn: Spawn, redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    redis_client.lpush("default\x06\x163", "m1", "m2", "m3")
+    exporter = start_exporter(spawn, redis_url)
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, scrape_timeout: 1s}\n"
+        "scrape_configs:\n"
+        "  - job_name: celeriac\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{exporter.port}']}}]\n"
+    )
+    web_port = free_port()
+    prometheus = spawn(
+        [
+            shutil.which("prometheus") or "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{web_port}",
+        ],
+        name="prometheus",
+    )
+    query = urllib.parse.quote('celeriac_group_backlog_messages{group="default"}')
+
+    def scraped() -> str | None:
+        if prometheus.process.poll() is not None:
+            raise AssertionError(f"prometheus exited:\n{prometheus.output()}")
+        url = f"http://127.0.0.1:{web_port}/api/v1/query?query={query}"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            result = json.load(response)["data"]["result"]
+        return result[0]["value"][1] if result else None
+
+    assert wait_until(scraped, timeout=60, message="prometheus scraped the exporter") == "3"

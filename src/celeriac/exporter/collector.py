@@ -71,8 +71,8 @@ class BacklogCollector(Collector):
         started = self._clock()
         counts = self._read()
         elapsed = self._clock() - started
-        queue_families = _families()
-        waiting, in_flight, scheduled, backlog, group_backlog, redis_up, duration = queue_families
+        families = _families()
+        waiting, in_flight, scheduled, backlog, group_backlog, redis_up, duration = families
         redis_up.add_metric([], 0.0 if counts is None else 1.0)
         duration.add_metric([], elapsed)
         if counts is not None:
@@ -85,7 +85,8 @@ class BacklogCollector(Collector):
             for group in self._groups:
                 total = sum(counts.get(q, QueueBacklog()).backlog for q in group.queues)
                 group_backlog.add_metric([group.name], total)
-        return queue_families
+        # Leave out empty families too: when Redis is down, no HELP/TYPE lines without series.
+        return [family for family in families if family.samples]
 
     def _read(self) -> dict[str, QueueBacklog] | None:
         try:
