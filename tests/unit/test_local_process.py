@@ -1,0 +1,195 @@
+"""Process groups of the local stack: output prefixing, stopping children and grandchildren.
+
+These start plain Python children (no network): a child that forks a grandchild stands in for
+a Celery worker and its pool.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from celeriac.local.process import Console, ManagedProcess, group_members, stop_all
+from celeriac.local.stack import stop_leftovers
+from tests.support import wait_until
+
+# A parent that starts a grandchild in its own process group, prints both pids, then waits.
+# IGNORE_TERM makes the grandchild ignore SIGTERM; ORPHAN makes the parent exit at once.
+FAMILY = r"""
+import os, signal, subprocess, sys, time
+grandchild = subprocess.Popen([sys.executable, "-c", '''
+import os, signal, sys, time
+if os.environ.get("IGNORE_TERM"):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("grandchild", os.getpid(), flush=True)
+while True:
+    time.sleep(1)
+'''])
+print("parent", os.getpid(), flush=True)
+if os.environ.get("ORPHAN"):
+    sys.exit(0)
+signal.signal(signal.SIGTERM, lambda *_: (grandchild.terminate(), sys.exit(0)))
+while True:
+    time.sleep(1)
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def console() -> Console:
+    return Console(stream=io.StringIO(), color=False)
+
+
+@pytest.fixture
+def started() -> Iterator[list[ManagedProcess]]:
+    processes: list[ManagedProcess] = []
+    yield processes
+    for process in processes:
+        process.signal_group(signal.SIGKILL)
+        process.process.wait(5)
+        process.close()
+
+
+def start_family(
+    tmp_path: Path, console: Console, started: list[ManagedProcess], **env: str
+) -> tuple[ManagedProcess, int]:
+    process = ManagedProcess(
+        "worker",
+        [sys.executable, "-c", FAMILY],
+        {**os.environ, **env},
+        tmp_path / "worker.log",
+        console,
+    )
+    started.append(process)
+    line = wait_until(
+        lambda: next((x for x in process.tail() if x.startswith("grandchild")), None),
+        timeout=30,
+        message="the grandchild to start",
+    )
+    return process, int(line.split()[1])
+
+
+def test_output_is_prefixed_and_written_to_the_log(tmp_path: Path, started: list) -> None:
+    stream = io.StringIO()
+    console = Console(stream=stream, color=False)
+    process = ManagedProcess(
+        "api",
+        [sys.executable, "-c", "print('hello')"],
+        dict(os.environ),
+        tmp_path / "a.log",
+        console,
+    )
+    started.append(process)
+    process.process.wait(30)
+    process.close()
+    assert "[api]      hello\n" in stream.getvalue()
+    assert (tmp_path / "a.log").read_text() == "hello\n"
+
+
+def test_quiet_console_writes_the_log_only(tmp_path: Path, started: list) -> None:
+    stream = io.StringIO()
+    console = Console(stream=stream, color=False, quiet=True)
+    process = ManagedProcess(
+        "api",
+        [sys.executable, "-c", "print('hello')"],
+        dict(os.environ),
+        tmp_path / "a.log",
+        console,
+    )
+    started.append(process)
+    process.process.wait(30)
+    process.close()
+    assert stream.getvalue() == ""
+    assert process.tail() == ["hello"]
+
+
+def test_child_runs_in_its_own_process_group(
+    tmp_path: Path, console: Console, started: list
+) -> None:
+    process, grandchild = start_family(tmp_path, console, started)
+    assert os.getpgid(process.pid) == process.pid != os.getpgid(0)
+    assert os.getpgid(grandchild) == process.pid
+    assert set(process.group_members()) == {process.pid, grandchild}
+
+
+def test_stop_all_stops_child_and_grandchild(
+    tmp_path: Path, console: Console, started: list
+) -> None:
+    process, grandchild = start_family(tmp_path, console, started)
+    killed = stop_all([process], timeout=20)
+    assert killed == []
+    assert process.poll() == 0  # it stopped on SIGTERM, by itself
+    assert not alive(process.pid)
+    assert not alive(grandchild)
+    assert group_members(process.pgid) == []
+
+
+def test_a_grandchild_ignoring_sigterm_is_killed_at_the_deadline(
+    tmp_path: Path, console: Console, started: list
+) -> None:
+    process, grandchild = start_family(tmp_path, console, started, IGNORE_TERM="1")
+    killed = stop_all([process], timeout=1)
+    assert killed == ["worker"]
+    assert not alive(grandchild)
+    assert group_members(process.pgid) == []
+
+
+def test_an_orphaned_grandchild_is_stopped_with_its_group(
+    tmp_path: Path, console: Console, started: list
+) -> None:
+    process, grandchild = start_family(tmp_path, console, started, ORPHAN="1")
+    wait_until(lambda: process.poll() is not None, timeout=30, message="the parent to exit")
+    assert alive(grandchild)
+    killed = stop_all([process], timeout=20)
+    assert killed == []  # SIGTERM to the group was enough
+    assert not alive(grandchild)
+
+
+def test_force_kills_without_waiting(tmp_path: Path, console: Console, started: list) -> None:
+    process, grandchild = start_family(tmp_path, console, started, IGNORE_TERM="1")
+    killed = stop_all([process], timeout=600, force=lambda: True)
+    assert killed == ["worker"]
+    assert not alive(grandchild)
+
+
+def test_leftovers_of_a_killed_run_are_stopped_and_strangers_spared(tmp_path: Path) -> None:
+    ours = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)", "celeriac", "worker"],
+        start_new_session=True,
+    )
+    stranger = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True
+    )
+    try:
+        pids = tmp_path / "pids.json"
+        record = {
+            "processes": [{"name": "worker", "pgid": ours.pid}, {"name": "x", "pgid": stranger.pid}]
+        }
+        pids.write_text(json.dumps(record))
+        assert stop_leftovers(pids) == 1
+        assert ours.wait(10) == -signal.SIGKILL
+        assert stranger.poll() is None
+        assert not pids.exists()
+    finally:
+        for process in (ours, stranger):
+            process.kill()
+            process.wait(10)
