@@ -68,6 +68,12 @@ class _ChildDied(Exception):
         self.process = process
 
 
+def exit_status(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
 def make_plan(settings: LocalSettings, state_dir: Path) -> tuple[StackPlan, list[str]]:
     """Choose ports and secrets; returns the plan and notes about ports that moved."""
     notes = []
@@ -243,7 +249,7 @@ class LocalStack:
         except _ChildDied as died:
             process = died.process
             self.console.error(
-                f"{process.name} exited unexpectedly with exit code {process.poll()}; "
+                f"{process.name} stopped unexpectedly ({exit_status(process.poll())}); "
                 f"stopping the stack (log: {process.log_path})"
             )
             self._show_tail(process)

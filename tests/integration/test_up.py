@@ -1,0 +1,223 @@
+"""`celeriac up` as a user runs it: one command, the whole stack, and nothing left behind.
+
+Each test starts the real stack (redis-server, api, worker, beat, exporter) on free ports,
+waits for the printed banner, and stops it with a signal; then every process the stack
+started, the worker's pool processes included, must be gone.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from celeriac.local.banner import READY_LINE
+from celeriac.local.process import group_members
+from tests.support import Child, celeriac_command, free_port, wait_until
+
+pytestmark = pytest.mark.integration
+
+START_TIMEOUT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 30.0
+
+
+def _missing_components() -> list[str]:
+    return [
+        name
+        for name in ("api", "worker", "beat", "exporter")
+        if importlib.util.find_spec(f"celeriac.cli.{name}") is None
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _components_exist() -> None:
+    missing = _missing_components()
+    if missing:
+        pytest.skip(f"component(s) not built yet: {', '.join(missing)} (celeriac.cli.<name>)")
+
+
+@dataclass
+class Stack:
+    child: Child
+    state_dir: Path
+    api_url: str
+    exporter_url: str
+    worker_metrics_url: str
+    token: str
+    pgids: dict[str, int]
+    processes: set[int]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def _distinct_ports(count: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie has finished: it only waits for its parent to read its status)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _all_processes(pgids: dict[str, int]) -> set[int]:
+    return {pid for pgid in pgids.values() for pid in group_members(pgid)}
+
+
+@pytest.fixture
+def start_stack(spawn: Callable[..., Child], tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    state_dirs: list[Path] = []
+
+    def start(*extra: str) -> Stack:
+        api, exporter, worker_metrics, redis = _distinct_ports(4)
+        state_dir = tmp_path / f"state-{len(state_dirs)}"
+        state_dirs.append(state_dir)
+        child = spawn(
+            celeriac_command(
+                "up",
+                f"--api-port={api}",
+                f"--exporter-port={exporter}",
+                f"--worker-metrics-port={worker_metrics}",
+                f"--redis-port={redis}",
+                f"--state-dir={state_dir}",
+                *extra,
+            ),
+            name="up",
+        )
+
+        def banner() -> bool:
+            if child.process.poll() is not None:
+                raise AssertionError(f"celeriac up exited early:\n{child.output()}")
+            return READY_LINE in child.output()
+
+        wait_until(banner, timeout=START_TIMEOUT_SECONDS, message="the ready banner")
+        output = child.output()
+        token = re.search(r"API token\s+(\S+)", output)
+        assert token, output
+        recorded = json.loads((state_dir / "pids.json").read_text())
+        pgids = {entry["name"]: entry["pgid"] for entry in recorded["processes"]}
+        assert set(pgids) == {"redis", "api", "worker", "beat", "exporter"}
+        return Stack(
+            child=child,
+            state_dir=state_dir,
+            api_url=f"http://127.0.0.1:{api}",
+            exporter_url=f"http://127.0.0.1:{exporter}/metrics",
+            worker_metrics_url=f"http://127.0.0.1:{worker_metrics}/metrics",
+            token=token.group(1),
+            pgids=pgids,
+            processes=_all_processes(pgids),
+        )
+
+    yield start
+    # A failed test may leave the stack up: stop `up`, then anything it recorded.
+    for state_dir in state_dirs:
+        try:
+            recorded = json.loads((state_dir / "pids.json").read_text())
+        except (OSError, ValueError):
+            continue
+        for entry in recorded["processes"]:
+            for pid in group_members(entry["pgid"]):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _stop_and_check_nothing_left(stack: Stack, signum: int) -> str:
+    stack.child.signal(signum)
+    code = stack.child.wait(timeout=STOP_TIMEOUT_SECONDS)
+    output = stack.child.output()
+    assert code == 0, output
+    left = sorted(pid for pid in stack.processes if _alive(pid))
+    assert left == [], f"processes left behind: {left}\n{output}"
+    for name, pgid in stack.pgids.items():
+        assert group_members(pgid) == [], f"{name}'s process group is not empty"
+    assert "no process left behind" in output
+    return output
+
+
+def _worker_pool_processes(stack: Stack) -> set[int]:
+    return set(group_members(stack.pgids["worker"])) - {stack.pgids["worker"]}
+
+
+def test_up_runs_a_task_end_to_end_and_sigterm_leaves_nothing(
+    start_stack: Callable[..., Stack],
+) -> None:
+    stack = start_stack()
+    output = stack.child.output()
+    assert f"{stack.api_url}/docs" in output
+    assert stack.exporter_url in output
+    assert f"Authorization: Bearer {stack.token}" in output
+    # The worker's pool processes are in its group: stopping must take them down too.
+    assert len(_worker_pool_processes(stack)) >= 1
+    assert stack.processes >= set(stack.pgids.values())
+
+    with httpx.Client(timeout=10) as client:
+        submitted = client.post(
+            f"{stack.api_url}/v1/tasks",
+            json={"task": "celeriac.demo.add", "args": [2, 3]},
+            headers=stack.headers,
+        )
+        assert submitted.status_code == 202, submitted.text
+        task_id = submitted.json()["id"]
+
+        def finished() -> dict[str, object] | None:
+            body: dict[str, object] = client.get(
+                f"{stack.api_url}/v1/tasks/{task_id}", headers=stack.headers
+            ).json()
+            return body if body.get("state") == "SUCCESS" else None
+
+        result = wait_until(finished, timeout=30, message="the task's result")
+        assert result["result"] == 5
+
+        metrics = client.get(stack.exporter_url)
+        assert metrics.status_code == 200
+        assert 'celeriac_group_backlog_messages{group="default"}' in metrics.text
+        assert "celeriac_redis_up 1.0" in metrics.text
+
+        worker_metrics = wait_until(
+            lambda: client.get(stack.worker_metrics_url), timeout=30, message="worker metrics"
+        )
+        assert worker_metrics.status_code == 200
+
+    # The processes of a running stack, seen again: the same groups, still all alive.
+    stack.processes |= _all_processes(stack.pgids)
+    _stop_and_check_nothing_left(stack, signal.SIGTERM)
+
+
+def test_ctrl_c_stops_everything(start_stack: Callable[..., Stack]) -> None:
+    stack = start_stack("--quiet")
+    assert len(_worker_pool_processes(stack)) >= 1
+    output = _stop_and_check_nothing_left(stack, signal.SIGINT)
+    assert "SIGINT: stopping" in output
+    # --quiet: the components' logs went to files only.
+    assert "[worker]" not in output
+    assert (stack.state_dir / "logs" / "worker.log").read_text()
+
+
+def test_a_component_that_dies_stops_the_stack_with_exit_1(
+    start_stack: Callable[..., Stack],
+) -> None:
+    stack = start_stack("--quiet")
+    os.kill(stack.pgids["exporter"], signal.SIGKILL)
+    code = stack.child.wait(timeout=STOP_TIMEOUT_SECONDS)
+    output = stack.child.output()
+    assert code == 1, output
+    assert "exporter stopped unexpectedly (killed by SIGKILL)" in output
+    left = sorted(pid for pid in stack.processes if _alive(pid))
+    assert left == [], f"processes left behind: {left}\n{output}"
