@@ -1,0 +1,58 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import version
+
+from fastapi import FastAPI
+
+from celeriac.api import health, queues, tasks
+from celeriac.api.errors import install_error_handlers
+from celeriac.api.limits import BodySizeLimit
+from celeriac.api.services import build_services
+from celeriac.api.settings import ApiSettings
+from celeriac.settings import Settings, redact_url
+
+log = logging.getLogger("celeriac.api")
+
+
+def create_app(settings: Settings, api_settings: ApiSettings) -> FastAPI:
+    """The API for one deployment. Raises ``ConfigError`` for an unusable configuration.
+
+    Nothing connects here: Redis is reached per request, so the API starts (and reports
+    not-ready) while Redis is still coming up.
+    """
+    services = build_services(settings, api_settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info(
+            "serving app %s: %d tasks allowed, queues %s, broker %s, %d token(s)",
+            settings.app,
+            len(services.allowed_tasks),
+            ",".join(services.queues),
+            redact_url(settings.broker_url),
+            len(services.tokens),
+        )
+        yield
+        services.close()
+
+    app = FastAPI(
+        title="celeriac API",
+        summary="Submit, inspect and revoke Celery tasks.",
+        version=version("celeriac"),
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.services = services
+    install_error_handlers(app)
+    app.include_router(tasks.router)
+    app.include_router(queues.router)
+    app.include_router(health.router)
+    app.add_middleware(BodySizeLimit, max_bytes=api_settings.max_body_bytes)
+    return app

@@ -1,0 +1,39 @@
+"""Dependencies shared by the routers: the app's services and the bearer-token check."""
+
+from __future__ import annotations
+
+from typing import Annotated, cast
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from celeriac.api.services import Services
+
+
+def get_services(request: Request) -> Services:
+    return cast(Services, request.app.state.services)
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+# Stateless: it only reads the header and documents the scheme in OpenAPI ("Authorize" in /docs).
+_bearer = HTTPBearer(auto_error=False, description="One of CELERIAC_API_TOKENS.")
+
+
+def require_token(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """401 without a valid ``Authorization: Bearer <token>`` (RFC 6750)."""
+    if credentials is None:
+        raise HTTPException(
+            status_code=401,
+            detail="missing bearer token: send Authorization: Bearer <token>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not services.tokens.accepts(credentials.credentials):
+        raise HTTPException(
+            status_code=401,
+            detail="invalid bearer token",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )

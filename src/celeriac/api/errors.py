@@ -1,0 +1,63 @@
+"""Every error leaves as ``{"detail": ...}``: validation problems name the field, an unreachable
+Redis is a 503 with ``Retry-After``, and anything unexpected a bare 500 (details only in the log).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kombu.exceptions
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+log = logging.getLogger("celeriac.api")
+
+RETRY_AFTER_SECONDS = 5
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    redis.RedisError,
+    kombu.exceptions.OperationalError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def field_error(location: tuple[str, ...], message: str) -> RequestValidationError:
+    """A 422 for a value the schema accepts but this deployment does not (task, queue ...)."""
+    return RequestValidationError([{"loc": location, "msg": message, "type": "value_error"}])
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
+    for error in UNAVAILABLE_ERRORS:
+        app.add_exception_handler(error, _unavailable)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # Only loc/msg/type: echoing ``input`` back would repeat up to a whole body.
+    return JSONResponse({"detail": [_clean(error) for error in exc.errors()]}, status_code=422)
+
+
+def _clean(error: dict[str, Any]) -> dict[str, Any]:
+    message = str(error.get("msg", "invalid value"))
+    reason = (error.get("ctx") or {}).get("error")
+    if error.get("type") == "json_invalid" and reason:
+        message = f"{message}: {reason}"
+    return {"loc": list(error.get("loc", ())), "msg": message, "type": error.get("type", "")}
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("Redis unavailable during %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse(
+        {"detail": "Redis is unavailable; retry later"},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error during %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "internal server error"}, status_code=500)

@@ -1,0 +1,122 @@
+"""Request and response bodies of the API (their schemas are what /openapi.json shows)."""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
+
+MAX_PRIORITY = 9
+
+
+class TaskRequest(BaseModel):
+    """A task to run. Unknown fields are refused, so a typo never passes silently."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"task": "celeriac.demo.add", "args": [1, 2]},
+                {"task": "celeriac.demo.sleep", "kwargs": {"seconds": 5}, "countdown": 30},
+            ]
+        },
+    )
+
+    task: StrictStr = Field(min_length=1, max_length=255, description="Registered task name.")
+    args: list[Any] = Field(default_factory=list, description="Positional arguments (JSON).")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments (JSON).")
+    queue: StrictStr | None = Field(
+        default=None, description="One of CELERIAC_QUEUES; default CELERIAC_DEFAULT_QUEUE."
+    )
+    countdown: StrictFloat | StrictInt | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Run no earlier than this many seconds from now. Not with eta.",
+    )
+    eta: AwareDatetime | None = Field(
+        default=None,
+        description="Run no earlier than this ISO-8601 time with a time zone. Not with countdown.",
+    )
+    priority: StrictInt | None = Field(
+        default=None, ge=0, le=MAX_PRIORITY, description="0 (highest) to 9 (lowest)."
+    )
+
+    @field_validator("eta", mode="before")
+    @classmethod
+    def _eta_is_text(cls, value: object) -> object:
+        # Without this a bare number would pass as a Unix timestamp.
+        if value is not None and not isinstance(value, str):
+            raise ValueError("eta must be an ISO-8601 string such as 2030-01-01T12:00:00Z")
+        return value
+
+    @model_validator(mode="after")
+    def _one_delay(self) -> Self:
+        if self.countdown is not None and self.eta is not None:
+            raise ValueError("give countdown or eta, not both")
+        return self
+
+
+class TaskAccepted(BaseModel):
+    """A task was queued; poll ``Location`` for its state."""
+
+    id: str
+    task: str
+    queue: str
+    state: str = "PENDING"
+
+
+class TaskError(BaseModel):
+    """Why a task failed (or is being retried): the exception type and message, no traceback."""
+
+    type: str
+    message: str
+
+
+class TaskStatus(BaseModel):
+    """What is known about a task: its state, and its result or error once there is one."""
+
+    id: str
+    task: str | None = Field(default=None, description="Task name, when known.")
+    queue: str | None = Field(default=None, description="Queue it was sent to, when known.")
+    state: str = Field(
+        description="PENDING, STARTED, RETRY, SUCCESS, FAILURE, REVOKED (or a state the task set)."
+    )
+    result: Any = Field(default=None, description="The return value, on SUCCESS.")
+    error: TaskError | None = Field(default=None, description="On FAILURE, RETRY and REVOKED.")
+    retries: int | None = None
+    finished_at: str | None = Field(default=None, description="When it ended (ISO-8601, UTC).")
+
+
+class QueueBacklogInfo(BaseModel):
+    """Messages of one queue: waiting in Redis, held by workers, and held until their ETA."""
+
+    name: str
+    waiting: int
+    in_flight: int
+    scheduled: int
+    backlog: int = Field(description="waiting + in_flight: the work to do now.")
+
+
+class QueueList(BaseModel):
+    queues: list[QueueBacklogInfo]
+
+
+class Probe(BaseModel):
+    status: str
+
+
+class ErrorBody(BaseModel):
+    """Every error: ``detail`` is a sentence, or for 422 a list of {loc, msg, type}."""
+
+    detail: str | list[dict[str, Any]]

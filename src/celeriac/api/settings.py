@@ -1,0 +1,84 @@
+"""API settings: where to listen, who may call, which tasks may be submitted."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from celeriac.env import ConfigError, Env
+
+DEFAULT_HOST = "0.0.0.0"
+DEFAULT_PORT = 8000
+# Task arguments travel through Redis and every worker's memory; big payloads belong elsewhere.
+DEFAULT_MAX_BODY_BYTES = 65536
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """Settings of ``celeriac api``; ``tokens`` stay out of ``repr`` so they never reach a log."""
+
+    tokens: tuple[str, ...] = field(repr=False)
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    # None: every task the app registers except Celery's own ``celery.*``.
+    allowed_tasks: tuple[str, ...] | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+    def __post_init__(self) -> None:
+        if not self.tokens:
+            raise ConfigError(_NO_TOKENS)
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"CELERIAC_API_PORT={self.port} is not a TCP port (0-65535)")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ApiSettings:
+        env = Env(environ)
+        return cls(
+            tokens=_tokens(env),
+            host=env.string("API_HOST", DEFAULT_HOST),
+            port=env.integer("API_PORT", DEFAULT_PORT, minimum=0),
+            allowed_tasks=env.names("API_ALLOWED_TASKS", ()) or None,
+            max_body_bytes=env.integer("API_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1),
+        )
+
+
+_NO_TOKENS = (
+    "no API token configured; set CELERIAC_API_TOKENS (comma list) or "
+    "CELERIAC_API_TOKENS_FILE (one token per line)"
+)
+
+
+def _tokens(env: Env) -> tuple[str, ...]:
+    direct = env.raw("API_TOKENS")
+    path = env.raw("API_TOKENS_FILE")
+    if direct is not None and path is not None:
+        raise ConfigError("set only one of CELERIAC_API_TOKENS and CELERIAC_API_TOKENS_FILE")
+    if path is not None:
+        tokens = parse_token_file(path)
+        source = f"CELERIAC_API_TOKENS_FILE={path!r}"
+    elif direct is not None:
+        tokens = [token.strip() for token in direct.split(",") if token.strip()]
+        source = "CELERIAC_API_TOKENS"
+    else:
+        raise ConfigError(_NO_TOKENS)
+    if not tokens:
+        raise ConfigError(f"{source} holds no token")
+    for number, token in enumerate(tokens, start=1):
+        # Never echo the token itself: say which one and what is wrong.
+        if any(char.isspace() for char in token):
+            raise ConfigError(f"{source}: token {number} contains whitespace")
+        if not token.isascii() or not token.isprintable():
+            raise ConfigError(f"{source}: token {number} must be printable ASCII")
+    return tuple(dict.fromkeys(tokens))
+
+
+def parse_token_file(path: str) -> list[str]:
+    """Tokens of a file mounted from a Secret: one per line, blank lines and ``#`` comments out."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"CELERIAC_API_TOKENS_FILE={path!r} cannot be read: {reason}") from None
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]

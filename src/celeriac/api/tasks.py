@@ -1,0 +1,174 @@
+"""``/v1/tasks``: submit a task, read its state and result, revoke it."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+
+from celeriac.api import tracking
+from celeriac.api.dependencies import ServicesDep, require_token
+from celeriac.api.errors import field_error
+from celeriac.api.models import ErrorBody, TaskAccepted, TaskRequest, TaskStatus
+from celeriac.api.services import Services
+
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"], dependencies=[Depends(require_token)])
+
+TaskId = Annotated[
+    str,
+    Path(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"),
+]
+# A failed publish retries once at once (a pooled connection may have died with a Redis
+# restart), then gives up: the client gets a 503 instead of a request hanging on Redis.
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.1,
+    "interval_max": 0.1,
+}
+MAX_LISTED_TASKS = 20
+
+Responses = dict[int | str, dict[str, Any]]
+_AUTH: Responses = {401: {"model": ErrorBody, "description": "Missing or invalid bearer token."}}
+_UNAVAILABLE: Responses = {
+    503: {"model": ErrorBody, "description": "Redis is unavailable (Retry-After)."}
+}
+_UNKNOWN: Responses = {
+    404: {"model": ErrorBody, "description": "Never submitted here, or expired."}
+}
+
+
+@router.post(
+    "",
+    status_code=202,
+    responses={
+        **_AUTH,
+        413: {"model": ErrorBody, "description": "Body over CELERIAC_API_MAX_BODY_BYTES."},
+        422: {"model": ErrorBody, "description": "Invalid body, or task/queue not allowed."},
+        **_UNAVAILABLE,
+    },
+)
+def submit_task(
+    body: TaskRequest, request: Request, response: Response, services: ServicesDep
+) -> TaskAccepted:
+    """Queue a task. Answers 202 with its id; ``Location`` is where to poll its state."""
+    _check_task(body.task, services)
+    queue = body.queue or services.settings.default_queue
+    if queue not in services.queues:
+        raise field_error(
+            ("body", "queue"),
+            f"queue {queue!r} is not served here; use one of {', '.join(services.queues)}",
+        )
+    delay = _delay_seconds(body, services)
+    task_id = str(uuid.uuid4())
+    # Recorded before publishing, so a fast worker's result never finds the id unknown; kept
+    # as long as the result will be.
+    ttl = services.settings.result_expires_seconds + math.ceil(delay)
+    tracking.remember(services.results, task_id, body.task, queue, ttl_seconds=ttl)
+    try:
+        services.publisher.send_task(
+            body.task,
+            args=body.args,
+            kwargs=body.kwargs,
+            task_id=task_id,
+            queue=queue,
+            countdown=body.countdown,
+            eta=body.eta,
+            priority=body.priority,
+            retry=True,
+            retry_policy=PUBLISH_RETRY_POLICY,
+        )
+    except BaseException:
+        tracking.forget(services.results, task_id)
+        raise
+    response.headers["Location"] = f"{request.scope.get('root_path', '')}/v1/tasks/{task_id}"
+    return TaskAccepted(id=task_id, task=body.task, queue=queue)
+
+
+@router.get("/{task_id}", responses={**_AUTH, **_UNKNOWN, **_UNAVAILABLE})
+def get_task(task_id: TaskId, services: ServicesDep) -> TaskStatus:
+    """State of a task; its result on SUCCESS, the error type and message on FAILURE.
+
+    404 means the id was never submitted through this API (within the result expiry) and has
+    no result: Celery itself cannot tell an unknown id from a waiting task.
+    """
+    return _known(task_id, services)
+
+
+@router.delete(
+    "/{task_id}",
+    status_code=202,
+    responses={
+        **_AUTH,
+        **_UNKNOWN,
+        409: {"model": ErrorBody, "description": "The task already finished."},
+        422: {"model": ErrorBody, "description": "terminate=true is not supported."},
+        **_UNAVAILABLE,
+    },
+)
+def revoke_task(
+    task_id: TaskId,
+    services: ServicesDep,
+    terminate: Annotated[
+        bool, Query(description="Not supported: always false (see the API README).")
+    ] = False,
+) -> TaskStatus:
+    """Revoke a task that has not started: workers drop it when it reaches them.
+
+    Answers 202 with the state at the time of the request; the state becomes REVOKED when a
+    worker meets the task. A running task finishes (bound it with task time limits).
+    """
+    if terminate:
+        raise field_error(
+            ("query", "terminate"),
+            "terminate=true is not supported: Celery signals whichever pool process runs the "
+            "task, which may by then run another task; running tasks finish",
+        )
+    status = _known(task_id, services)
+    if status.state in ("SUCCESS", "FAILURE"):
+        raise HTTPException(409, f"task {task_id} already finished with {status.state}")
+    if status.state != "REVOKED":
+        services.publisher.control.revoke(task_id)
+    return status
+
+
+def _known(task_id: str, services: Services) -> TaskStatus:
+    status = tracking.lookup(services.results, task_id)
+    if status is None:
+        raise HTTPException(
+            404, f"task {task_id} is unknown: never submitted here, or its result expired"
+        )
+    return status
+
+
+def _check_task(name: str, services: Services) -> None:
+    if name in services.allowed_tasks:
+        return
+    names = sorted(services.allowed_tasks)
+    listed = ", ".join(names[:MAX_LISTED_TASKS]) + (" ..." if len(names) > MAX_LISTED_TASKS else "")
+    raise field_error(("body", "task"), f"task {name!r} is not allowed; allowed: {listed}")
+
+
+def _delay_seconds(body: TaskRequest, services: Services) -> float:
+    """Seconds until the task may run, refused when it outlives the visibility timeout.
+
+    A worker holds a delayed task unacknowledged until it runs; past the visibility timeout
+    kombu hands it to another worker too, and it runs more than once.
+    """
+    if body.countdown is not None:
+        delay, field = float(body.countdown), "countdown"
+    elif body.eta is not None:
+        delay, field = (body.eta - datetime.now(UTC)).total_seconds(), "eta"
+    else:
+        return 0.0
+    limit = services.settings.visibility_timeout_seconds
+    if delay >= limit:
+        raise field_error(
+            ("body", field),
+            f"{field} is {delay:.0f} s away, not less than the visibility timeout ({limit} s, "
+            "CELERIAC_VISIBILITY_TIMEOUT_SECONDS): the task would run more than once",
+        )
+    return max(delay, 0.0)

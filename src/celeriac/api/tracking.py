@@ -1,0 +1,86 @@
+"""What the API knows about a task id: its own record of the submission, and Celery's result.
+
+Celery answers PENDING for any id it has no result for, so a typo looks like a task waiting
+forever. The API therefore records each id it submits (task name, queue) in the result
+backend's Redis, expiring with the result; an id with neither a record nor a result is unknown
+(404). Both are read with one pipelined round trip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+import redis
+from celery.backends.base import KeyValueStoreBackend
+
+from celeriac.api.models import TaskError, TaskStatus
+
+RECORD_PREFIX = "celeriac:api:task:"
+# Celery's Redis result backend key for a task id.
+RESULT_PREFIX = KeyValueStoreBackend.task_keyprefix
+ERROR_STATES = frozenset({"FAILURE", "RETRY", "REVOKED"})
+FINISHED_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+MAX_ERROR_MESSAGE_CHARS = 2000
+
+
+def remember(client: redis.Redis, task_id: str, task: str, queue: str, *, ttl_seconds: int) -> None:
+    client.set(RECORD_PREFIX + task_id, json.dumps({"task": task, "queue": queue}), ex=ttl_seconds)
+
+
+def forget(client: redis.Redis, task_id: str) -> None:
+    """Drop the record of a submission that failed; best effort, Redis is likely down."""
+    with contextlib.suppress(redis.RedisError):
+        client.delete(RECORD_PREFIX + task_id)
+
+
+def lookup(client: redis.Redis, task_id: str) -> TaskStatus | None:
+    """The task's status, or None when this id was never submitted here and has no result."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.get(RECORD_PREFIX + task_id)
+        pipe.get(RESULT_PREFIX + task_id)
+        record_raw, meta_raw = pipe.execute()
+    record = _json_object(record_raw)
+    meta = _json_object(meta_raw)
+    if record is None and meta is None:
+        return None
+    record = record or {}
+    meta = meta or {}
+    state = str(meta.get("status") or "PENDING")
+    return TaskStatus(
+        id=task_id,
+        task=_text(meta.get("name")) or _text(record.get("task")),
+        queue=_text(meta.get("queue")) or _text(record.get("queue")),
+        state=state,
+        result=meta.get("result") if state == "SUCCESS" else None,
+        error=_error(meta.get("result")) if state in ERROR_STATES else None,
+        retries=meta.get("retries") if isinstance(meta.get("retries"), int) else None,
+        finished_at=_text(meta.get("date_done")) if state in FINISHED_STATES else None,
+    )
+
+
+def _json_object(raw: bytes | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _error(result: object) -> TaskError | None:
+    """Celery stores an exception as {exc_type, exc_message, exc_module}; the traceback apart."""
+    if not isinstance(result, dict) or "exc_type" not in result:
+        return None
+    message = result.get("exc_message")
+    if isinstance(message, list | tuple):
+        text = str(message[0]) if len(message) == 1 else "; ".join(str(part) for part in message)
+    else:
+        text = "" if message is None else str(message)
+    return TaskError(type=str(result["exc_type"]), message=text[:MAX_ERROR_MESSAGE_CHARS])
