@@ -7,6 +7,7 @@ started, the worker's pool processes included, must be gone.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -135,7 +136,8 @@ def start_stack(spawn: Callable[..., Child], tmp_path: Path) -> Iterator[Callabl
             continue
         for entry in recorded["processes"]:
             for pid in group_members(entry["pgid"]):
-                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def _stop_and_check_nothing_left(stack: Stack, signum: int) -> str:

@@ -226,16 +226,14 @@ class LocalStack:
     def _run(self, plan: StackPlan, redis_binary: Path, notes: list[str]) -> int:
         try:
             self.console.info(f"starting redis-server ({redis_binary}) on port {plan.redis_port}")
-            self.redis = self._start("redis", [str(redis_binary), str(plan.redis_config)], plan)
+            self._start("redis", [str(redis_binary), str(plan.redis_config)], plan)
             self._wait_ready(
                 {"redis": checks.redis_ok(plan.redis_port, plan.redis_password)},
                 REDIS_READY_TIMEOUT_SECONDS,
             )
             self.console.info(f"starting {', '.join(COMPONENTS)} (app {plan.app})")
             for name in COMPONENTS:
-                self.components.append(
-                    self._start(name, [self.python, "-m", "celeriac", name], plan)
-                )
+                self._start(name, [self.python, "-m", "celeriac", name], plan)
             self._wait_ready(self._readiness(plan), self.settings.ready_timeout_seconds)
             self._write_pids(plan, snapshot=True)
             self.console.block(banner(plan, notes))
@@ -266,7 +264,7 @@ class LocalStack:
             "exporter": checks.http_ok(plan.exporter_url),
         }
 
-    def _start(self, name: str, args: list[str], plan: StackPlan) -> ManagedProcess:
+    def _start(self, name: str, args: list[str], plan: StackPlan) -> None:
         env = (
             {**self.environ, "PYTHONUNBUFFERED": "1"}
             if name == "redis"
@@ -281,18 +279,20 @@ class LocalStack:
             cwd=plan.redis_dir if name == "redis" else self.cwd,
             echo=name != "redis",
         )
-        self._write_pids(plan, extra=process)
-        return process
+        # Tracked before anything else can fail, so shutdown always finds it.
+        if name == "redis":
+            self.redis = process
+        else:
+            self.components.append(process)
+        self._write_pids(plan)
 
     def _started(self) -> list[ManagedProcess]:
         return ([self.redis] if self.redis else []) + self.components
 
-    def _write_pids(
-        self, plan: StackPlan, extra: ManagedProcess | None = None, snapshot: bool = False
-    ) -> None:
-        processes = self._started() + ([extra] if extra is not None else [])
+    def _write_pids(self, plan: StackPlan, snapshot: bool = False) -> None:
+        """pids.json: each child's process group (``members``: every process in it, once ready)."""
         entries = []
-        for process in processes:
+        for process in self._started():
             entry: dict[str, Any] = {
                 "name": process.name,
                 "pid": process.pid,
@@ -356,7 +356,8 @@ class LocalStack:
     def _shutdown(self, plan: StackPlan) -> None:
         if not self._started():
             return
-        self.console.info("stopping api, worker, beat, exporter")
+        if self.components:
+            self.console.info(f"stopping {', '.join(p.name for p in self.components)}")
         killed = stop_all(
             self.components,
             self.settings.stop_timeout_seconds,
@@ -366,7 +367,7 @@ class LocalStack:
         if self.redis is not None:
             killed += stop_all([self.redis], REDIS_STOP_TIMEOUT_SECONDS, force=lambda: self._force)
         if killed:
-            self.console.error(f"killed (did not stop in time): {', '.join(killed)}")
+            self.console.error(f"killed {', '.join(killed)}: not stopped in time, or Ctrl-C again")
         left = [p.name for p in self._started() if not p.group_gone()]
         if left:
             self.console.error(f"could not stop: {', '.join(left)}; see {plan.pids_file}")
