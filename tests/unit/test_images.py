@@ -365,3 +365,35 @@ def test_component_image_is_the_base_plus_a_default_command(component: str) -> N
     )
     title = labels(instructions)["org.opencontainers.image.title"]
     assert title == f"celeriac-{component}"
+
+
+# --- the bring-your-own-tasks example -------------------------------------------------------
+
+
+def test_own_tasks_example_loads_as_celeriac_would() -> None:
+    """With the example on PYTHONPATH, as /app is in the image, celeriac loads its app.
+
+    In a child process: creating a Celery app makes it the process's current app.
+    """
+    example = REPO_ROOT / "k8s" / "examples" / "own-tasks"
+    instructions = parse(example / "Dockerfile")
+    assert [i.arguments for i in instructions if i.keyword == "USER"][-1] == f"{UID}:{UID}"
+    check = (
+        "import os\n"
+        "from celeriac.app import load_app\n"
+        "from celeriac.settings import Settings\n"
+        "app = load_app(os.environ['CELERIAC_APP'], Settings.from_env())\n"
+        "assert app.conf.task_serializer == 'json'\n"
+        "print(sorted(t for t in app.tasks if t.startswith('mytasks.')))\n"
+        "print(app.tasks['mytasks.word_count'].run('one two three'))\n"
+    )
+    environ = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(example),
+        "CELERIAC_APP": env(instructions)["CELERIAC_APP"],
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", check], env=environ, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["['mytasks.fibonacci', 'mytasks.word_count']", "3"]

@@ -1,0 +1,1 @@
+"""An example tasks package for a celeriac image (see ../Dockerfile)."""
