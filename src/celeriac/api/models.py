@@ -38,7 +38,7 @@ class TaskRequest(BaseModel):
     queue: StrictStr | None = Field(
         default=None, description="One of CELERIAC_QUEUES; default CELERIAC_DEFAULT_QUEUE."
     )
-    countdown: StrictFloat | StrictInt | None = Field(
+    countdown: StrictFloat | None = Field(
         default=None,
         ge=0,
         allow_inf_nan=False,
