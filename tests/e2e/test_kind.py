@@ -1,0 +1,337 @@
+"""End to end on kind: build the image, install KEDA and the chart, push a burst of tasks
+through the API, watch the workers scale out and back in, and check that every task succeeds.
+
+Runs where a Docker engine answers (`docker info`), and kind and kubectl are on PATH; skipped
+with the reason otherwise. It needs the network (the base image, KEDA's manifest, the Redis and
+KEDA images) and takes about ten minutes. The cluster gets a unique name and is deleted at the
+end (set CELERIAC_E2E_KEEP_CLUSTER=1 to keep it for a look; delete it with
+`kind delete cluster --name <name>`).
+
+    .venv/bin/pytest -m e2e tests/e2e
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.support import REPO_ROOT, Child, free_port, wait_until
+
+pytestmark = pytest.mark.e2e
+
+KEDA_VERSION = "2.20.2"
+KEDA_MANIFEST = (
+    f"https://github.com/kedacore/keda/releases/download/v{KEDA_VERSION}/keda-{KEDA_VERSION}.yaml"
+)
+KEDA_NAMESPACE = "keda"
+CHART = REPO_ROOT / "charts" / "celeriac"
+VALUES_FILES = [REPO_ROOT / "k8s" / "values-dev.yaml", Path(__file__).with_name("values.yaml")]
+RELEASE = "e2e"
+NAMESPACE = "celeriac"
+GROUP = "default"
+
+# 60 tasks of 2 s: two minutes of work for the one process of the minimum replica, so the
+# autoscaler has time to add pods (KEDA polls every 5 s, the HPA acts every 15 s).
+BURST_TASKS = 60
+TASK_SECONDS = 2.0
+SCALE_OUT_TIMEOUT_SECONDS = 240
+TASKS_DONE_TIMEOUT_SECONDS = 600
+# Scale-in: 30 s stabilization, then at most half the pods per minute (values-dev).
+SCALE_IN_TIMEOUT_SECONDS = 420
+
+
+def missing_prerequisites() -> list[str]:
+    """Why the test cannot run here; empty when it can."""
+    reasons = [
+        f"{tool} is not on PATH" for tool in ("docker", "kind", "kubectl") if not which(tool)
+    ]
+    if which("docker"):
+        try:
+            info = subprocess.run(
+                ["docker", "info", "--format", "{{.ServerVersion}}"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            reasons.append("no working Docker engine (`docker info` timed out)")
+        else:
+            if info.returncode != 0:
+                first_line = (info.stderr.strip().splitlines() or ["no output"])[0]
+                reasons.append(f"no working Docker engine (`docker info`: {first_line})")
+    if importlib.util.find_spec("helm_python") is None:
+        reasons.append("helm-python-sdk is not installed (pip install -e '.[test,chart]')")
+    return reasons
+
+
+def which(tool: str) -> bool:
+    return shutil.which(tool) is not None
+
+
+def run(args: Sequence[str], *, timeout: float = 300, stdin: str | None = None) -> str:
+    """Run a command; fail with its stderr when it fails."""
+    result = subprocess.run(
+        list(args), input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if result.returncode != 0:
+        raise AssertionError(
+            f"`{' '.join(args)}` exited {result.returncode}: {result.stderr.strip()[-2000:]}"
+        )
+    return result.stdout
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Helm's merge of values files: maps merge key by key, anything else is replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    kubeconfig: Path
+
+    def kubectl(self, *args: str, timeout: float = 300) -> str:
+        return run(["kubectl", "--kubeconfig", str(self.kubeconfig), *args], timeout=timeout)
+
+    def kubectl_json(self, *args: str) -> Any:
+        return json.loads(self.kubectl(*args, "-o", "json"))
+
+    def diagnostics(self) -> str:
+        """What to look at when the test fails: objects, autoscaler state, recent events."""
+        sections = []
+        for args in (
+            ["get", "all,scaledobject,hpa", "-n", NAMESPACE, "-o", "wide"],
+            ["describe", "scaledobject", "-n", NAMESPACE],
+            ["get", "events", "-n", NAMESPACE, "--sort-by=.lastTimestamp"],
+            ["logs", "-n", KEDA_NAMESPACE, "deployment/keda-operator", "--tail=40"],
+            ["logs", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=worker", "--tail=20"],
+        ):
+            try:
+                output = self.kubectl(*args, timeout=60)
+            except (AssertionError, subprocess.TimeoutExpired) as exc:
+                output = str(exc)
+            sections.append(f"$ kubectl {' '.join(args)}\n{output}")
+        return "\n".join(sections)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    reasons = missing_prerequisites()
+    if reasons:
+        pytest.skip("end-to-end test needs Docker, kind and kubectl: " + "; ".join(reasons))
+    name = f"celeriac-e2e-{secrets.token_hex(3)}"
+    # A kubeconfig of its own: the user's current context is never touched.
+    kubeconfig = tmp_path_factory.mktemp("kind") / "kubeconfig"
+    target = ["--name", name, "--kubeconfig", str(kubeconfig)]
+    config = REPO_ROOT / "k8s" / "kind-config.yaml"
+    try:
+        run(
+            ["kind", "create", "cluster", *target, "--config", str(config), "--wait", "300s"],
+            timeout=600,
+        )
+        yield Cluster(name, kubeconfig)
+    finally:
+        if os.environ.get("CELERIAC_E2E_KEEP_CLUSTER") != "1":
+            subprocess.run(["kind", "delete", "cluster", *target], capture_output=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def image(cluster: Cluster) -> Iterator[tuple[str, str]]:
+    """The celeriac image, built from this checkout and loaded into the cluster's nodes."""
+    repository, tag = "celeriac.local/celeriac", f"e2e-{secrets.token_hex(4)}"
+    reference = f"{repository}:{tag}"
+    dockerfile = REPO_ROOT / "services" / "base" / "Dockerfile"
+    run(["docker", "build", "-f", str(dockerfile), "-t", reference, str(REPO_ROOT)], timeout=1800)
+    try:
+        run(["kind", "load", "docker-image", reference, "--name", cluster.name], timeout=600)
+        yield repository, tag
+    finally:
+        subprocess.run(["docker", "image", "rm", reference], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def keda(cluster: Cluster) -> None:
+    """KEDA from its release manifest, as k8s/README.md installs it."""
+    cluster.kubectl("apply", "--server-side", "-f", KEDA_MANIFEST)
+    available = ["wait", "--for=condition=Available", "--timeout=300s"]
+    cluster.kubectl(*available, "deployment", "--all", "-n", KEDA_NAMESPACE, timeout=330)
+    # The external metrics API is what the HPA reads KEDA's metric through.
+    cluster.kubectl(*available, "apiservice/v1beta1.external.metrics.k8s.io", timeout=330)
+
+
+@dataclass(frozen=True)
+class Release:
+    api: httpx.Client
+    worker_deployment: str
+    min_replicas: int
+    max_replicas: int
+
+
+@pytest.fixture(scope="module")
+def release(
+    cluster: Cluster, image: tuple[str, str], keda: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Release]:
+    import helm_python as helm
+
+    values: dict[str, Any] = {}
+    for path in VALUES_FILES:
+        values = deep_merge(values, yaml.safe_load(path.read_text()))
+    repository, tag = image
+    values = deep_merge(values, {"image": {"repository": repository, "tag": tag}})
+    autoscaling = values["workerDefaults"]["autoscaling"]
+
+    with helm.Config(kubeconfig_path=cluster.kubeconfig, namespace=NAMESPACE) as config:
+        config.install(
+            CHART,
+            RELEASE,
+            values,
+            namespace=NAMESPACE,
+            create_namespace=True,
+            wait="watcher",
+            timeout=600,
+        )
+        # The chart's own `helm test`: the exporter reads Redis and the API is ready.
+        config.test(RELEASE, timeout=300)
+
+    selector = f"app.kubernetes.io/instance={RELEASE}"
+    secrets_found = cluster.kubectl_json(
+        "get", "secret", "-n", NAMESPACE, "-l", f"{selector},app.kubernetes.io/component=api"
+    )["items"]
+    tokens = [s["data"]["tokens"] for s in secrets_found if "tokens" in s.get("data", {})]
+    assert len(tokens) == 1, f"expected one API token Secret, found {len(tokens)}"
+    token = base64.b64decode(tokens[0]).decode().split()[0]
+
+    deployments = cluster.kubectl_json(
+        "get",
+        "deployment",
+        "-n",
+        NAMESPACE,
+        "-l",
+        f"{selector},app.kubernetes.io/component=worker,celeriac.io/worker-group={GROUP}",
+    )["items"]
+    assert len(deployments) == 1, f"expected one worker Deployment for group {GROUP}"
+    services = cluster.kubectl_json(
+        "get", "service", "-n", NAMESPACE, "-l", f"{selector},app.kubernetes.io/component=api"
+    )["items"]
+    assert len(services) == 1, "expected one API Service"
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("port-forward") / "api.log"
+    service = f"service/{services[0]['metadata']['name']}"
+    kubectl = ["kubectl", "--kubeconfig", str(cluster.kubeconfig)]
+    forward = Child(
+        [
+            *kubectl,
+            "port-forward",
+            "-n",
+            NAMESPACE,
+            "--address",
+            "127.0.0.1",
+            service,
+            f"{port}:8000",
+        ],
+        log_path=log,
+    )
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    try:
+        wait_until(
+            lambda: client.get("/readyz").status_code == 200,
+            timeout=60,
+            interval=0.5,
+            message=f"the API through kubectl port-forward (log: {log})",
+        )
+        yield Release(
+            api=client,
+            worker_deployment=deployments[0]["metadata"]["name"],
+            min_replicas=int(autoscaling["minReplicas"]),
+            max_replicas=int(autoscaling["maxReplicas"]),
+        )
+    finally:
+        client.close()
+        forward.stop()
+
+
+def test_burst_scales_workers_out_and_in_and_every_task_succeeds(
+    cluster: Cluster, release: Release
+) -> None:
+    def replicas() -> int:
+        deployment = cluster.kubectl_json(
+            "get", "deployment", release.worker_deployment, "-n", NAMESPACE
+        )
+        return int(deployment["spec"].get("replicas", 0))
+
+    try:
+        assert replicas() == release.min_replicas
+
+        ids = []
+        for _ in range(BURST_TASKS):
+            response = release.api.post(
+                "/v1/tasks",
+                json={"task": "celeriac.demo.sleep", "kwargs": {"seconds": TASK_SECONDS}},
+            )
+            assert response.status_code == 202, response.text
+            ids.append(response.json()["id"])
+
+        scaled_to = wait_until(
+            lambda: (count := replicas()) > release.min_replicas and count,
+            timeout=SCALE_OUT_TIMEOUT_SECONDS,
+            interval=2,
+            message=f"{release.worker_deployment} to scale out past {release.min_replicas}",
+        )
+        assert scaled_to <= release.max_replicas
+
+        # Poll every id until each has ended; a failure is collected, not retried.
+        pending, finished = set(ids), {}
+
+        def all_finished() -> bool:
+            for task_id in sorted(pending):
+                status = release.api.get(f"/v1/tasks/{task_id}").json()
+                if status["state"] in ("SUCCESS", "FAILURE", "REVOKED"):
+                    finished[task_id] = status
+                    pending.discard(task_id)
+            return not pending
+
+        wait_until(
+            all_finished,
+            timeout=TASKS_DONE_TIMEOUT_SECONDS,
+            interval=2,
+            message=f"all {BURST_TASKS} tasks to finish",
+        )
+        unsuccessful = [s for s in finished.values() if s["state"] != "SUCCESS"]
+        assert not unsuccessful
+        assert {s["result"] for s in finished.values()} == {TASK_SECONDS}
+
+        wait_until(
+            lambda: replicas() == release.min_replicas,
+            timeout=SCALE_IN_TIMEOUT_SECONDS,
+            interval=5,
+            message=f"{release.worker_deployment} to scale back in to {release.min_replicas}",
+        )
+    except BaseException:
+        print(cluster.diagnostics())
+        raise
