@@ -1,0 +1,165 @@
+"""Task metrics: recorded from Celery signals in every pool process, served by the main process.
+
+prometheus-client's multiprocess mode: each process writes its counters to its own mmap file
+in ``PROMETHEUS_MULTIPROC_DIR``; the main process sums every file on each scrape with a
+``MultiProcessCollector`` on a registry of its own. Nothing is registered globally, and
+prometheus-client is imported only after the directory is set, because it picks its value
+class at import.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from celery import signals
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+logger = logging.getLogger(__name__)
+
+PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# From a 5 ms no-op to an hour-long report.
+RUNTIME_BUCKETS_SECONDS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+)
+
+
+def enable_multiprocess(directory: Path) -> None:
+    """Empty ``directory`` of metric files and make every process started from here use it.
+
+    Call before the Celery app is imported (it may import prometheus-client) and before the
+    pool forks. Files left by an earlier run would add old counts under reused process ids.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink(missing_ok=True)
+    os.environ[PROMETHEUS_DIR_ENV] = str(directory)
+    from prometheus_client import values
+
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        # prometheus-client was imported before the variable was set (by the app, say).
+        values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+
+class TaskMetrics:
+    """One process's task counters and runtime histogram (unregistered: the files are read)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Histogram
+
+        self.succeeded = Counter(
+            "celeriac_tasks_succeeded", "Tasks that returned a result.", ["task"], registry=None
+        )
+        self.failed = Counter(
+            "celeriac_tasks_failed", "Tasks that ended in an error.", ["task"], registry=None
+        )
+        self.retried = Counter(
+            "celeriac_tasks_retried", "Task retries scheduled.", ["task"], registry=None
+        )
+        self.runtime = Histogram(
+            "celeriac_task_runtime_seconds",
+            "Time a task ran in a pool process, whatever its outcome.",
+            ["task"],
+            buckets=RUNTIME_BUCKETS_SECONDS,
+            registry=None,
+        )
+        self.started: dict[str, float] = {}
+
+
+class TaskSignalRecorder:
+    """Connects to Celery's task signals and records into the current process's metrics.
+
+    Connected once in the main process; pool processes inherit the connection through fork and
+    get their own ``TaskMetrics`` (and files) on first use.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._pid = -1
+        self._metrics: TaskMetrics | None = None
+
+    def metrics(self) -> TaskMetrics:
+        if self._metrics is None or self._pid != os.getpid():
+            self._metrics, self._pid = TaskMetrics(), os.getpid()
+        return self._metrics
+
+    def connect(self) -> None:
+        # weak=False: the handlers are bound methods of this object, which nothing else holds.
+        signals.task_prerun.connect(self._on_prerun, weak=False)
+        signals.task_postrun.connect(self._on_postrun, weak=False)
+        signals.task_success.connect(self._on_success, weak=False)
+        signals.task_failure.connect(self._on_failure, weak=False)
+        signals.task_retry.connect(self._on_retry, weak=False)
+        signals.worker_process_shutdown.connect(self._on_process_shutdown, weak=False)
+
+    def disconnect(self) -> None:
+        signals.task_prerun.disconnect(self._on_prerun)
+        signals.task_postrun.disconnect(self._on_postrun)
+        signals.task_success.disconnect(self._on_success)
+        signals.task_failure.disconnect(self._on_failure)
+        signals.task_retry.disconnect(self._on_retry)
+        signals.worker_process_shutdown.disconnect(self._on_process_shutdown)
+
+    def _on_prerun(self, task_id: str | None = None, **_: Any) -> None:
+        if task_id is not None:
+            self.metrics().started[task_id] = self._clock()
+
+    def _on_postrun(self, sender: Any = None, task_id: str | None = None, **_: Any) -> None:
+        started = self.metrics().started.pop(task_id or "", None)
+        if started is not None:
+            self.metrics().runtime.labels(_name(sender)).observe(self._clock() - started)
+
+    def _on_success(self, sender: Any = None, **_: Any) -> None:
+        self.metrics().succeeded.labels(_name(sender)).inc()
+
+    def _on_failure(self, sender: Any = None, **_: Any) -> None:
+        self.metrics().failed.labels(_name(sender)).inc()
+
+    def _on_retry(self, sender: Any = None, **_: Any) -> None:
+        self.metrics().retried.labels(_name(sender)).inc()
+
+    def _on_process_shutdown(self, pid: int | None = None, **_: Any) -> None:
+        # Counters of exited processes stay in their files (their counts still add up); only
+        # live gauges are dropped. celeriac keeps none yet; this keeps a future one honest.
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid or os.getpid())  # type: ignore[no-untyped-call]
+
+
+def _name(task: Any) -> str:
+    return str(getattr(task, "name", None) or "unknown")
+
+
+def serve_metrics(host: str, port: int, directory: Path) -> WSGIServer:
+    """Serve the sum of every process's metric files on ``host:port`` (a daemon thread)."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    logger.info("task metrics on http://%s:%d/metrics", host, port)
+    return server

@@ -1,0 +1,108 @@
+"""Start a Celery worker with celeriac's sizing, probes, shutdown and metrics."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, signals
+
+from celeriac import heartbeat
+from celeriac.app import load_app
+from celeriac.env import ConfigError
+from celeriac.worker.metrics import TaskSignalRecorder, enable_multiprocess, serve_metrics
+from celeriac.worker.settings import WorkerSettings
+from celeriac.worker.sizing import Sizing, size_worker
+from celeriac.worker.steps import Drain, Heartbeat, ProbedConsumer, Ready
+
+logger = logging.getLogger("celeriac.worker")
+
+# kombu sweeps `unacked` for messages older than the visibility timeout at start and then
+# every interval x throttle seconds (10 x 10 by default). celeriac sweeps every quarter of the
+# visibility timeout, between 1 and 100 s, so a killed worker's tasks come back soon after the
+# timeout rather than up to 100 s later. One ZRANGE per sweep per worker: cheap.
+MIN_RESTORE_SWEEP_SECONDS = 1.0
+MAX_RESTORE_SWEEP_SECONDS = 100.0
+
+
+def restore_sweep_seconds(visibility_timeout_seconds: float) -> float:
+    return min(
+        MAX_RESTORE_SWEEP_SECONDS, max(MIN_RESTORE_SWEEP_SECONDS, visibility_timeout_seconds / 4)
+    )
+
+
+def run_worker(settings: WorkerSettings) -> int:
+    """Run until shut down; returns the worker's exit code."""
+    # A file left by an earlier run (same pod, restarted container) must never pass a probe.
+    heartbeat.remove(settings.heartbeat_file)
+    heartbeat.remove(settings.ready_file)
+    if settings.metrics_port:
+        # Before the app is imported: it may import prometheus-client, which decides at import.
+        enable_multiprocess(settings.metrics_dir)
+    sizing = size_worker(settings)
+    app = load_app(settings.common.app, settings.common)
+    configure_worker(app, settings, sizing)
+    if settings.metrics_port:
+        _start_metrics(settings)
+    app.steps["worker"].update({Heartbeat, Drain})
+    app.steps["consumer"].add(Ready)
+    worker = app.Worker(**worker_options(settings, sizing))
+    # After app.Worker(): Celery has set up logging by now.
+    logger.info("sizing: %s", sizing.describe())
+    for warning in sizing.warnings:
+        logger.warning("sizing: %s", warning)
+    worker.start()
+    code: int = worker.exitcode or 0
+    return code
+
+
+def configure_worker(app: Celery, settings: WorkerSettings, sizing: Sizing) -> None:
+    """Worker-only Celery settings on top of celeriac's shared configuration."""
+    sweep = restore_sweep_seconds(settings.common.visibility_timeout_seconds)
+    app.conf.broker_transport_options = {
+        **(app.conf.broker_transport_options or {}),
+        "unacked_restore_interval": sweep,
+        "unacked_restore_throttle": 1,
+    }
+    # None disables it even when the app's own configuration set one.
+    app.conf.worker_max_memory_per_child = sizing.max_memory_per_child_kib
+    # celeriac's drain replaces soft shutdown (celeriac.worker.shutdown).
+    app.conf.worker_soft_shutdown_timeout = 0.0
+
+
+def worker_options(settings: WorkerSettings, sizing: Sizing) -> dict[str, Any]:
+    """Keyword arguments for ``app.Worker``; ``celeriac_settings`` reaches celeriac's steps."""
+    return {
+        "hostname": settings.hostname,
+        "pool_cls": settings.pool,
+        "loglevel": settings.common.log_level,
+        "concurrency": sizing.pool,
+        "queues": list(settings.common.queues),
+        "max_memory_per_child": sizing.max_memory_per_child_kib,
+        # Mingle waits ~1 s for replies at start; gossip and event heartbeats cost broker
+        # traffic. celeriac needs none of them (probes are files, metrics come from Redis).
+        "without_mingle": not settings.mingle,
+        "without_gossip": not settings.gossip,
+        "without_heartbeat": not settings.event_heartbeats,
+        "consumer_cls": ProbedConsumer,
+        "celeriac_settings": settings,
+    }
+
+
+def _start_metrics(settings: WorkerSettings) -> None:
+    TaskSignalRecorder().connect()
+    try:
+        server = serve_metrics(settings.metrics_host, settings.metrics_port, settings.metrics_dir)
+    except OSError as exc:
+        raise ConfigError(
+            f"CELERIAC_WORKER_METRICS_PORT={settings.metrics_port}: cannot listen on "
+            f"{settings.metrics_host}:{settings.metrics_port}: {exc.strerror}; "
+            "choose a free port or 0 to disable"
+        ) from None
+
+    def close_inherited_socket(**_: Any) -> None:
+        # Pool processes are forked from the main one and would keep its listening socket
+        # open (holding the port after the main process died); only the main one serves.
+        server.socket.close()
+
+    signals.worker_process_init.connect(close_inherited_socket, weak=False)

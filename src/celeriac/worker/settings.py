@@ -1,0 +1,89 @@
+"""Worker settings, read once from ``CELERIAC_WORKER_*`` (and the shared ``CELERIAC_*``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from celeriac.env import ConfigError, Env
+from celeriac.settings import Settings
+
+DEFAULT_HEARTBEAT_FILE = Path("/tmp/celeriac/worker.heartbeat")
+DEFAULT_READY_FILE = Path("/tmp/celeriac/worker.ready")
+DEFAULT_METRICS_DIR = Path("/tmp/celeriac/metrics")
+DEFAULT_METRICS_PORT = 9541
+DEFAULT_METRICS_HOST = "0.0.0.0"
+# Kubernetes' default terminationGracePeriodSeconds is 30: leave 5 s to requeue and exit.
+DEFAULT_SHUTDOWN_TIMEOUT_SECONDS = 25.0
+DEFAULT_POOL = "prefork"
+# prefork: processes (CPU-bound work, memory isolation); threads and solo: I/O-bound or debugging.
+# eventlet/gevent need packages celeriac does not install.
+POOLS = ("prefork", "threads", "solo")
+DEFAULT_CONCURRENCY_PER_CPU = 1.0
+HEARTBEAT_INTERVAL_SECONDS = 1.0
+DEFAULT_PROBE_MAX_AGE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What ``celeriac worker`` needs; ``common`` holds the broker, app and queue settings."""
+
+    common: Settings = field(default_factory=Settings)
+    # Pool sizing inputs; see celeriac.worker.sizing for how they combine.
+    concurrency: int | None = None
+    cpu_limit: int | None = None
+    memory_limit_bytes: int | None = None
+    concurrency_per_cpu: float = DEFAULT_CONCURRENCY_PER_CPU
+    max_memory_per_child_kib: int | None = None
+    pool: str = DEFAULT_POOL
+    hostname: str | None = None
+    shutdown_timeout_seconds: float = DEFAULT_SHUTDOWN_TIMEOUT_SECONDS
+    heartbeat_file: Path = DEFAULT_HEARTBEAT_FILE
+    ready_file: Path = DEFAULT_READY_FILE
+    metrics_host: str = DEFAULT_METRICS_HOST
+    metrics_port: int = DEFAULT_METRICS_PORT
+    metrics_dir: Path = DEFAULT_METRICS_DIR
+    # Celery features that cost start-up time or broker traffic; off unless asked for.
+    mingle: bool = False
+    gossip: bool = False
+    event_heartbeats: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
+        env = Env(environ)
+        pool = env.string("WORKER_POOL", DEFAULT_POOL).lower()
+        if pool not in POOLS:
+            raise ConfigError(f"CELERIAC_WORKER_POOL={pool!r} is not one of {', '.join(POOLS)}")
+        cpu_limit = env.optional_number("WORKER_CPU_LIMIT", minimum=0.001)
+        port = env.integer("WORKER_METRICS_PORT", DEFAULT_METRICS_PORT, minimum=0)
+        if port > 65535:
+            raise ConfigError(f"CELERIAC_WORKER_METRICS_PORT={port} is not a TCP port; use 0-65535")
+        return cls(
+            common=Settings.from_env(environ),
+            concurrency=env.optional_integer("WORKER_CONCURRENCY", minimum=1),
+            # The Downward API already rounds limits.cpu up with divisor 1; a fraction given by
+            # hand is rounded up the same way.
+            cpu_limit=None if cpu_limit is None else math.ceil(cpu_limit),
+            memory_limit_bytes=env.optional_integer("WORKER_MEMORY_LIMIT_BYTES", minimum=1),
+            concurrency_per_cpu=env.number(
+                "WORKER_CONCURRENCY_PER_CPU", DEFAULT_CONCURRENCY_PER_CPU, minimum=0.01
+            ),
+            max_memory_per_child_kib=env.optional_integer(
+                "WORKER_MAX_MEMORY_PER_CHILD_KB", minimum=0
+            ),
+            pool=pool,
+            hostname=env.optional_string("WORKER_HOSTNAME"),
+            shutdown_timeout_seconds=env.number(
+                "WORKER_SHUTDOWN_TIMEOUT_SECONDS", DEFAULT_SHUTDOWN_TIMEOUT_SECONDS, minimum=0
+            ),
+            heartbeat_file=Path(env.string("WORKER_HEARTBEAT_FILE", str(DEFAULT_HEARTBEAT_FILE))),
+            ready_file=Path(env.string("WORKER_READY_FILE", str(DEFAULT_READY_FILE))),
+            metrics_host=env.string("WORKER_METRICS_HOST", DEFAULT_METRICS_HOST),
+            metrics_port=port,
+            metrics_dir=Path(env.string("WORKER_METRICS_DIR", str(DEFAULT_METRICS_DIR))),
+            mingle=env.boolean("WORKER_MINGLE", False),
+            gossip=env.boolean("WORKER_GOSSIP", False),
+            event_heartbeats=env.boolean("WORKER_EVENT_HEARTBEATS", False),
+        )

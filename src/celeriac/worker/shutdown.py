@@ -1,0 +1,134 @@
+"""SIGTERM as Kubernetes sends it: finish what runs, within a deadline, then requeue the rest.
+
+Celery offers two shutdowns and neither fits a pod with a grace period:
+
+- warm (SIGTERM's default) waits for running tasks without bound, so the kubelet's SIGKILL
+  lands on them and, with acks late, they sit in ``unacked`` for the visibility timeout;
+- soft (``REMAP_SIGTERM=SIGQUIT`` + ``worker_soft_shutdown_timeout``) requeues at the timeout
+  but sleeps the whole timeout inside the signal handler, even when every task ended early
+  (celery/celery#9505), and no results are processed meanwhile.
+
+So celeriac handles SIGTERM itself, from the worker's event loop:
+
+1. stop consuming (nothing new starts) and drop the ready file;
+2. check every ``TICK_SECONDS`` whether any request is still reserved by this worker; when none
+   is, start Celery's warm shutdown, which is then immediate (nothing to wait for);
+3. at the deadline run Celery's cold shutdown (``on_cold_shutdown``, with the soft wait off):
+   it kills the pool processes still running tasks; on the way out kombu's Redis channel
+   puts every delivered, unacknowledged message back on its queue list at once
+   (``QoS.restore_unacked`` on channel close), and a rejected-on-worker-lost request is
+   requeued by ``Request.on_failure`` (whichever comes first; the other finds nothing left).
+
+Only the main process handles SIGTERM; pool processes keep Celery's default and die on it,
+so signal the main process only (Kubernetes signals the container's PID 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from celery import platforms
+from celery.apps import worker as celery_apps_worker
+from celery.platforms import EX_OK
+from celery.worker import state
+
+logger = logging.getLogger(__name__)
+
+# How often the event loop checks whether the drain is over: the worker exits at most this
+# long after its last task ends.
+TICK_SECONDS = 0.1
+
+
+class GracefulShutdown:
+    """Drains the worker on SIGTERM; see the module docstring for the steps."""
+
+    def __init__(
+        self,
+        worker: Any,
+        timeout_seconds: float,
+        on_drain: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.worker = worker
+        self.timeout_seconds = timeout_seconds
+        self.on_drain = on_drain
+        self.clock = clock
+        self.deadline: float | None = None
+        self._draining = False
+        self._done = False
+        self._tick_entry: Any = None
+
+    def install(self) -> None:
+        """Take over SIGTERM (after Celery installed its handler) and start ticking."""
+        # Warm shutdown waits for running tasks; the cold path requeues them; neither alone.
+        self.worker.app.conf.worker_soft_shutdown_timeout = 0.0
+        platforms.signals["SIGTERM"] = self._on_sigterm
+        self._tick_entry = self.worker.timer.call_repeatedly(TICK_SECONDS, self.tick)
+
+    def uninstall(self) -> None:
+        if self._tick_entry is not None:
+            self._tick_entry.cancel()
+            self._tick_entry = None
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        # A signal handler: set flags only; the event loop does the work in tick().
+        if self.deadline is not None:
+            _say("worker: SIGTERM again: already draining; SIGQUIT requeues now")
+            return
+        self.deadline = self.clock() + self.timeout_seconds
+        running = len(state.reserved_requests)
+        _say(
+            f"worker: SIGTERM: draining {running} running task(s), "
+            f"up to {self.timeout_seconds:g}s, then requeueing what is left"
+        )
+        if not running:
+            # Nothing to wait for; this also covers a worker still (re)connecting to the
+            # broker, whose retry loop checks this flag every second but runs no timers.
+            setattr(state, "should_stop", EX_OK)  # noqa: B010 (typed None in the stubs)
+
+    def tick(self) -> None:
+        """Called from the event loop; acts only after SIGTERM."""
+        if self.deadline is None or self._done:
+            return
+        if not self._draining:
+            self._draining = True
+            self._stop_consuming()
+            self.on_drain()
+        running = len(state.reserved_requests)
+        if running == 0:
+            self._done = True
+            logger.info("shutdown: no task running; exiting")
+            setattr(state, "should_stop", EX_OK)  # noqa: B010
+        elif self.clock() >= self.deadline:
+            self._done = True
+            logger.warning(
+                "shutdown: %d task(s) still running after %gs; requeueing them",
+                running,
+                self.timeout_seconds,
+            )
+            self._requeue()
+
+    def _stop_consuming(self) -> None:
+        consumer = getattr(self.worker, "consumer", None)
+        task_consumer = getattr(consumer, "task_consumer", None)
+        if task_consumer is None:
+            return
+        try:
+            task_consumer.cancel()
+        except Exception as exc:  # a broken connection: nothing will be delivered anyway
+            logger.warning("shutdown: could not cancel the task consumer: %r", exc)
+
+    def _requeue(self) -> None:
+        # Celery's cold path: kill the pool processes running unacknowledged (acks late) tasks,
+        # set should_terminate; the channel closes on the way out and restores their messages.
+        celery_apps_worker.on_cold_shutdown(self.worker)  # type: ignore[attr-defined]
+
+
+def _say(message: str) -> None:
+    # What Celery's own handlers do: logging from a signal handler can deadlock.
+    print(message, file=sys.__stdout__, flush=True)

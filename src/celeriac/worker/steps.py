@@ -1,0 +1,146 @@
+"""Celery bootsteps that give the worker its probe files and its SIGTERM drain.
+
+They receive the worker's ``WorkerSettings`` as the ``celeriac_settings`` keyword, which Celery
+passes from ``app.Worker(...)`` to every worker and consumer step; without it they do nothing,
+so an app that has them registered still runs under plain ``celery worker``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from celery import bootsteps
+from celery.worker.consumer import Consumer
+
+from celeriac import heartbeat
+from celeriac.worker.settings import HEARTBEAT_INTERVAL_SECONDS, WorkerSettings
+from celeriac.worker.shutdown import GracefulShutdown
+
+logger = logging.getLogger(__name__)
+
+
+class Heartbeat(bootsteps.StartStopStep):
+    """Touches the heartbeat file every second from the worker's timer.
+
+    With the prefork pool the timer is the event loop's, so the file goes stale when the main
+    process's loop freezes, and ``celeriac probe worker`` (liveness) fails without ever asking
+    the broker anything.
+    """
+
+    label = "celeriac heartbeat"
+    requires = ("celery.worker.components:Timer",)
+
+    def __init__(self, w: Any, celeriac_settings: WorkerSettings | None = None, **kwargs: Any):
+        super().__init__(w, **kwargs)
+        self.settings = celeriac_settings
+        self._entry: Any = None
+
+    def include_if(self, w: Any) -> bool:
+        return self.settings is not None
+
+    def start(self, w: Any) -> None:
+        assert self.settings is not None
+        path = self.settings.heartbeat_file
+        heartbeat.touch(path)
+        self._entry = w.timer.call_repeatedly(HEARTBEAT_INTERVAL_SECONDS, heartbeat.touch, (path,))
+
+    def stop(self, w: Any) -> None:
+        if self._entry is not None:
+            self._entry.cancel()
+            self._entry = None
+
+
+class Drain(bootsteps.StartStopStep):
+    """Installs celeriac's SIGTERM handling (``celeriac.worker.shutdown``).
+
+    Started after Celery installed its own signal handlers, so this one wins.
+    """
+
+    label = "celeriac drain"
+    requires = ("celery.worker.components:Timer", "celery.worker.components:Pool")
+
+    def __init__(self, w: Any, celeriac_settings: WorkerSettings | None = None, **kwargs: Any):
+        super().__init__(w, **kwargs)
+        self.settings = celeriac_settings
+        self.shutdown: GracefulShutdown | None = None
+
+    def include_if(self, w: Any) -> bool:
+        return self.settings is not None
+
+    def start(self, w: Any) -> None:
+        assert self.settings is not None
+        ready_file = self.settings.ready_file
+        self.shutdown = GracefulShutdown(
+            w, self.settings.shutdown_timeout_seconds, on_drain=lambda: heartbeat.remove(ready_file)
+        )
+        self.shutdown.install()
+
+    def stop(self, w: Any) -> None:
+        if self.shutdown is not None:
+            self.shutdown.uninstall()
+
+
+class Ready(bootsteps.StartStopStep):
+    """Keeps the ready file while the consumer is connected and consuming its queues.
+
+    Started after the task consumer exists, again after every reconnect; removed when the
+    consumer stops (connection lost, shutdown), so ``celeriac probe worker --ready`` says
+    whether this worker takes tasks now.
+    """
+
+    label = "celeriac ready"
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, c: Any, celeriac_settings: WorkerSettings | None = None, **kwargs: Any):
+        super().__init__(c, **kwargs)
+        self.settings = celeriac_settings
+
+    def include_if(self, c: Any) -> bool:
+        return self.settings is not None
+
+    def start(self, c: Any) -> None:
+        assert self.settings is not None
+        heartbeat.touch(self.settings.ready_file)
+
+    def stop(self, c: Any) -> None:
+        assert self.settings is not None
+        heartbeat.remove(self.settings.ready_file)
+
+    def shutdown(self, c: Any) -> None:
+        self.stop(c)
+
+
+class ProbedConsumer(Consumer):
+    """Celery's consumer, also touching the heartbeat while it retries the broker connection.
+
+    While (re)connecting, the consumer sits in kombu's retry loop and no timer runs; that loop
+    calls back every second, and the heartbeat rides on that callback. A Redis outage thus
+    leaves the liveness probe passing (restarting the pod would not bring Redis back), while a
+    frozen process still fails it.
+    """
+
+    def ensure_connected(self, conn: Any) -> Any:
+        settings = (getattr(getattr(self, "controller", None), "options", None) or {}).get(
+            "celeriac_settings"
+        )
+        if isinstance(settings, WorkerSettings):
+            _touch_while_retrying(conn, settings)
+        return super().ensure_connected(conn)
+
+
+def _touch_while_retrying(conn: Any, settings: WorkerSettings) -> None:
+    ensure_connection: Callable[..., Any] = conn.ensure_connection
+
+    def ensure_with_heartbeat(
+        *args: Any, callback: Callable[[], Any] | None = None, **kw: Any
+    ) -> Any:
+        def beat() -> None:
+            heartbeat.touch(settings.heartbeat_file)
+            if callback is not None:
+                callback()
+
+        return ensure_connection(*args, callback=beat, **kw)
+
+    conn.ensure_connection = ensure_with_heartbeat
