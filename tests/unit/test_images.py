@@ -17,8 +17,10 @@ import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from packaging.requirements import Requirement
 
 from tests.support import REPO_ROOT
@@ -397,3 +399,60 @@ def test_own_tasks_example_loads_as_celeriac_would() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:2] == ["['mytasks.fibonacci', 'mytasks.word_count']", "3"]
+
+
+# --- the chart runs the image as the image expects --------------------------------------------
+
+
+def rendered_workloads(values: dict[str, object]) -> dict[str, dict[str, Any]]:
+    """component -> the rendered Deployment of that component (worker: the default group)."""
+    import helm_python as helm
+
+    with helm.Chart.load(str(REPO_ROOT / "charts" / "celeriac")) as chart:
+        manifests = chart.render(values=values, name="celeriac", namespace="celeriac")
+    workloads: dict[str, dict[str, Any]] = {}
+    for text in manifests.values():
+        for document in yaml.safe_load_all(text):
+            if document and document["kind"] == "Deployment":
+                component = document["metadata"]["labels"]["app.kubernetes.io/component"]
+                workloads.setdefault(component, document)
+    return workloads
+
+
+def chart_app_version() -> str:
+    chart = yaml.safe_load((REPO_ROOT / "charts" / "celeriac" / "Chart.yaml").read_text())
+    return str(chart["appVersion"])
+
+
+def test_chart_app_version_is_the_image_version() -> None:
+    assert chart_app_version() == project_version()
+    values = yaml.safe_load((REPO_ROOT / "charts" / "celeriac" / "values.yaml").read_text())
+    assert values["image"]["repository"] == IMAGE_REPOSITORY
+
+
+@pytest.mark.chart
+def test_chart_runs_the_image_as_its_dockerfiles_expect() -> None:
+    runtime = final_stage(parse(BASE_DOCKERFILE))
+    entrypoint = only(runtime, "ENTRYPOINT").exec_form()
+    exposed = exposed_ports(runtime)
+    workloads = rendered_workloads({})
+    assert set(workloads) == set(COMPONENT_PORTS)
+    for component, deployment in workloads.items():
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["image"] == f"{IMAGE_REPOSITORY}:{chart_app_version()}"
+        assert container["command"] == entrypoint, component
+        assert container["args"][0] == component
+        ports = {p["containerPort"] for p in container.get("ports", [])}
+        assert ports == COMPONENT_PORTS[component], component
+        assert ports <= exposed, component
+        user = container["securityContext"].get("runAsUser", pod["securityContext"]["runAsUser"])
+        assert str(user) == UID, component
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        # The image writes only under /tmp (HOME, caches): the chart must make it writable.
+        tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
+        volume = next(v for v in pod["volumes"] if v["name"] == tmp["name"])
+        assert "emptyDir" in volume, component
+        if component in COMPONENT_PROBES:
+            # The component image's HEALTHCHECK is the chart's liveness probe.
+            assert container["livenessProbe"]["exec"]["command"] == COMPONENT_PROBES[component]
