@@ -148,6 +148,16 @@ def test_malformed_json_is_422(
     assert error["loc"][0] == "body"
 
 
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded"])
+def test_json_without_json_content_type_says_so(
+    client: TestClient, content_type: str | None
+) -> None:
+    headers = AUTH if content_type is None else {**AUTH, "Content-Type": content_type}
+    response = client.post("/v1/tasks", content=b'{"task": "celeriac.demo.add"}', headers=headers)
+    assert response.status_code == 422
+    assert "Content-Type: application/json" in response.json()["detail"][0]["msg"]
+
+
 def test_json_error_says_what_is_wrong(client: TestClient) -> None:
     response = client.post(
         "/v1/tasks", content=b'{"task": ', headers={**AUTH, "Content-Type": "application/json"}

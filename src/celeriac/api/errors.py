@@ -37,16 +37,23 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-    # Only loc/msg/type: echoing ``input`` back would repeat up to a whole body.
-    return JSONResponse({"detail": [_clean(error) for error in exc.errors()]}, status_code=422)
+    json_sent = "json" in request.headers.get("content-type", "").lower()
+    errors = [_clean(error, json_sent) for error in exc.errors()]
+    return JSONResponse({"detail": errors}, status_code=422)
 
 
-def _clean(error: dict[str, Any]) -> dict[str, Any]:
+def _clean(error: dict[str, Any], json_sent: bool) -> dict[str, Any]:
+    """Only loc/msg/type: echoing ``input`` back would repeat up to a whole body."""
+    location = list(error.get("loc", ()))
+    kind = error.get("type", "")
     message = str(error.get("msg", "invalid value"))
     reason = (error.get("ctx") or {}).get("error")
-    if error.get("type") == "json_invalid" and reason:
+    if kind == "json_invalid" and reason:
         message = f"{message}: {reason}"
-    return {"loc": list(error.get("loc", ())), "msg": message, "type": error.get("type", "")}
+    elif location == ["body"] and kind == "model_attributes_type" and not json_sent:
+        # A body without a JSON content type is not parsed (curl -d sends a form type).
+        message = "the body must be JSON, sent with Content-Type: application/json"
+    return {"loc": location, "msg": message, "type": kind}
 
 
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
