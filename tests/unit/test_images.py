@@ -411,7 +411,9 @@ def rendered_workloads(values: dict[str, object]) -> dict[str, dict[str, Any]]:
     with helm.Chart.load(str(REPO_ROOT / "charts" / "celeriac")) as chart:
         manifests = chart.render(values=values, name="celeriac", namespace="celeriac")
     workloads: dict[str, dict[str, Any]] = {}
-    for text in manifests.values():
+    for path, text in manifests.items():
+        if not path.endswith(".yaml"):  # NOTES.txt
+            continue
         for document in yaml.safe_load_all(text):
             if document and document["kind"] == "Deployment":
                 component = document["metadata"]["labels"]["app.kubernetes.io/component"]
