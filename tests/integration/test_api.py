@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -293,11 +294,34 @@ def test_broker_down_with_results_up_is_503_and_leaves_no_record(
 ) -> None:
     """The publish itself fails (the record was written first): bounded, and cleaned up."""
     with _client(_settings(own_redis.url(), result_url=redis_url)) as client:
+        queued = _submit(client)["id"]
         own_redis.stop()
         _unavailable(client, "POST", "/v1/tasks", json={"task": ADD}, headers=AUTH)
+        # The id is found (results are up) but the revoke broadcast needs the broker.
+        _unavailable(client, "DELETE", f"/v1/tasks/{queued}", headers=AUTH)
         _unavailable(client, "GET", "/readyz")
-        assert redis_client.keys(RECORD_PREFIX + "*") == []
+        assert redis_client.keys(RECORD_PREFIX + "*") == [(RECORD_PREFIX + queued).encode()]
         own_redis.start()
         accepted = _submit(client)
         assert redis_client.exists(RECORD_PREFIX + accepted["id"])
-        assert own_redis.client().llen("default") == 1
+        assert own_redis.client().llen("default") == 1  # the server restarted empty
+
+
+def test_redis_with_a_password(tmp_path: Path) -> None:
+    server = RedisServer(password="redis-pass-1").start()
+    try:
+        password_file = tmp_path / "password"
+        password_file.write_text("redis-pass-1\n")
+        settings = Settings.from_env(
+            {
+                "CELERIAC_BROKER_URL": f"redis://127.0.0.1:{server.port}/0",
+                "CELERIAC_REDIS_PASSWORD_FILE": str(password_file),
+            }
+        )
+        with _client(settings) as client:
+            assert client.get("/readyz").status_code == 200
+            task_id = _submit(client)["id"]
+            assert client.get(f"/v1/tasks/{task_id}", headers=AUTH).json()["state"] == "PENDING"
+            assert client.get("/v1/queues", headers=AUTH).json()["queues"][0]["waiting"] == 1
+    finally:
+        server.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,12 @@ def test_server_limits_outage_recovery_and_sigterm(
     small = [b'{"task": "celeriac.demo.add", ', b'"args": [1, 2]}']
     json_type = {**AUTH, "Content-Type": "application/json"}
     assert client.post("/v1/tasks", content=iter(small), headers=json_type).status_code == 202
+
+    # Handlers run in uvicorn's thread pool: concurrent submissions share the pools safely.
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        ids = list(pool.map(lambda n: _submit(client, "celeriac.demo.add", args=[n, n]), range(48)))
+    assert len(set(ids)) == 48
+    assert own_redis.client().llen("default") == 48 + 1  # and the chunked one above
 
     before = _submit(client, "celeriac.demo.add", args=[1, 1])
     own_redis.stop()
