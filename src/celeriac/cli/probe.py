@@ -2,10 +2,13 @@
 
 Runs every few seconds in every pod, so it imports neither Celery nor the component it checks
 (``celeriac.worker.settings`` only holds constants and reads the environment).
+Exit codes leave through ``sys.exit``: ``python -m celeriac`` ignores the value ``ctx.exit``
+hands back in Click's non-standalone mode.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -59,18 +62,15 @@ def command() -> None:
     default=DEFAULT_READY_FILE,
     show_default=True,
 )
-@click.pass_context
-def worker(
-    ctx: click.Context, ready: bool, max_age_seconds: float, heartbeat_file: Path, ready_file: Path
-) -> None:
+def worker(ready: bool, max_age_seconds: float, heartbeat_file: Path, ready_file: Path) -> None:
     """Liveness (default): the worker's event loop touched its heartbeat file recently."""
     if ready:
         if ready_file.exists():
             click.echo(f"worker ready: {ready_file} exists")
-            ctx.exit(0)
+            sys.exit(0)
         click.echo(f"worker not ready: {ready_file} does not exist", err=True)
-        ctx.exit(1)
-    ctx.exit(_check_heartbeat("worker", heartbeat_file, max_age_seconds))
+        sys.exit(1)
+    sys.exit(_check_heartbeat("worker", heartbeat_file, max_age_seconds))
 
 
 @command.command("beat")
@@ -83,10 +83,9 @@ def worker(
     default=DEFAULT_BEAT_HEARTBEAT_FILE,
     show_default=True,
 )
-@click.pass_context
-def beat(ctx: click.Context, max_age_seconds: float, heartbeat_file: Path) -> None:
+def beat(max_age_seconds: float, heartbeat_file: Path) -> None:
     """Liveness: the scheduler's loop touched its heartbeat file recently."""
-    ctx.exit(_check_heartbeat("beat", heartbeat_file, max_age_seconds))
+    sys.exit(_check_heartbeat("beat", heartbeat_file, max_age_seconds))
 
 
 def _check_heartbeat(component: str, path: Path, max_age_seconds: float) -> int:

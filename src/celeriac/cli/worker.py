@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import click
@@ -59,8 +60,7 @@ def _option(name: str, flag: str, help_text: str, **kwargs: Any) -> click.Option
         ),
     ],
 )
-@click.pass_context
-def command(ctx: click.Context, /, **options: object) -> None:
+def command(**options: object) -> None:
     """Run a Celery worker sized to its container.
 
     Pool size follows the CPU limit, max memory per child the memory limit; the worker keeps
@@ -77,4 +77,5 @@ def command(ctx: click.Context, /, **options: object) -> None:
                 str(value).lower() if isinstance(value, bool) else str(value)
             )
     settings = WorkerSettings.from_env(environ)
-    ctx.exit(run_worker(settings))
+    # sys.exit, not ctx.exit: `python -m celeriac` drops the code Click returns for ctx.exit.
+    sys.exit(run_worker(settings))

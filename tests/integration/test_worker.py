@@ -1,0 +1,310 @@
+"""``celeriac worker`` as real subprocesses against a real Redis: probes, metrics, kills,
+SIGTERM drains and requeues, broker restarts.
+
+Executions are counted in Redis by ``tests.integration.worker_tasks`` (``runs:<id>``,
+``done:<id>``), so "ran once", "ran twice" and "lost" are facts, not log lines.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+from prometheus_client.parser import text_string_to_metric_families
+
+from celeriac.app import create_app
+from celeriac.keys import UNACKED_KEY, priority_list_keys
+from celeriac.settings import DEFAULT_PRIORITY_STEPS, Settings
+from tests.support import REPO_ROOT, Child, RedisServer, celeriac_command, free_port, wait_until
+
+pytestmark = pytest.mark.integration
+
+Spawn = Callable[..., Child]
+QUEUE = "work"
+TASKS_APP = "tests.integration.worker_tasks:app"
+
+
+def worker_env(broker_url: str, tmp_path: Path, name: str, **extra: str) -> dict[str, str]:
+    return {
+        "CELERIAC_BROKER_URL": broker_url,
+        "CELERIAC_APP": TASKS_APP,
+        "CELERIAC_QUEUES": QUEUE,
+        "CELERIAC_WORKER_HOSTNAME": f"{name}@test",
+        "CELERIAC_WORKER_CONCURRENCY": "2",
+        "CELERIAC_WORKER_HEARTBEAT_FILE": str(tmp_path / f"{name}.heartbeat"),
+        "CELERIAC_WORKER_READY_FILE": str(tmp_path / f"{name}.ready"),
+        "CELERIAC_WORKER_METRICS_DIR": str(tmp_path / f"{name}.metrics"),
+        "CELERIAC_WORKER_METRICS_PORT": "0",
+        "PYTHONPATH": str(REPO_ROOT),
+        **{f"CELERIAC_{key.upper()}": value for key, value in extra.items()},
+    }
+
+
+def start_worker(spawn: Spawn, env: dict[str, str], name: str) -> Child:
+    """Start a worker and wait for its ready file (the start-up probe's condition)."""
+    child = spawn(celeriac_command("worker"), env=env, name=name)
+    ready = Path(env["CELERIAC_WORKER_READY_FILE"])
+
+    def is_ready() -> bool:
+        if child.process.poll() is not None:
+            raise AssertionError(f"worker {name} exited:\n{child.output()}")
+        return ready.exists()
+
+    wait_until(is_ready, timeout=30, message=f"worker {name} ready")
+    return child
+
+
+def probe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        celeriac_command("probe", "worker", *args),
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def counter(client: redis.Redis, key: str) -> int:
+    value = client.get(key)
+    return int(value) if value is not None else 0
+
+
+def waiting(client: redis.Redis) -> int:
+    return sum(int(client.llen(key)) for key in priority_list_keys(QUEUE, DEFAULT_PRIORITY_STEPS))
+
+
+@pytest.fixture
+def producer(redis_url: str) -> Iterator[Celery]:
+    app = create_app("test-worker-producer", Settings(broker_url=redis_url, queues=(QUEUE,)))
+    yield app
+    app.close()
+
+
+def send(producer: Celery, task: str = "tests.record", **kwargs: float) -> str:
+    return str(producer.send_task(task, kwargs=kwargs, queue=QUEUE).id)
+
+
+def test_ready_file_heartbeat_and_probes(spawn: Spawn, redis_url: str, tmp_path: Path) -> None:
+    env = worker_env(redis_url, tmp_path, "a")
+    heartbeat = Path(env["CELERIAC_WORKER_HEARTBEAT_FILE"])
+    ready = Path(env["CELERIAC_WORKER_READY_FILE"])
+    # Files of an earlier run (an hour old, marked) must be replaced, never pass as ours.
+    for stale in (heartbeat, ready):
+        stale.write_text("stale")
+        os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    assert probe(env, "--max-age-seconds", "5").returncode == 1
+
+    started = time.monotonic()
+    worker = spawn(celeriac_command("worker"), env=env, name="a")
+    wait_until(
+        lambda: ready.exists() and ready.read_text() == "",
+        timeout=30,
+        message=f"a fresh ready file; log:\n{worker.output()}",
+    )
+    print(f"cold start to ready file: {time.monotonic() - started:.2f}s (incl. interpreter)")
+    assert heartbeat.read_text() == ""
+    assert "sizing: pool=2 (from CELERIAC_WORKER_CONCURRENCY)" in worker.output()
+    assert probe(env, "--ready").returncode == 0
+    # The heartbeat keeps moving: two more touches from the event loop's timer.
+    first = heartbeat.stat().st_mtime
+    wait_until(lambda: heartbeat.stat().st_mtime > first, timeout=10, message="a heartbeat")
+    second = heartbeat.stat().st_mtime
+    wait_until(lambda: heartbeat.stat().st_mtime > second, timeout=10, message="another")
+    result = probe(env, "--max-age-seconds", "5")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("worker healthy: heartbeat")
+
+
+def test_task_metrics_by_task_name(
+    spawn: Spawn, redis_url: str, tmp_path: Path, producer: Celery
+) -> None:
+    port = free_port()
+    env = worker_env(redis_url, tmp_path, "m", worker_metrics_port=str(port))
+    # A metric file left by an earlier run would add its counts; it must be wiped at start.
+    metrics_dir = Path(env["CELERIAC_WORKER_METRICS_DIR"])
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_1.db").write_bytes(b"not a metrics file")
+    start_worker(spawn, env, "m")
+    assert not (metrics_dir / "counter_1.db").exists()
+
+    results = [
+        producer.send_task("tests.record", kwargs={"seconds": 0.05}, queue=QUEUE),
+        producer.send_task("tests.record", kwargs={"seconds": 0.05}, queue=QUEUE),
+        producer.send_task("tests.fail", queue=QUEUE),
+        producer.send_task("tests.retry_once", queue=QUEUE),
+    ]
+    for result in results:
+        result.get(timeout=30, propagate=False)
+
+    def scrape() -> dict[tuple[str, str], float]:
+        url = f"http://127.0.0.1:{port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        return {
+            (sample.name, sample.labels.get("task", "")): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if "le" not in sample.labels
+        }
+
+    expected = {
+        ("celeriac_tasks_succeeded_total", "tests.record"): 2.0,
+        ("celeriac_tasks_succeeded_total", "tests.retry_once"): 1.0,
+        ("celeriac_tasks_failed_total", "tests.fail"): 1.0,
+        ("celeriac_tasks_retried_total", "tests.retry_once"): 1.0,
+        ("celeriac_task_runtime_seconds_count", "tests.record"): 2.0,
+        ("celeriac_task_runtime_seconds_count", "tests.fail"): 1.0,
+        # The first run raised Retry, the second succeeded: two runs.
+        ("celeriac_task_runtime_seconds_count", "tests.retry_once"): 2.0,
+    }
+    # The signal handlers run in the pool processes after the result is stored: poll briefly.
+    found = wait_until(
+        lambda: (lambda s: s if all(s.get(k) == v for k, v in expected.items()) else None)(
+            scrape()
+        ),
+        timeout=30,
+        message="task metrics",
+    )
+    assert found[("celeriac_task_runtime_seconds_sum", "tests.record")] >= 0.1
+    assert ("celeriac_tasks_failed_total", "tests.record") not in found
+
+
+def test_killed_worker_task_completes_on_another_worker(
+    spawn: Spawn, redis_url: str, redis_client: redis.Redis, tmp_path: Path, producer: Celery
+) -> None:
+    # As the OOM killer or a lost node would: the whole process group at once, no cleanup.
+    visibility = {"visibility_timeout_seconds": "3"}
+    first = start_worker(spawn, worker_env(redis_url, tmp_path, "k1", **visibility), "k1")
+    task_id = send(producer, seconds=0.1, first_run_seconds=600)
+    wait_until(lambda: redis_client.sismember("started", task_id), timeout=30, message="start")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=10)
+    assert redis_client.hlen(UNACKED_KEY) == 1  # stranded until the visibility timeout
+
+    start_worker(spawn, worker_env(redis_url, tmp_path, "k2", **visibility), "k2")
+    # kombu's sweep (every max(1, timeout / 4) s here) restores it after 3 s; k2 runs it.
+    wait_until(lambda: counter(redis_client, f"done:{task_id}") == 1, timeout=30, message="done")
+    assert counter(redis_client, f"runs:{task_id}") == 2
+
+
+def test_sigterm_exits_as_soon_as_running_tasks_finish(
+    spawn: Spawn, redis_url: str, redis_client: redis.Redis, tmp_path: Path, producer: Celery
+) -> None:
+    env = worker_env(redis_url, tmp_path, "t", worker_shutdown_timeout_seconds="60")
+    worker = start_worker(spawn, env, "t")
+    ids = [send(producer, seconds=3) for _ in range(2)]
+    wait_until(lambda: redis_client.scard("started") == 2, timeout=30, message="both started")
+
+    worker.signal(signal.SIGTERM)
+    # Stops taking tasks at once: the ready file goes while both tasks still run.
+    ready = Path(env["CELERIAC_WORKER_READY_FILE"])
+    wait_until(lambda: not ready.exists(), timeout=10, message="ready file removed")
+    late = send(producer, seconds=0)
+    assert worker.wait(timeout=40) == 0
+    exited = time.time()
+    for task_id in ids:
+        assert counter(redis_client, f"runs:{task_id}") == 1
+        assert counter(redis_client, f"done:{task_id}") == 1
+    # Far sooner than the 60 s deadline; the rest is Celery's own pool shutdown (~3 s).
+    assert exited - last_finished_at(redis_client, ids) < 15, worker.output()
+    # The task sent after SIGTERM was not taken: it waits for the next worker.
+    assert counter(redis_client, f"runs:{late}") == 0
+    assert waiting(redis_client) == 1
+    assert redis_client.hlen(UNACKED_KEY) == 0
+
+
+def last_finished_at(client: redis.Redis, ids: list[str]) -> float:
+    """Wall-clock time the last of ``ids`` finished (the tasks record it)."""
+    return max(float(client.get(f"finished_at:{task_id}") or "inf") for task_id in ids)
+
+
+def test_sigterm_requeues_tasks_still_running_at_the_deadline(
+    spawn: Spawn, redis_url: str, redis_client: redis.Redis, tmp_path: Path, producer: Celery
+) -> None:
+    env = worker_env(
+        redis_url,
+        tmp_path,
+        "d1",
+        worker_concurrency="3",
+        worker_shutdown_timeout_seconds="4",
+    )
+    worker = start_worker(spawn, env, "d1")
+    short = [send(producer, seconds=1) for _ in range(2)]
+    long = send(producer, seconds=0.1, first_run_seconds=600)
+    wait_until(lambda: redis_client.scard("started") == 3, timeout=30, message="all started")
+
+    signalled = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=40) == 0, worker.output()
+    elapsed = time.monotonic() - signalled
+    assert 4 <= elapsed < 20, worker.output()
+    # Requeued at once: back in its list, not stranded in unacked for the visibility timeout.
+    assert waiting(redis_client) == 1
+    assert redis_client.hlen(UNACKED_KEY) == 0
+    for task_id in short:
+        assert counter(redis_client, f"runs:{task_id}") == 1
+        assert counter(redis_client, f"done:{task_id}") == 1
+    assert counter(redis_client, f"done:{long}") == 0
+
+    start_worker(spawn, worker_env(redis_url, tmp_path, "d2"), "d2")
+    wait_until(lambda: counter(redis_client, f"done:{long}") == 1, timeout=30, message="rerun")
+    assert counter(redis_client, f"runs:{long}") == 2
+    for task_id in short:
+        assert counter(redis_client, f"runs:{task_id}") == 1
+
+
+def test_reconnects_after_redis_restarts(
+    spawn: Spawn, own_redis: RedisServer, tmp_path: Path
+) -> None:
+    env = worker_env(own_redis.url(), tmp_path, "r")
+    worker = start_worker(spawn, env, "r")
+    heartbeat = Path(env["CELERIAC_WORKER_HEARTBEAT_FILE"])
+    ready = Path(env["CELERIAC_WORKER_READY_FILE"])
+
+    own_redis.stop()
+    stopped = time.time()
+    wait_until(lambda: not ready.exists(), timeout=30, message="not ready while Redis is down")
+    # Liveness must not restart a worker because Redis is away: the heartbeat keeps moving
+    # while the consumer retries the connection.
+    wait_until(
+        lambda: heartbeat.stat().st_mtime > stopped + 2.5,
+        timeout=30,
+        message=f"heartbeat during the outage; log:\n{worker.output()}",
+    )
+    own_redis.start()
+    wait_until(ready.exists, timeout=60, message=f"ready again; log:\n{worker.output()}")
+
+    app = create_app("test-worker-restart", Settings(broker_url=own_redis.url(), queues=(QUEUE,)))
+    client = own_redis.client()
+    try:
+        task_id = send(app, seconds=0)
+        wait_until(
+            lambda: counter(client, f"done:{task_id}") == 1, timeout=30, message="task after"
+        )
+    finally:
+        app.close()
+        client.close()
+    assert worker.process.poll() is None
+
+
+def test_bad_app_is_one_line_exit_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        celeriac_command("worker", "--app", "tests.integration.no_such_module:app"),
+        env={**os.environ, **worker_env("redis://127.0.0.1:1/0", tmp_path, "bad")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "cannot import 'tests.integration.no_such_module'" in result.stderr

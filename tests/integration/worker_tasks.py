@@ -1,0 +1,51 @@
+"""Tasks for the worker integration tests; every execution is recorded in the broker's Redis.
+
+Run by the worker subprocess as ``--app tests.integration.worker_tasks:app``, so the app reads
+the worker's environment (``CELERIAC_BROKER_URL``). Keys per task id:
+``runs:<id>`` executions started, ``done:<id>`` executions finished, ``finished_at:<id>`` wall
+clock of the last finish; ``started`` the set of ids started.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import redis
+from celery import Task
+
+from celeriac.app import create_app
+
+app = create_app("tests.worker")
+
+
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(os.environ["CELERIAC_BROKER_URL"])
+
+
+@app.task(name="tests.record", bind=True)
+def record(
+    self: Task[Any, Any], seconds: float = 0.0, first_run_seconds: float | None = None
+) -> int:
+    """Sleep ``seconds`` (``first_run_seconds`` on the first execution of this task id)."""
+    client = _redis()
+    task_id = self.request.id
+    run = int(client.incr(f"runs:{task_id}"))
+    client.sadd("started", task_id)
+    time.sleep(first_run_seconds if run == 1 and first_run_seconds is not None else seconds)
+    client.set(f"finished_at:{task_id}", repr(time.time()))
+    client.incr(f"done:{task_id}")
+    return run
+
+
+@app.task(name="tests.fail")
+def fail() -> None:
+    raise ValueError("failing on purpose")
+
+
+@app.task(name="tests.retry_once", bind=True, max_retries=1, default_retry_delay=0)
+def retry_once(self: Task[Any, Any]) -> int:
+    if self.request.retries == 0:
+        raise self.retry(countdown=0)
+    return int(self.request.retries)
