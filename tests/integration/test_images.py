@@ -1,0 +1,95 @@
+"""The image's entry point as PID 1: it hands PID 1 to tini, and SIGTERM stops a real worker.
+
+A container's first process is PID 1 of its PID namespace; this test makes one with
+``unshare`` (root, or an unprivileged user namespace) and runs services/base/celeriac.sh in it,
+pointed at this venv's celeriac, the way the image runs it. Skipped with the reason where tini
+(Debian's package, as in the image) or PID namespaces are not available.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO_ROOT, Child, wait_until
+
+pytestmark = pytest.mark.integration
+
+TINI = Path("/usr/bin/tini")
+ENTRYPOINT_SCRIPT = REPO_ROOT / "services" / "base" / "celeriac.sh"
+
+
+def unshare_command() -> list[str] | None:
+    """A prefix that runs a command as PID 1 of a new PID namespace, or None."""
+    if shutil.which("unshare") is None:
+        return None
+    base = ["unshare", "--pid", "--fork", "--mount-proc"]
+    candidates = [base] if os.geteuid() == 0 else []
+    candidates.append(["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc"])
+    for prefix in candidates:
+        probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=30, check=False)
+        if probe.returncode == 0:
+            return prefix
+    return None
+
+
+@pytest.fixture(scope="module")
+def as_pid_1() -> list[str]:
+    if not TINI.exists():
+        pytest.skip("tini is not installed (apt-get install tini): the image's PID 1")
+    prefix = unshare_command()
+    if prefix is None:
+        pytest.skip("cannot create a PID namespace here (unshare --pid failed)")
+    return prefix
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()]
+
+
+def cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_text().rstrip("\0").split("\0")
+
+
+def test_entrypoint_as_pid_1_runs_tini_which_forwards_sigterm_to_the_worker(
+    as_pid_1: list[str],
+    redis_url: str,
+    tmp_path: Path,
+    spawn: Callable[..., Child],
+) -> None:
+    venv_celeriac = Path(sys.executable).parent / "celeriac"
+    script = tmp_path / "celeriac.sh"
+    script.write_text(
+        ENTRYPOINT_SCRIPT.read_text().replace("/opt/celeriac/venv/bin/celeriac", str(venv_celeriac))
+    )
+    ready = tmp_path / "worker.ready"
+    env = {
+        "CELERIAC_BROKER_URL": redis_url,
+        "CELERIAC_WORKER_CONCURRENCY": "1",
+        "CELERIAC_WORKER_METRICS_PORT": "0",
+        "CELERIAC_WORKER_HEARTBEAT_FILE": str(tmp_path / "worker.heartbeat"),
+        "CELERIAC_WORKER_READY_FILE": str(ready),
+        "CELERIAC_WORKER_METRICS_DIR": str(tmp_path / "metrics"),
+        "CELERIAC_WORKER_SHUTDOWN_TIMEOUT_SECONDS": "5",
+    }
+    worker = spawn([*as_pid_1, "sh", str(script), "worker"], env=env, name="pid1-worker")
+    wait_until(ready.exists, timeout=30, message=f"the worker to be ready: {worker.output()}")
+
+    # unshare forks the namespace's PID 1: the script, which exec'd tini, which runs celeriac.
+    (init,) = children(worker.pid)
+    assert cmdline(init)[:2] == [str(TINI), "--"]
+    (main,) = children(init)
+    assert cmdline(main)[-2:] == [str(venv_celeriac), "worker"]
+
+    # What the kubelet does: SIGTERM to PID 1 only. Exit 0 means it reached celeriac's main
+    # process and Celery shut down cleanly (unforwarded: no exit; unhandled: 143).
+    os.kill(init, signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0, worker.output()
