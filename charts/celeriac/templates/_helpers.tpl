@@ -24,9 +24,17 @@ Names and labels. Templates never type labels by hand: they use these.
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* "<fullname>-<suffix>", cut to 63 characters. Args: (dict "root" $ "suffix" "api") */}}
+{{/*
+"<fullname>-<suffix>". Cutting it to 63 characters could make two objects share a name, so a
+name that does not fit fails instead. Args: (dict "root" $ "suffix" "api")
+*/}}
 {{- define "celeriac.componentName" -}}
-{{- printf "%s-%s" (include "celeriac.fullname" .root) .suffix | trunc 63 | trimSuffix "-" -}}
+{{- $fullname := include "celeriac.fullname" .root -}}
+{{- $name := printf "%s-%s" $fullname .suffix -}}
+{{- if gt (len $name) 63 -}}
+{{- fail (printf "object name %q is longer than 63 characters: shorten the release name or set fullnameOverride to at most %d characters (or shorten the worker group name)" $name (sub 62 (len .suffix))) -}}
+{{- end -}}
+{{- $name -}}
 {{- end -}}
 
 {{/* Selector labels: name, instance, component; never the version. Args: (dict "root" $ "component" "api") */}}
