@@ -317,3 +317,27 @@ def test_own_tasks_values_run_the_users_image_and_app() -> None:
         assert container["image"] == image
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["CELERIAC_APP"] == values["app"]
+
+
+@pytest.mark.chart
+@pytest.mark.parametrize(
+    "files",
+    [[VALUES_DEV], [VALUES_DEV, VALUES_E2E], [VALUES_PRODUCTION], [VALUES_OWN_TASKS]],
+    ids=lambda files: "+".join(path.name for path in files),
+)
+@pytest.mark.parametrize("version", ["1.29", "1.37"])
+def test_k8s_values_render_objects_valid_for_kubernetes(files: list[Path], version: str) -> None:
+    """Built-in kinds against Kubernetes' strict schemas (CRD kinds: the chart tests)."""
+    from tests.chart.kube_schemas import SchemaMissing, errors
+
+    found, validated = [], 0
+    for document in render(*(load(path) for path in files)):
+        try:
+            problems = errors(document, version)
+        except SchemaMissing:
+            assert "." in document["apiVersion"].split("/")[0], document["kind"]
+            continue
+        validated += 1
+        found += [f"{document['kind']} {document['metadata']['name']}: {p}" for p in problems]
+    assert not found
+    assert validated >= 10
