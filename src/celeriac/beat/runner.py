@@ -1,0 +1,122 @@
+"""Run beat: configure the app for redbeat, check what can be checked, start Celery's loop."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from typing import Any, cast
+
+from celery import Celery
+from celery.apps.beat import Beat
+
+from celeriac import heartbeat
+from celeriac.beat.schedule import Entry, load_schedule
+from celeriac.beat.scheduler import Scheduler
+from celeriac.beat.settings import BeatSettings
+from celeriac.env import ConfigError
+from celeriac.settings import Settings, redact_url
+
+logger = logging.getLogger("celeriac.beat")
+
+
+def beat_config(settings: Settings, beat: BeatSettings) -> dict[str, Any]:
+    """Celery and redbeat settings for the beat process."""
+    return {
+        # Beat's state lives in the broker's Redis, under its own key prefix.
+        "redbeat_redis_url": settings.broker_connection_url,
+        "redbeat_redis_options": {
+            "socket_timeout": settings.redis_socket_timeout_seconds,
+            "socket_connect_timeout": settings.redis_socket_timeout_seconds,
+            "socket_keepalive": True,
+            "health_check_interval": 10,
+        },
+        "redbeat_key_prefix": beat.key_prefix,
+        # None switches off redbeat's own lock, which blocks start-up without ticking;
+        # celeriac's Scheduler takes the lock itself (see celeriac.beat.scheduler).
+        "redbeat_lock_key": None,
+        "redbeat_lock_timeout": beat.lock_timeout_seconds,
+        "beat_max_loop_interval": beat.max_loop_interval_seconds,
+        # The schedule comes from the file, never from app code.
+        "beat_schedule": {},
+        "beat_enable_remote_control": False,
+        "timezone": beat.timezone,
+    }
+
+
+def entries_from(beat: BeatSettings) -> tuple[Entry, ...]:
+    """The validated entries of the schedule file; none (with a warning) when there is none."""
+    if beat.schedule_file is None:
+        logger.warning(
+            "beat: CELERIAC_BEAT_SCHEDULE_FILE is not set; the schedule is empty and any "
+            "entries left in Redis are removed"
+        )
+        return ()
+    return load_schedule(beat.schedule_file)
+
+
+def run(app: Celery, settings: Settings, beat: BeatSettings, loglevel: str) -> None:
+    """Validate the schedule, then run beat until SIGTERM or SIGINT."""
+    app.conf.update(beat_config(settings, beat))
+    app.set_current()
+    # Before any other beat work, so start-up messages use Celery's log format.
+    app.log.setup(loglevel=logging.getLevelNamesMapping()[loglevel], redirect_stdouts=False)
+    entries = entries_from(beat)
+    _prepare_heartbeat(beat)
+    logger.info(
+        "beat: starting with %d entries from %s; Redis %s, keys %s*, loop <= %gs, "
+        "lock timeout %gs, timezone %s",
+        len(entries),
+        beat.schedule_file or "(no file)",
+        redact_url(settings.broker_url),
+        beat.key_prefix,
+        beat.max_loop_interval_seconds,
+        beat.lock_timeout_seconds,
+        beat.timezone,
+    )
+    _warn_unknown_tasks(app, entries)
+    scheduler = functools.partial(
+        Scheduler,
+        entries=entries,
+        heartbeat_file=beat.heartbeat_file,
+        lock_timeout=beat.lock_timeout_seconds,
+    )
+    # Celery's hints say str and int; it resolves a class (or factory) and takes a float too.
+    Beat(
+        app=app,
+        scheduler=cast(Any, scheduler),
+        max_interval=cast(Any, beat.max_loop_interval_seconds),
+        loglevel=loglevel,
+        quiet=True,
+        # Keep stdout and stderr as they are: the CLI's one-line errors must not become logs.
+        redirect_stdouts=False,
+    ).run()
+
+
+def _prepare_heartbeat(beat: BeatSettings) -> None:
+    # A file left by a previous run must not pass the probe; and an unwritable path should fail
+    # now, with its name, not on the first tick.
+    try:
+        heartbeat.remove(beat.heartbeat_file)
+        heartbeat.touch(beat.heartbeat_file)
+        heartbeat.remove(beat.heartbeat_file)
+    except OSError as exc:
+        raise ConfigError(
+            f"CELERIAC_BEAT_HEARTBEAT_FILE={str(beat.heartbeat_file)!r} cannot be written: "
+            f"{exc.strerror}; mount a writable volume there"
+        ) from None
+
+
+def _warn_unknown_tasks(app: Celery, entries: Sequence[Entry]) -> None:
+    app.loader.import_default_modules()
+    for entry in entries:
+        if entry.task not in app.tasks:
+            logger.warning(
+                "beat: entry %s sends task %r, which app %s does not register; it is sent by "
+                "name, so a worker that knows it must consume its queue",
+                entry.name,
+                entry.task,
+                app.main,
+            )
+    for entry in entries:
+        logger.info("beat: entry %s", entry.describe())

@@ -1,0 +1,69 @@
+"""Beat settings: where the schedule is, how often the loop wakes, how long the lock lasts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from celeriac.env import ConfigError, Env
+
+# The loop wakes at least this often: it bounds how late a task fires, how old the heartbeat
+# file gets and how fast a standby beat notices a released lock.
+DEFAULT_MAX_LOOP_INTERVAL_SECONDS = 5.0
+# The lock outlives this many loop intervals without an extension; a beat killed without
+# releasing it is replaced after at most this long (redbeat's own default is 1500 s).
+LOCK_TIMEOUT_LOOP_INTERVALS = 5
+# A lock shorter than two loop intervals could expire between two ticks of a healthy beat.
+MIN_LOCK_TIMEOUT_LOOP_INTERVALS = 2
+DEFAULT_HEARTBEAT_FILE = Path("/tmp/celeriac/beat.heartbeat")
+DEFAULT_TIMEZONE = "UTC"
+# All of beat's Redis keys start with this, so it shares a database with the broker safely.
+KEY_PREFIX = "celeriac:beat:"
+
+
+@dataclass(frozen=True)
+class BeatSettings:
+    schedule_file: Path | None = None
+    max_loop_interval_seconds: float = DEFAULT_MAX_LOOP_INTERVAL_SECONDS
+    lock_timeout_seconds: float = DEFAULT_MAX_LOOP_INTERVAL_SECONDS * LOCK_TIMEOUT_LOOP_INTERVALS
+    heartbeat_file: Path = DEFAULT_HEARTBEAT_FILE
+    timezone: str = DEFAULT_TIMEZONE
+    key_prefix: str = KEY_PREFIX
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> BeatSettings:
+        env = Env(environ)
+        schedule_file = env.optional_string("BEAT_SCHEDULE_FILE")
+        loop = env.number(
+            "BEAT_MAX_LOOP_INTERVAL_SECONDS", DEFAULT_MAX_LOOP_INTERVAL_SECONDS, minimum=0.1
+        )
+        lock = env.number(
+            "BEAT_LOCK_TIMEOUT_SECONDS", loop * LOCK_TIMEOUT_LOOP_INTERVALS, minimum=0.1
+        )
+        if lock < loop * MIN_LOCK_TIMEOUT_LOOP_INTERVALS:
+            raise ConfigError(
+                f"CELERIAC_BEAT_LOCK_TIMEOUT_SECONDS={lock:g} must be at least "
+                f"{MIN_LOCK_TIMEOUT_LOOP_INTERVALS} x CELERIAC_BEAT_MAX_LOOP_INTERVAL_SECONDS "
+                f"({loop:g}), or the lock expires between two ticks"
+            )
+        return cls(
+            schedule_file=None if schedule_file is None else Path(schedule_file),
+            max_loop_interval_seconds=loop,
+            lock_timeout_seconds=lock,
+            heartbeat_file=Path(env.string("BEAT_HEARTBEAT_FILE", str(DEFAULT_HEARTBEAT_FILE))),
+            timezone=_timezone(env),
+        )
+
+
+def _timezone(env: Env) -> str:
+    name = env.string("BEAT_TIMEZONE", DEFAULT_TIMEZONE)
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"CELERIAC_BEAT_TIMEZONE={name!r} is not a known time zone; "
+            "use an IANA name such as UTC or Europe/Berlin"
+        ) from None
+    return name
