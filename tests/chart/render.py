@@ -113,10 +113,40 @@ def containers(workload: Obj) -> Iterator[Obj]:
 
 
 def pod_spec(workload: Obj) -> Obj:
-    spec: Obj = workload["spec"] if workload["kind"] == "Pod" else workload["spec"]["template"]["spec"]
+    if workload["kind"] == "Pod":
+        spec: Obj = workload["spec"]
+    else:
+        spec = workload["spec"]["template"]["spec"]
     return spec
 
 
 def env_of(container: Obj) -> dict[str, Obj]:
     """A container's environment: name -> the EnvVar object."""
     return {entry["name"]: entry for entry in container.get("env", [])}
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Maps merge key by key (as Helm merges values); anything else is replaced; None deletes."""
+    merged = dict(base)
+    for key, value in override.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def default_values() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((CHART_DIR / "values.yaml").read_text(encoding="utf-8"))
+    return loaded
+
+
+def worker_groups(values: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The worker groups `values` define: group name -> workerDefaults merged with the group."""
+    merged = deep_merge(default_values(), values or {})
+    return {
+        name: deep_merge(merged["workerDefaults"], group)
+        for name, group in merged["workers"].items()
+    }

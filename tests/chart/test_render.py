@@ -47,7 +47,8 @@ def test_every_object_is_namespaced_labelled_and_named(
     for obj in renders[case].objects:
         meta = obj["metadata"]
         where = f"{obj['kind']}/{meta['name']}"
-        assert DNS_LABEL.match(meta["name"]) and len(meta["name"]) <= 63, where
+        assert DNS_LABEL.match(meta["name"]), where
+        assert len(meta["name"]) <= 63, where
         assert (obj["kind"], meta["name"]) not in seen, f"{where} rendered twice"
         seen.add((obj["kind"], meta["name"]))
         if not (obj["kind"] == "ConfigMap" and meta["name"].endswith("-dashboard")):

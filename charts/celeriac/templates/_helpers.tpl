@@ -105,6 +105,9 @@ Checkov suppressions shared by every workload, each with its reason (checkov rea
 {{- define "celeriac.checkovSkips" -}}
 checkov.io/skip1: CKV_K8S_43=Images are referenced by release tag so kind and skaffold can load local builds; set image.digest to pin a digest
 checkov.io/skip2: CKV_K8S_15=Release tags are immutable; IfNotPresent lets kind and skaffold use locally loaded images and Always is one value away
+{{- if not .Values.networkPolicy.enabled }}
+checkov.io/skip9: CKV2_K8S_6=networkPolicy.enabled is false so the cluster operator owns the NetworkPolicies of these pods
+{{- end }}
 {{- end -}}
 
 {{/*
