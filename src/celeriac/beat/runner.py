@@ -62,6 +62,7 @@ def run(app: Celery, settings: Settings, beat: BeatSettings, loglevel: str) -> N
     # Before any other beat work, so start-up messages use Celery's log format.
     app.log.setup(loglevel=logging.getLevelNamesMapping()[loglevel], redirect_stdouts=False)
     entries = entries_from(beat)
+    _check_tasks(app, entries)
     _prepare_heartbeat(beat)
     logger.info(
         "beat: starting with %d entries from %s; Redis %s, keys %s*, loop <= %gs, "
@@ -74,7 +75,8 @@ def run(app: Celery, settings: Settings, beat: BeatSettings, loglevel: str) -> N
         beat.lock_timeout_seconds,
         beat.timezone,
     )
-    _warn_unknown_tasks(app, entries)
+    for entry in entries:
+        logger.info("beat: entry %s", entry.describe())
     scheduler = functools.partial(
         Scheduler,
         entries=entries,
@@ -107,10 +109,16 @@ def _prepare_heartbeat(beat: BeatSettings) -> None:
         ) from None
 
 
-def _warn_unknown_tasks(app: Celery, entries: Sequence[Entry]) -> None:
+def _check_tasks(app: Celery, entries: Sequence[Entry]) -> None:
+    """Check each entry's arguments against its task's signature, where the app knows the task.
+
+    Celery checks them at every send, so a mismatch would otherwise fail each run, in the log.
+    """
     app.loader.import_default_modules()
+    problems = []
     for entry in entries:
-        if entry.task not in app.tasks:
+        task = app.tasks.get(entry.task)
+        if task is None:
             logger.warning(
                 "beat: entry %s sends task %r, which app %s does not register; it is sent by "
                 "name, so a worker that knows it must consume its queue",
@@ -118,5 +126,14 @@ def _warn_unknown_tasks(app: Celery, entries: Sequence[Entry]) -> None:
                 entry.task,
                 app.main,
             )
-    for entry in entries:
-        logger.info("beat: entry %s", entry.describe())
+            continue
+        # Celery's own argument check, as apply_async runs it (absent when typing is off).
+        check = getattr(task, "__header__", None) if task.typing else None
+        if check is None:
+            continue
+        try:
+            check(*entry.args, **entry.kwargs)
+        except TypeError as exc:
+            problems.append(f"entry {entry.name!r}: 'args'/'kwargs' do not fit {entry.task}: {exc}")
+    if problems:
+        raise ConfigError("; ".join(problems))
