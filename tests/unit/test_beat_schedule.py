@@ -1,12 +1,12 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from importlib import resources
 from pathlib import Path
 
 import pytest
 from celery.schedules import crontab, schedule
 
-from celeriac.beat.demo import write_demo_schedule
 from celeriac.beat.schedule import ScheduleError, load_schedule, parse_schedule
 from celeriac.env import ConfigError
 
@@ -77,9 +77,12 @@ def test_empty_mapping_is_an_empty_schedule() -> None:
     assert parse_schedule("{}") == ()
 
 
-def test_demo_schedule_is_valid(tmp_path: Path) -> None:
-    entries = load_schedule(write_demo_schedule(tmp_path / "demo"))
-    assert [entry.task for entry in entries] == ["celeriac.demo.add", "celeriac.demo.sleep"]
+def test_local_stacks_demo_schedule_is_valid() -> None:
+    # `celeriac up` hands this file (owned by celeriac.local) to beat.
+    path = Path(str(resources.files("celeriac.local") / "demo_schedule.yaml"))
+    entries = load_schedule(path)
+    assert {entry.task for entry in entries} <= {"celeriac.demo.add", "celeriac.demo.sleep"}
+    assert entries
 
 
 def entry(**fields: object) -> str:

@@ -9,6 +9,8 @@ from typing import Any, cast
 
 from celery import Celery
 from celery.apps.beat import Beat
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from celeriac import heartbeat
 from celeriac.beat.schedule import Entry, load_schedule
@@ -30,6 +32,10 @@ def beat_config(settings: Settings, beat: BeatSettings) -> dict[str, Any]:
             "socket_connect_timeout": settings.redis_socket_timeout_seconds,
             "socket_keepalive": True,
             "health_check_interval": 10,
+            # One quick retry (a pooled connection dropped by a Redis restart), not redis-py's
+            # default of three with backoff: a tick stuck on an unreachable Redis for longer
+            # would let the heartbeat go stale. A failed tick is retried on the next one.
+            "retry": Retry(NoBackoff(), retries=1),
         },
         "redbeat_key_prefix": beat.key_prefix,
         # None switches off redbeat's own lock, which blocks start-up without ticking;
