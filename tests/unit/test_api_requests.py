@@ -62,6 +62,7 @@ BAD_BODIES: list[tuple[str, Any, list[str | int], str]] = [
     ("kwargs not an object", {"task": ADD, "kwargs": [1]}, ["body", "kwargs"], "dictionary"),
     ("queue not served", {"task": ADD, "queue": "gpu"}, ["body", "queue"], "'gpu' is not served"),
     ("queue not a string", {"task": ADD, "queue": 1}, ["body", "queue"], "valid string"),
+    ("queue empty", {"task": ADD, "queue": ""}, ["body", "queue"], "at least 1 character"),
     (
         "negative countdown",
         {"task": ADD, "countdown": -1},

@@ -36,7 +36,9 @@ class TaskRequest(BaseModel):
     args: list[Any] = Field(default_factory=list, description="Positional arguments (JSON).")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments (JSON).")
     queue: StrictStr | None = Field(
-        default=None, description="One of CELERIAC_QUEUES; default CELERIAC_DEFAULT_QUEUE."
+        default=None,
+        min_length=1,
+        description="One of CELERIAC_QUEUES; default CELERIAC_DEFAULT_QUEUE.",
     )
     countdown: StrictFloat | None = Field(
         default=None,

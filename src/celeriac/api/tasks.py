@@ -64,8 +64,8 @@ def submit_task(
         )
     delay = _delay_seconds(body, services)
     task_id = str(uuid.uuid4())
-    # Recorded before publishing, so a fast worker's result never finds the id unknown; kept
-    # as long as the result will be.
+    # Recorded first: when Redis cannot take the record, nothing is published that the client
+    # could not track. Kept as long as the result will be.
     ttl = services.settings.result_expires_seconds + math.ceil(delay)
     tracking.remember(services.results, task_id, body.task, queue, ttl_seconds=ttl)
     try:
