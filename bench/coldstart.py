@@ -114,7 +114,7 @@ def main() -> dict[str, Any]:
             producer.close()
 
     def median(variant: str, key: str) -> float | None:
-        values = [t[key] for t in timings[variant] if t[key] is not None]
+        values = [value for t in timings[variant] if (value := t[key]) is not None]
         return statistics.median(values) if len(values) == ROUNDS else None
 
     def seconds(value: float | None) -> str:

@@ -43,7 +43,7 @@ def fill(server: Redis) -> Any:
     settings = Settings(broker_url=server.url, queues=QUEUES)
     app = create_app("bench-scrape", settings)
     connection = app.connection_for_read()
-    channel = connection.default_channel
+    channel: Any = connection.default_channel  # kombu's virtual Channel has basic_get
     # Countdown messages first, while queue0 holds nothing else: a worker would hold them.
     for _ in range(SCHEDULED):
         app.send_task("celeriac.demo.add", args=[1, 2], queue=QUEUES[0], countdown=3600)
@@ -57,6 +57,7 @@ def fill(server: Redis) -> Any:
             step = max(s for s in settings.priority_steps if s <= priority)
             key = priority_list_keys(queue, [step])[0]
             message = server.client.lindex(key, 0)
+            assert isinstance(message, bytes)
             with server.client.pipeline(transaction=False) as pipe:
                 for _ in range(PER_QUEUE_PER_PRIORITY - 1):
                     pipe.lpush(key, message)

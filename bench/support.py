@@ -176,7 +176,7 @@ def machine() -> dict[str, Any]:
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "celery": celery.__version__,
-        "kombu": kombu.__version__,
+        "kombu": getattr(kombu, "__version__", "unknown"),
         "redis_server": next((w[2:] for w in redis_version if w.startswith("v=")), "unknown"),
         "kernel": platform.release(),
     }

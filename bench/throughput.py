@@ -43,7 +43,7 @@ def template(app: Celery, server: Redis, queue: str) -> dict[str, Any]:
     """One real message as the app publishes it, taken back off the queue."""
     app.send_task("celeriac.demo.add", args=[1, 2], queue=queue)
     raw = server.client.rpop(queue)
-    assert raw is not None, f"no message published to {queue}"
+    assert isinstance(raw, bytes), f"no message published to {queue}"
     message: dict[str, Any] = json.loads(raw)
     return message
 
@@ -72,7 +72,7 @@ def drain(server: Redis, queue: str, messages: list[str], timeout: float = 120) 
             pipe.llen(queue)
             pipe.hlen(UNACKED_KEY)
             waiting, unacked = pipe.execute()
-        return waiting == 0 and unacked == 0
+        return bool(waiting == 0 and unacked == 0)
 
     try:
         wait_for(empty, timeout, f"{queue} drained", interval=POLL_SECONDS)
