@@ -371,3 +371,33 @@ def test_a_real_prometheus_scrapes_the_exporter(
         return result[0]["value"][1] if result else None
 
     assert wait_until(scraped, timeout=60, message="prometheus scraped the exporter") == "3"
+
+
+def test_password_from_file_is_used_and_never_logged(spawn: Spawn, tmp_path: Path) -> None:
+    secret = "s3cret-Pa55"
+    server = RedisServer(password=secret).start()
+    try:
+        password_file = tmp_path / "password"
+        password_file.write_text(secret + "\n")
+        url_without_password = f"redis://127.0.0.1:{server.port}/0"
+        good = start_exporter(
+            spawn, url_without_password, {"CELERIAC_REDIS_PASSWORD_FILE": str(password_file)}
+        )
+        wrong_file = tmp_path / "wrong"
+        wrong_file.write_text("not-the-password")
+        wrong = start_exporter(
+            spawn, url_without_password, {"CELERIAC_REDIS_PASSWORD_FILE": str(wrong_file)}
+        )
+        inline = start_exporter(spawn, f"redis://:{secret}@127.0.0.1:{server.port}/0")
+        assert value(samples(scrape(good.port)[2]), "celeriac_redis_up") == 1
+        assert value(samples(scrape(inline.port)[2]), "celeriac_redis_up") == 1
+        for _ in range(3):
+            assert value(samples(scrape(wrong.port)[2]), "celeriac_redis_up") == 0
+        wrong_log = wrong.child.output()
+        # One warning for the outage, not one per scrape.
+        assert wrong_log.count("cannot read Redis") == 1, wrong_log
+        assert "redis://:***@127.0.0.1" in inline.child.output()
+        for exporter in (good, wrong, inline):
+            assert secret not in exporter.child.output()
+    finally:
+        server.close()
