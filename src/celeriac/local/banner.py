@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from celeriac.local.plan import StackPlan
@@ -17,7 +16,7 @@ DEMO_ARGS = (2, 3)
 def _shown(path: Path) -> str:
     """A path relative to the working directory when it is inside it (shorter to read)."""
     try:
-        return os.path.relpath(path)
+        return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
 
