@@ -218,6 +218,19 @@ def test_configured_queues_read_zero_before_anything_exists(
     assert value(found, "celeriac_redis_up") == 1
 
 
+def test_an_empty_groups_file_reports_queues_only(
+    spawn: Spawn, redis_url: str, tmp_path: Path
+) -> None:
+    groups = tmp_path / "groups.yaml"
+    groups.write_text("{}\n")
+    port = start_exporter(
+        spawn, redis_url, {"CELERIAC_QUEUES": "a", "CELERIAC_WORKER_GROUPS_FILE": str(groups)}
+    ).port
+    text = scrape(port)[2]
+    assert value(samples(text), "celeriac_queue_backlog_messages", queue="a") == 0
+    assert "celeriac_group_backlog_messages" not in text
+
+
 def test_one_transaction_per_scrape(
     spawn: Spawn, producer: Celery, redis_url: str, redis_client: redis.Redis
 ) -> None:

@@ -19,9 +19,21 @@ def test_defaults_one_group_over_the_configured_queues() -> None:
     assert settings.queues == ("default", "cpu")
 
 
-def test_direct_construction_also_gets_the_default_group() -> None:
+def test_direct_construction_has_no_groups_unless_given() -> None:
     settings = ExporterSettings(common=Settings(queues=("a", "b")))
-    assert settings.groups == (WorkerGroup("default", ("a", "b")),)
+    assert settings.groups == ()
+    assert settings.queues == ("a", "b")
+
+
+def test_an_empty_mapping_is_no_groups(tmp_path: Path) -> None:
+    # What the chart writes when no worker group is enabled.
+    path = tmp_path / "groups.yaml"
+    path.write_text("{}\n")
+    settings = ExporterSettings.from_env(
+        {"CELERIAC_QUEUES": "a", "CELERIAC_WORKER_GROUPS_FILE": str(path)}
+    )
+    assert settings.groups == ()
+    assert settings.queues == ("a",)
 
 
 def test_environment_overrides(tmp_path: Path) -> None:
@@ -87,7 +99,7 @@ def test_groups_keep_file_order() -> None:
     ("data", "message"),
     [
         (None, "expected a mapping of group name to {queues: [...]}, got nothing"),
-        ({}, "got an empty mapping"),
+        ("", "got str ''"),
         ([{"queues": ["a"]}], "got a list"),
         ({"Bad_Name": {"queues": ["a"]}}, "group name 'Bad_Name' is invalid"),
         ({7: {"queues": ["a"]}}, "group name 7 is invalid"),

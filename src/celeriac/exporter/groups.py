@@ -61,8 +61,12 @@ def load_groups(path: Path) -> tuple[WorkerGroup, ...]:
 
 
 def parse_groups(data: object, source: str = "worker groups") -> tuple[WorkerGroup, ...]:
-    """Validate parsed YAML: a non-empty mapping of group name -> {queues: [names]}."""
-    if not isinstance(data, Mapping) or not data:
+    """Validate parsed YAML: a mapping of group name -> {queues: [names]}.
+
+    ``{}`` is no groups (the chart writes it when no worker group is enabled): only the
+    per-queue gauges are reported. An empty file is an error: more likely a broken mount.
+    """
+    if not isinstance(data, Mapping):
         raise ConfigError(
             f"{source}: expected a mapping of group name to {{queues: [...]}}, got {_kind(data)}"
         )

@@ -23,12 +23,9 @@ class ExporterSettings:
     common: Settings = field(default_factory=Settings)
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
+    # from_env: the groups file's groups, or one "default" group when no file is set.
     groups: tuple[WorkerGroup, ...] = ()
     redis_timeout_seconds: float = DEFAULT_REDIS_TIMEOUT_SECONDS
-
-    def __post_init__(self) -> None:
-        if not self.groups:  # no groups given: one "default" group over the common queues
-            object.__setattr__(self, "groups", default_groups(self.common.queues))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ExporterSettings:
