@@ -91,3 +91,19 @@ def test_existing_redis_secret(renders: dict[str, Rendered]) -> None:
     volume = next(v for v in pod_spec(statefulset)["volumes"] if v["name"] == "password")
     assert volume["secret"]["secretName"] == "redis-auth"
     assert volume["secret"]["items"] == [{"key": "pw", "path": "password"}]
+
+
+def test_a_config_change_rolls_redis() -> None:
+    from tests.chart.render import render
+
+    def checksum(extra: str) -> str:
+        statefulset = render({"redis": {"extraConfig": extra}}).get("StatefulSet", "celeriac-redis")
+        value: str = statefulset["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        return value
+
+    assert checksum("") == checksum("")
+    assert checksum("maxmemory 800mb") != checksum("")
+    config = render({"redis": {"extraConfig": "maxmemory 800mb"}}).get(
+        "ConfigMap", "celeriac-redis"
+    )
+    assert config["data"]["redis.conf"].splitlines()[-1] == "maxmemory 800mb"
