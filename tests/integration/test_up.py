@@ -12,10 +12,13 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -87,7 +90,7 @@ def _all_processes(pgids: dict[str, int]) -> set[int]:
 def start_stack(spawn: Callable[..., Child], tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     state_dirs: list[Path] = []
 
-    def start(*extra: str) -> Stack:
+    def start(*extra: str, env: dict[str, str] | None = None) -> Stack:
         api, exporter, worker_metrics, redis = _distinct_ports(4)
         state_dir = tmp_path / f"state-{len(state_dirs)}"
         state_dirs.append(state_dir)
@@ -101,6 +104,7 @@ def start_stack(spawn: Callable[..., Child], tmp_path: Path) -> Iterator[Callabl
                 f"--state-dir={state_dir}",
                 *extra,
             ),
+            env=env,
             name="up",
         )
 
@@ -153,6 +157,26 @@ def _stop_and_check_nothing_left(stack: Stack, signum: int) -> str:
     return output
 
 
+def _run_banner_curl(output: str) -> object:
+    """Run the two curl commands of the banner in a shell, as a user would paste them."""
+    post = re.search(r"^ *(curl -s -X POST .*?)\n\n", output, re.MULTILINE | re.DOTALL)
+    get = re.search(r"^ *(curl -s \S+/v1/tasks/TASK_ID .*)$", output, re.MULTILINE)
+    assert post, output
+    assert get, output
+    shell = ["bash", "-c"]
+    submitted = json.loads(subprocess.run([*shell, post.group(1)], **_RUN).stdout)
+    fetch = get.group(1).replace("TASK_ID", submitted["id"])
+
+    def finished() -> dict[str, object] | None:
+        answer: dict[str, object] = json.loads(subprocess.run([*shell, fetch], **_RUN).stdout)
+        return answer if answer.get("state") == "SUCCESS" else None
+
+    return wait_until(finished, timeout=30, message="the banner's request result")["result"]
+
+
+_RUN: dict[str, Any] = {"capture_output": True, "text": True, "check": True, "timeout": 30}
+
+
 def _worker_pool_processes(stack: Stack) -> set[int]:
     return set(group_members(stack.pgids["worker"])) - {stack.pgids["worker"]}
 
@@ -169,24 +193,11 @@ def test_up_runs_a_task_end_to_end_and_sigterm_leaves_nothing(
     assert len(_worker_pool_processes(stack)) >= 1
     assert stack.processes >= set(stack.pgids.values())
 
+    # The request the banner prints, as printed.
+    if shutil.which("curl"):
+        assert _run_banner_curl(output) == 5
+    assert _run_task(stack, {"task": "celeriac.demo.add", "args": [2, 3]}) == 5
     with httpx.Client(timeout=10) as client:
-        submitted = client.post(
-            f"{stack.api_url}/v1/tasks",
-            json={"task": "celeriac.demo.add", "args": [2, 3]},
-            headers=stack.headers,
-        )
-        assert submitted.status_code == 202, submitted.text
-        task_id = submitted.json()["id"]
-
-        def finished() -> dict[str, object] | None:
-            body: dict[str, object] = client.get(
-                f"{stack.api_url}/v1/tasks/{task_id}", headers=stack.headers
-            ).json()
-            return body if body.get("state") == "SUCCESS" else None
-
-        result = wait_until(finished, timeout=30, message="the task's result")
-        assert result["result"] == 5
-
         metrics = client.get(stack.exporter_url)
         assert metrics.status_code == 200
         assert 'celeriac_group_backlog_messages{group="default"}' in metrics.text
@@ -223,3 +234,40 @@ def test_a_component_that_dies_stops_the_stack_with_exit_1(
     assert "exporter stopped unexpectedly (killed by SIGKILL)" in output
     left = sorted(pid for pid in stack.processes if _alive(pid))
     assert left == [], f"processes left behind: {left}\n{output}"
+
+
+YOUR_APP = """
+from celery import Celery
+
+app = Celery("shop")
+
+
+@app.task(name="shop.double")
+def double(x):
+    return 2 * x
+"""
+
+
+def _run_task(stack: Stack, body: dict[str, object]) -> object:
+    with httpx.Client(timeout=10) as client:
+        submitted = client.post(f"{stack.api_url}/v1/tasks", json=body, headers=stack.headers)
+        assert submitted.status_code == 202, submitted.text
+        url = f"{stack.api_url}/v1/tasks/{submitted.json()['id']}"
+
+        def finished() -> dict[str, object] | None:
+            answer: dict[str, object] = client.get(url, headers=stack.headers).json()
+            return answer if answer.get("state") == "SUCCESS" else None
+
+        return wait_until(finished, timeout=30, message="the task's result")["result"]
+
+
+def test_up_runs_your_own_app(start_stack: Callable[..., Stack], tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "shop.py").write_text(YOUR_APP)
+    stack = start_stack("--app", "shop:app", "--quiet", env={"PYTHONPATH": str(project)})
+    output = stack.child.output()
+    assert "celeriac is up: app shop:app" in output
+    assert "schedule" not in output  # the demo schedule is for the demo app only
+    assert _run_task(stack, {"task": "shop.double", "args": [21]}) == 42
+    _stop_and_check_nothing_left(stack, signal.SIGTERM)
