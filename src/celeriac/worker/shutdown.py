@@ -25,7 +25,9 @@ so signal the main process only (Kubernetes signals the container's PID 1).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -76,20 +78,20 @@ class GracefulShutdown:
             self._tick_entry = None
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
-        # A signal handler: set flags only; the event loop does the work in tick().
+        # A signal handler: set flags first; the event loop does the work in tick().
         if self.deadline is not None:
             _say("worker: SIGTERM again: already draining; SIGQUIT requeues now")
             return
         self.deadline = self.clock() + self.timeout_seconds
         running = len(state.reserved_requests)
-        _say(
-            f"worker: SIGTERM: draining {running} running task(s), "
-            f"up to {self.timeout_seconds:g}s, then requeueing what is left"
-        )
         if not running:
             # Nothing to wait for; this also covers a worker still (re)connecting to the
             # broker, whose retry loop checks this flag every second but runs no timers.
             setattr(state, "should_stop", EX_OK)  # noqa: B010 (typed None in the stubs)
+        _say(
+            f"worker: SIGTERM: draining {running} running task(s), "
+            f"up to {self.timeout_seconds:g}s, then requeueing what is left"
+        )
 
     def tick(self) -> None:
         """Called from the event loop; acts only after SIGTERM."""
@@ -130,5 +132,7 @@ class GracefulShutdown:
 
 
 def _say(message: str) -> None:
-    # What Celery's own handlers do: logging from a signal handler can deadlock.
-    print(message, file=sys.__stdout__, flush=True)
+    # Straight to the file descriptor: a signal handler that logs or prints can land inside a
+    # write to the same stream and raise (or deadlock) there.
+    with contextlib.suppress(OSError):
+        os.write(sys.__stderr__.fileno() if sys.__stderr__ else 2, f"{message}\n".encode())

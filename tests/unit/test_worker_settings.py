@@ -1,0 +1,106 @@
+"""``WorkerSettings.from_env`` and the ``celeriac worker`` command's input errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from celeriac.cli import main
+from celeriac.env import ConfigError
+from celeriac.worker.settings import WorkerSettings
+
+
+def test_defaults() -> None:
+    settings = WorkerSettings.from_env({})
+    assert settings.concurrency is None
+    assert settings.cpu_limit is None
+    assert settings.pool == "prefork"
+    assert settings.shutdown_timeout_seconds == 25.0
+    assert settings.heartbeat_file == Path("/tmp/celeriac/worker.heartbeat")
+    assert settings.ready_file == Path("/tmp/celeriac/worker.ready")
+    assert settings.metrics_port == 9541
+    assert settings.metrics_dir == Path("/tmp/celeriac/metrics")
+    assert (settings.mingle, settings.gossip, settings.event_heartbeats) == (False, False, False)
+    assert settings.common.queues == ("default",)
+
+
+def test_every_variable() -> None:
+    settings = WorkerSettings.from_env(
+        {
+            "CELERIAC_QUEUES": "a,b",
+            "CELERIAC_WORKER_CONCURRENCY": "3",
+            "CELERIAC_WORKER_CPU_LIMIT": "1.5",
+            "CELERIAC_WORKER_MEMORY_LIMIT_BYTES": "1073741824",
+            "CELERIAC_WORKER_CONCURRENCY_PER_CPU": "4",
+            "CELERIAC_WORKER_MAX_MEMORY_PER_CHILD_KB": "0",
+            "CELERIAC_WORKER_POOL": "Threads",
+            "CELERIAC_WORKER_HOSTNAME": "w1@pod",
+            "CELERIAC_WORKER_SHUTDOWN_TIMEOUT_SECONDS": "55",
+            "CELERIAC_WORKER_HEARTBEAT_FILE": "/run/hb",
+            "CELERIAC_WORKER_READY_FILE": "/run/ready",
+            "CELERIAC_WORKER_METRICS_HOST": "127.0.0.1",
+            "CELERIAC_WORKER_METRICS_PORT": "0",
+            "CELERIAC_WORKER_METRICS_DIR": "/run/metrics",
+            "CELERIAC_WORKER_MINGLE": "true",
+            "CELERIAC_WORKER_GOSSIP": "yes",
+            "CELERIAC_WORKER_EVENT_HEARTBEATS": "1",
+        }
+    )
+    assert settings.common.queues == ("a", "b")
+    assert settings.concurrency == 3
+    assert settings.cpu_limit == 2  # rounded up, like the Downward API
+    assert settings.memory_limit_bytes == 1 << 30
+    assert settings.concurrency_per_cpu == 4.0
+    assert settings.max_memory_per_child_kib == 0
+    assert settings.pool == "threads"
+    assert settings.hostname == "w1@pod"
+    assert settings.shutdown_timeout_seconds == 55.0
+    assert settings.heartbeat_file == Path("/run/hb")
+    assert settings.ready_file == Path("/run/ready")
+    assert (settings.metrics_host, settings.metrics_port) == ("127.0.0.1", 0)
+    assert settings.metrics_dir == Path("/run/metrics")
+    assert (settings.mingle, settings.gossip, settings.event_heartbeats) == (True, True, True)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("CELERIAC_WORKER_CONCURRENCY", "0", "must be at least 1"),
+        ("CELERIAC_WORKER_CONCURRENCY", "two", "is not a whole number"),
+        ("CELERIAC_WORKER_CPU_LIMIT", "0", "must be at least"),
+        ("CELERIAC_WORKER_POOL", "gevent", "is not one of prefork, threads, solo"),
+        ("CELERIAC_WORKER_METRICS_PORT", "70000", "is not a TCP port"),
+        ("CELERIAC_WORKER_SHUTDOWN_TIMEOUT_SECONDS", "-1", "must be at least 0"),
+        ("CELERIAC_WORKER_CONCURRENCY_PER_CPU", "0", "must be at least 0.01"),
+        ("CELERIAC_WORKER_MAX_MEMORY_PER_CHILD_KB", "-5", "must be at least 0"),
+        ("CELERIAC_WORKER_MINGLE", "maybe", "is not a boolean"),
+    ],
+)
+def test_bad_values_name_the_variable(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as error:
+        WorkerSettings.from_env({name: value})
+    assert name in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--concurrency", "0"], "CELERIAC_WORKER_CONCURRENCY='0' must be at least 1"),
+        (["--pool", "eventlet"], "CELERIAC_WORKER_POOL='eventlet' is not one of"),
+        (["--queues", "bad queue"], "queue name 'bad queue' is invalid"),
+        (["--loglevel", "LOUD"], "CELERIAC_LOG_LEVEL='LOUD' is not one of"),
+        (["--shutdown-timeout", "soon"], "is not a number"),
+        (["--no-such-option"], "No such option"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Every case fails while reading settings, before anything starts.
+    with pytest.raises(SystemExit) as exited:
+        main(["worker", *args])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.strip().count("\n") == 0 or "Usage:" in err
