@@ -41,7 +41,7 @@ def test_a_value_without_param_and_a_stale_param_are_reported() -> None:
 def resolve(schema: dict[str, Any]) -> dict[str, Any]:
     while "$ref" in schema or "allOf" in schema:
         if "$ref" in schema:
-            schema = SCHEMA["$defs"][schema["$ref"].rsplit("/", 1)[1]]
+            schema = SCHEMA["definitions"][schema["$ref"].rsplit("/", 1)[1]]
         else:
             schema = schema["allOf"][0]
     return schema
@@ -61,7 +61,7 @@ def schema_at(key: str) -> dict[str, Any] | None:
 
 
 def test_the_schema_is_valid_and_accepts_the_defaults() -> None:
-    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    jsonschema.Draft7Validator.check_schema(SCHEMA)
     jsonschema.validate(yaml.safe_load(VALUES_TEXT), SCHEMA)
 
 
@@ -86,4 +86,4 @@ def closed(node: Any, path: str = "") -> list[str]:
 
 def test_every_object_in_the_schema_rejects_unknown_keys() -> None:
     # envList items name a required key but are Kubernetes EnvVar objects: loose on purpose.
-    assert closed(SCHEMA) == ["/$defs/envList/items"]
+    assert closed(SCHEMA) == ["/definitions/envList/items"]
