@@ -32,9 +32,9 @@ from celeriac.settings import Settings
 
 NAME = "throughput"
 TITLE = "Worker throughput: celeriac defaults vs stock Celery"
-TASKS_PER_ROUND = 2000
+TASKS_PER_ROUND = 1500
 ROUNDS = 5
-WARMUP_TASKS = 300
+WARMUP_TASKS = 200
 POLL_SECONDS = 0.005
 VARIANTS = ("celeriac", "stock", "stock_with_results")
 
