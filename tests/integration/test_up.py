@@ -58,6 +58,7 @@ class Stack:
     token: str
     pgids: dict[str, int]
     processes: set[int]
+    ports: tuple[int, int, int, int]
 
     @property
     def headers(self) -> dict[str, str]:
@@ -88,12 +89,18 @@ def _all_processes(pgids: dict[str, int]) -> set[int]:
 
 @pytest.fixture
 def start_stack(spawn: Callable[..., Child], tmp_path: Path) -> Iterator[Callable[..., Stack]]:
-    state_dirs: list[Path] = []
+    stacks: list[Stack] = []
 
-    def start(*extra: str, env: dict[str, str] | None = None) -> Stack:
-        api, exporter, worker_metrics, redis = _distinct_ports(4)
-        state_dir = tmp_path / f"state-{len(state_dirs)}"
-        state_dirs.append(state_dir)
+    def start(
+        *extra: str, env: dict[str, str] | None = None, same_as: Stack | None = None
+    ) -> Stack:
+        """Start `celeriac up` on free ports, or on the ports and state dir of ``same_as``."""
+        if same_as is None:
+            api, exporter, worker_metrics, redis = _distinct_ports(4)
+            state_dir = tmp_path / f"state-{len(stacks)}"
+        else:
+            api, exporter, worker_metrics, redis = same_as.ports
+            state_dir = same_as.state_dir
         child = spawn(
             celeriac_command(
                 "up",
@@ -120,7 +127,7 @@ def start_stack(spawn: Callable[..., Child], tmp_path: Path) -> Iterator[Callabl
         recorded = json.loads((state_dir / "pids.json").read_text())
         pgids = {entry["name"]: entry["pgid"] for entry in recorded["processes"]}
         assert set(pgids) == {"redis", "api", "worker", "beat", "exporter"}
-        return Stack(
+        stack = Stack(
             child=child,
             state_dir=state_dir,
             api_url=f"http://127.0.0.1:{api}",
@@ -129,17 +136,18 @@ def start_stack(spawn: Callable[..., Child], tmp_path: Path) -> Iterator[Callabl
             token=token.group(1),
             pgids=pgids,
             processes=_all_processes(pgids),
+            ports=(api, exporter, worker_metrics, redis),
         )
+        stacks.append(stack)
+        return stack
 
     yield start
-    # A failed test may leave the stack up: stop `up`, then anything it recorded.
-    for state_dir in state_dirs:
-        try:
-            recorded = json.loads((state_dir / "pids.json").read_text())
-        except (OSError, ValueError):
-            continue
-        for entry in recorded["processes"]:
-            for pid in group_members(entry["pgid"]):
+    # A failed test may leave a stack up: stop `up` (which stops its children), then kill
+    # whatever is still in the process groups it started.
+    for stack in stacks:
+        stack.child.stop()
+        for pgid in stack.pgids.values():
+            for pid in group_members(pgid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
@@ -271,3 +279,20 @@ def test_up_runs_your_own_app(start_stack: Callable[..., Stack], tmp_path: Path)
     assert "schedule" not in output  # the demo schedule is for the demo app only
     assert _run_task(stack, {"task": "shop.double", "args": [21]}) == 42
     _stop_and_check_nothing_left(stack, signal.SIGTERM)
+
+
+def test_the_next_up_stops_what_a_killed_up_left_behind(
+    start_stack: Callable[..., Stack],
+) -> None:
+    first = start_stack("--quiet")
+    first.child.signal(signal.SIGKILL)
+    first.child.wait(timeout=STOP_TIMEOUT_SECONDS)
+    # Nothing stopped the children: a SIGKILL cannot be caught.
+    assert _alive(first.pgids["redis"])
+
+    second = start_stack("--quiet", same_as=first)
+    output = second.child.output()
+    assert re.search(r"stopped \d+ processes left over by an earlier run", output), output
+    left = sorted(pid for pid in first.processes if _alive(pid))
+    assert left == [], f"processes of the killed run left behind: {left}"
+    _stop_and_check_nothing_left(second, signal.SIGTERM)

@@ -190,6 +190,12 @@ def read_stat(pid: int) -> tuple[str, int] | None:
     return fields[0], int(fields[2])
 
 
+def is_running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (which has exited and holds no port or file)."""
+    stat = read_stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
 def command_line(pid: int) -> str:
     try:
         raw = (_PROC / str(pid) / "cmdline").read_bytes()

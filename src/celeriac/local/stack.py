@@ -31,10 +31,12 @@ from celeriac.local.plan import (
 )
 from celeriac.local.ports import choose_port
 from celeriac.local.process import (
+    KILL_WAIT_SECONDS,
     Console,
     ManagedProcess,
     command_line,
     group_members,
+    is_running,
     stop_all,
 )
 from celeriac.local.redis_server import config_text, find_redis_server, write_config
@@ -140,20 +142,24 @@ def stop_leftovers(pids_file: Path) -> int:
         recorded = json.loads(pids_file.read_text())
     except (OSError, ValueError):
         return 0
-    stopped = 0
+    killed: list[int] = []
     for entry in recorded.get("processes", []):
         pgid = entry.get("pgid")
         if not isinstance(pgid, int) or pgid <= 1:
             continue
-        members = [
-            pid for pid in group_members(pgid) if any(c in command_line(pid) for c in _OUR_COMMANDS)
-        ]
-        for pid in members:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        stopped += len(members)
+        for pid in group_members(pgid):
+            if any(name in command_line(pid) for name in _OUR_COMMANDS):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+    # Until they are gone they still hold their ports, which this run may want.
+    deadline = time.monotonic() + KILL_WAIT_SECONDS
+    while any(is_running(pid) for pid in killed):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(LOOP_INTERVAL_SECONDS)
     pids_file.unlink(missing_ok=True)
-    return stopped
+    return len(killed)
 
 
 class LocalStack:
