@@ -296,3 +296,29 @@ def test_the_next_up_stops_what_a_killed_up_left_behind(
     left = sorted(pid for pid in first.processes if _alive(pid))
     assert left == [], f"processes of the killed run left behind: {left}"
     _stop_and_check_nothing_left(second, signal.SIGTERM)
+
+
+def test_a_component_that_cannot_start_is_named_with_its_error(
+    spawn: Callable[..., Child], tmp_path: Path
+) -> None:
+    api, exporter, worker_metrics, redis = _distinct_ports(4)
+    child = spawn(
+        celeriac_command(
+            "up",
+            "--quiet",
+            "--app=no_such_module:app",
+            f"--api-port={api}",
+            f"--exporter-port={exporter}",
+            f"--worker-metrics-port={worker_metrics}",
+            f"--redis-port={redis}",
+            f"--state-dir={tmp_path / 'state'}",
+        ),
+        name="up",
+    )
+    assert child.wait(timeout=START_TIMEOUT_SECONDS) == 1
+    output = child.output()
+    assert re.search(r"(api|worker|beat) stopped unexpectedly \(exit code 2\)", output), output
+    # Quiet, so the component's last lines are shown: the one-line reason.
+    assert "cannot import 'no_such_module'" in output
+    assert "no process left behind" in output
+    assert READY_LINE not in output
