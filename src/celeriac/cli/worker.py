@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 import click
 
@@ -25,38 +24,40 @@ _OPTION_ENV = {
 }
 
 
-def _option(name: str, flag: str, help_text: str, **kwargs: Any) -> click.Option:
+def _option(name: str, flag: str, help_text: str, metavar: str) -> click.Option:
     return click.Option(
-        [flag, name], envvar=_OPTION_ENV[name], show_envvar=True, help=help_text, **kwargs
+        [flag, name], envvar=_OPTION_ENV[name], show_envvar=True, help=help_text, metavar=metavar
+    )
+
+
+def _flag(name: str, flags: str, help_text: str) -> click.Option:
+    return click.Option(
+        [flags, name], envvar=_OPTION_ENV[name], show_envvar=True, help=help_text, default=None
     )
 
 
 @click.command(
     "worker",
     params=[
-        _option(
-            "app_path", "--app", "Celery app as module:attribute [default: celeriac.demo:app]."
-        ),
-        _option("queues", "--queues", "Comma list of queues to consume [default: default]."),
-        _option("concurrency", "--concurrency", "Pool size; default: sized to the CPU limit."),
-        _option("pool", "--pool", "prefork (default), threads or solo."),
-        _option("loglevel", "--loglevel", "DEBUG, INFO (default), WARNING, ERROR or CRITICAL."),
-        _option("hostname", "--hostname", "Node name [default: celery@<host name>]."),
+        _option("app_path", "--app", "Celery app [default: celeriac.demo:app].", "MODULE:ATTR"),
+        _option("queues", "--queues", "Queues to consume [default: default].", "A,B"),
+        _option("concurrency", "--concurrency", "Pool size [default: sized].", "N"),
+        _option("pool", "--pool", "prefork (default), threads or solo.", "POOL"),
+        _option("loglevel", "--loglevel", "DEBUG, INFO (default) ... CRITICAL.", "LEVEL"),
+        _option("hostname", "--hostname", "Node name [default: celery@<host>].", "NAME"),
         _option(
             "shutdown_timeout",
             "--shutdown-timeout",
             "Seconds running tasks get after SIGTERM before they are requeued [default: 25].",
+            "SECONDS",
         ),
-        _option("metrics_port", "--metrics-port", "Task metrics port; 0 disables [default: 9541]."),
-        _option(
-            "mingle", "--mingle/--no-mingle", "Sync with other workers at start.", default=None
-        ),
-        _option("gossip", "--gossip/--no-gossip", "Subscribe to worker events.", default=None),
-        _option(
+        _option("metrics_port", "--metrics-port", "Task metrics; 0: off [default: 9541].", "PORT"),
+        _flag("mingle", "--mingle/--no-mingle", "Sync with other workers at start."),
+        _flag("gossip", "--gossip/--no-gossip", "Subscribe to worker events."),
+        _flag(
             "event_heartbeats",
             "--event-heartbeats/--no-event-heartbeats",
             "Send worker-heartbeat events (for Flower).",
-            default=None,
         ),
     ],
 )
