@@ -227,13 +227,20 @@ def last_finished_at(client: redis.Redis, ids: list[str]) -> float:
     return max(float(client.get(f"finished_at:{task_id}") or "inf") for task_id in ids)
 
 
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
 def test_sigterm_requeues_tasks_still_running_at_the_deadline(
-    spawn: Spawn, redis_url: str, redis_client: redis.Redis, tmp_path: Path, producer: Celery
+    spawn: Spawn,
+    redis_url: str,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    producer: Celery,
+    pool: str,
 ) -> None:
     env = worker_env(
         redis_url,
         tmp_path,
         "d1",
+        worker_pool=pool,
         worker_concurrency="3",
         worker_shutdown_timeout_seconds="4",
     )
@@ -247,6 +254,9 @@ def test_sigterm_requeues_tasks_still_running_at_the_deadline(
     assert worker.wait(timeout=40) == 0, worker.output()
     elapsed = time.monotonic() - signalled
     assert 4 <= elapsed < 20, worker.output()
+    # prefork kills the pool process (Celery's cold path); a thread cannot be killed, so the
+    # threads pool requeues and ends the process.
+    assert ("threads cannot be stopped" in worker.output()) == (pool == "threads")
     # Requeued at once: back in its list, not stranded in unacked for the visibility timeout.
     assert waiting(redis_client) == 1
     assert redis_client.hlen(UNACKED_KEY) == 0

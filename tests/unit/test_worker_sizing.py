@@ -138,10 +138,6 @@ def test_per_cpu_multiplier_rounds_and_keeps_one(v2: FakeCgroup, per_cpu: float,
     assert sizing.pool_reason.endswith("per cpu from CELERIAC_WORKER_CONCURRENCY_PER_CPU")
 
 
-def test_solo_pool_is_always_one(v2: FakeCgroup) -> None:
-    assert size(v2, pool="solo", cpu_limit=4).pool == 1
-
-
 def test_memory_per_child_from_the_downward_api_limit(v2: FakeCgroup) -> None:
     v2.write("/", "memory.max", str(8 * GIB))  # ignored: the Downward API value wins
     sizing = size(v2, cpu_limit=2, memory_limit_bytes=GIB)

@@ -42,7 +42,7 @@ def _flag(name: str, flags: str, help_text: str) -> click.Option:
         _option("app_path", "--app", "Celery app [default: celeriac.demo:app].", "MODULE:ATTR"),
         _option("queues", "--queues", "Queues to consume [default: default].", "A,B"),
         _option("concurrency", "--concurrency", "Pool size [default: sized].", "N"),
-        _option("pool", "--pool", "prefork (default), threads or solo.", "POOL"),
+        _option("pool", "--pool", "prefork (default) or threads.", "POOL"),
         _option("loglevel", "--loglevel", "DEBUG, INFO (default) ... CRITICAL.", "LEVEL"),
         _option("hostname", "--hostname", "Node name [default: celery@<host>].", "NAME"),
         _option(

@@ -18,9 +18,10 @@ DEFAULT_METRICS_HOST = "0.0.0.0"
 # Kubernetes' default terminationGracePeriodSeconds is 30: leave 5 s to requeue and exit.
 DEFAULT_SHUTDOWN_TIMEOUT_SECONDS = 25.0
 DEFAULT_POOL = "prefork"
-# prefork: processes (CPU-bound work, memory isolation); threads and solo: I/O-bound or debugging.
-# eventlet/gevent need packages celeriac does not install.
-POOLS = ("prefork", "threads", "solo")
+# prefork: processes (CPU-bound work, memory isolation); threads: I/O-bound work in one process.
+# Not solo: it runs tasks inside the event loop, which then stops touching the heartbeat (a long
+# task fails liveness) and cannot drain on SIGTERM. eventlet/gevent need extra packages.
+POOLS = ("prefork", "threads")
 DEFAULT_CONCURRENCY_PER_CPU = 1.0
 HEARTBEAT_INTERVAL_SECONDS = 1.0
 DEFAULT_PROBE_MAX_AGE_SECONDS = 30.0

@@ -18,6 +18,7 @@ So celeriac handles SIGTERM itself, from the worker's event loop:
    puts every delivered, unacknowledged message back on its queue list at once
    (``QoS.restore_unacked`` on channel close), and a rejected-on-worker-lost request is
    requeued by ``Request.on_failure`` (whichever comes first; the other finds nothing left).
+   The threads pool cannot kill a task: its messages are requeued and the process ends.
 
 Only the main process handles SIGTERM; pool processes keep Celery's default and die on it,
 so signal the main process only (Kubernetes signals the container's PID 1).
@@ -36,6 +37,7 @@ from typing import Any
 
 from celery import platforms
 from celery.apps import worker as celery_apps_worker
+from celery.concurrency.base import BasePool
 from celery.platforms import EX_OK
 from celery.worker import state
 
@@ -61,7 +63,7 @@ class GracefulShutdown:
         self.on_drain = on_drain
         self.clock = clock
         self.deadline: float | None = None
-        self._draining = False
+        self._cancelled: Any = None
         self._done = False
         self._tick_entry: Any = None
 
@@ -97,10 +99,8 @@ class GracefulShutdown:
         """Called from the event loop; acts only after SIGTERM."""
         if self.deadline is None or self._done:
             return
-        if not self._draining:
-            self._draining = True
-            self._stop_consuming()
-            self.on_drain()
+        # Again after a reconnect during the drain: the consumer then starts a new one.
+        self._stop_consuming()
         running = len(state.reserved_requests)
         if running == 0:
             self._done = True
@@ -118,17 +118,50 @@ class GracefulShutdown:
     def _stop_consuming(self) -> None:
         consumer = getattr(self.worker, "consumer", None)
         task_consumer = getattr(consumer, "task_consumer", None)
-        if task_consumer is None:
+        if task_consumer is None or task_consumer is self._cancelled:
             return
+        self._cancelled = task_consumer
         try:
             task_consumer.cancel()
         except Exception as exc:  # a broken connection: nothing will be delivered anyway
             logger.warning("shutdown: could not cancel the task consumer: %r", exc)
+        self.on_drain()
 
     def _requeue(self) -> None:
-        # Celery's cold path: kill the pool processes running unacknowledged (acks late) tasks,
-        # set should_terminate; the channel closes on the way out and restores their messages.
-        celery_apps_worker.on_cold_shutdown(self.worker)  # type: ignore[attr-defined]
+        if _can_kill_jobs(self.worker.pool):
+            # Celery's cold path: kill the pool processes running unacknowledged (acks late)
+            # tasks, set should_terminate; the channel closes on the way out and restores
+            # their messages.
+            celery_apps_worker.on_cold_shutdown(self.worker)  # type: ignore[attr-defined]
+        else:
+            self._requeue_and_exit()
+
+    def _requeue_and_exit(self) -> None:
+        """The threads pool: a thread cannot be stopped, and Python waits for it at exit.
+
+        So hand every message back (each reserved one at once; closing the connection
+        restores the rest, ETA tasks included) and end the process, as the kubelet's SIGKILL
+        would a few seconds later, but without leaving anything in ``unacked``.
+        """
+        for request in tuple(state.reserved_requests):
+            if request.task.acks_late and not request.acknowledged:
+                request.reject(requeue=True)
+        connection = getattr(getattr(self.worker, "consumer", None), "connection", None)
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception as exc:
+                logger.warning("shutdown: closing the broker connection failed: %r", exc)
+        logger.warning("shutdown: requeued; threads cannot be stopped, so exiting now")
+        logging.shutdown()
+        os._exit(EX_OK)
+
+
+def _can_kill_jobs(pool: Any) -> bool:
+    """Whether the pool can kill the job of one task (prefork can; threads cannot)."""
+    # prefork sets it per instance (billiard's), so look at the instance, not the class.
+    method = getattr(pool, "terminate_job", None)
+    return method is not None and getattr(method, "__func__", None) is not BasePool.terminate_job
 
 
 def _say(message: str) -> None:

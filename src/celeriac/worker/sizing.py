@@ -71,8 +71,6 @@ def size_worker(
 def _pool_size(
     settings: WorkerSettings, cgroup: CgroupReader, cpus_available: Callable[[], int]
 ) -> tuple[int, str]:
-    if settings.pool == "solo":
-        return 1, "the solo pool runs one task at a time"
     if settings.concurrency is not None:
         return settings.concurrency, "from CELERIAC_WORKER_CONCURRENCY"
     available = cpus_available()
