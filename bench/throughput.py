@@ -178,6 +178,9 @@ def main() -> dict[str, Any]:
         "celeriac stores each result and a STARTED state (task_track_started) in Redis; "
         "stock Celery stores nothing unless given a backend (third row).",
         "All three workers and Redis share the machine's 2 cores with the polling client.",
+        "Rounds on this shared machine vary by up to 2x; in four full runs on 2026-11-24 "
+        "(load average 0.5 to 5) the celeriac/stock ratio was 0.60, 0.58, 0.61 and 0.71, and "
+        "stock with results ranged 0.77 to 1.18 of stock: read the ratio as about 0.6-0.7.",
         "Where the gap comes from (one ad hoc run, stock app toggling one setting at a time, "
         "load average ~3, noisy): no single cause; per-task INFO log lines (celeriac's default "
         "log level), result storage, the STARTED state, acks late with prefetch 1 and the four "
