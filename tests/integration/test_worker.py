@@ -178,6 +178,29 @@ def test_task_metrics_by_task_name(
     assert ("celeriac_tasks_failed_total", "tests.record") not in found
 
 
+def test_pool_process_over_its_memory_share_is_replaced(
+    spawn: Spawn, redis_url: str, tmp_path: Path, producer: Celery
+) -> None:
+    # 300 MiB for one process: (300 x 0.8 - 128) MiB = 112 MiB per child, derived at start.
+    env = worker_env(
+        redis_url, tmp_path, "mem", worker_concurrency="1", worker_memory_limit_bytes=str(300 << 20)
+    )
+    worker = start_worker(spawn, env, "mem")
+    assert (
+        "max_memory_per_child=114688KiB "
+        "(memory limit 300MiB from CELERIAC_WORKER_MEMORY_LIMIT_BYTES)" in worker.output()
+    )
+
+    def run(task: str, **kwargs: int) -> int:
+        return int(producer.send_task(task, kwargs=kwargs, queue=QUEUE).get(timeout=30))
+
+    before = run("tests.pid")
+    assert run("tests.pid") == before  # small tasks keep the same process
+    assert run("tests.allocate", megabytes=200) == before
+    # Celery checked its peak RSS after that task and replaced it.
+    assert run("tests.pid") != before
+
+
 def test_killed_worker_task_completes_on_another_worker(
     spawn: Spawn, redis_url: str, redis_client: redis.Redis, tmp_path: Path, producer: Celery
 ) -> None:

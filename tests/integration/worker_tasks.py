@@ -49,3 +49,16 @@ def retry_once(self: Task[Any, Any]) -> int:
     if self.request.retries == 0:
         raise self.retry(countdown=0)
     return int(self.request.retries)
+
+
+@app.task(name="tests.pid")
+def pid() -> int:
+    return os.getpid()
+
+
+@app.task(name="tests.allocate")
+def allocate(megabytes: int) -> int:
+    """Make the pool process's peak RSS grow by ``megabytes`` (filled, so really resident)."""
+    block = b"x" * (megabytes * 1024 * 1024)
+    assert len(block) == megabytes * 1024 * 1024
+    return os.getpid()
