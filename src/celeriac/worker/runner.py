@@ -66,8 +66,6 @@ def configure_worker(app: Celery, settings: WorkerSettings, sizing: Sizing) -> N
     }
     # None disables it even when the app's own configuration set one.
     app.conf.worker_max_memory_per_child = sizing.max_memory_per_child_kib
-    # celeriac's drain replaces soft shutdown (celeriac.worker.shutdown).
-    app.conf.worker_soft_shutdown_timeout = 0.0
 
 
 def worker_options(settings: WorkerSettings, sizing: Sizing) -> dict[str, Any]:

@@ -69,7 +69,7 @@ class GracefulShutdown:
 
     def install(self) -> None:
         """Take over SIGTERM (after Celery installed its handler) and start ticking."""
-        # Warm shutdown waits for running tasks; the cold path requeues them; neither alone.
+        # The drain replaces soft shutdown: the cold path at the deadline must not sleep again.
         self.worker.app.conf.worker_soft_shutdown_timeout = 0.0
         platforms.signals["SIGTERM"] = self._on_sigterm
         self._tick_entry = self.worker.timer.call_repeatedly(TICK_SECONDS, self.tick)
