@@ -1,3 +1,5 @@
+import sys
+
 from celeriac.cli import main
 
-main()
+sys.exit(main())

@@ -7,12 +7,14 @@ it runs, so ``celeriac probe worker`` starts in milliseconds.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
-from typing import Any
 
 import click
 
 from celeriac.env import ConfigError
+
+_TRUE = ("1", "true", "yes", "on")
 
 SUBCOMMANDS = {
     "worker": "Run a Celery worker sized to its container.",
@@ -51,12 +53,14 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-def main(argv: list[str] | None = None) -> Any:
+def main(argv: list[str] | None = None) -> int:
     """Entry point: usage and configuration errors exit 2, other failures 1, one line each."""
     args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args
+    debug = "--debug" in args or os.environ.get("CELERIAC_DEBUG", "").lower() in _TRUE
     try:
-        return cli.main(args=args, prog_name="celeriac", standalone_mode=False)
+        # Without standalone mode, click returns ctx.exit()'s code (or the command's value).
+        result = cli.main(args=args, prog_name="celeriac", standalone_mode=False)
+        return result if isinstance(result, int) else 0
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:
