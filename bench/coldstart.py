@@ -23,8 +23,9 @@ from typing import Any
 
 import redis
 from celery import Celery
+from tests.support import celeriac_command, free_port
 
-from bench.support import Process, Redis, celeriac, free_port, machine, save
+from bench.support import Process, Redis, machine, save
 from celeriac.app import create_app
 from celeriac.settings import Settings
 
@@ -54,7 +55,7 @@ def start_celeriac(server: Redis, work: Path, queue: str) -> tuple[Process, Call
         "CELERIAC_WORKER_METRICS_PORT": str(free_port()),
         "CELERIAC_WORKER_METRICS_DIR": str(work / "metrics"),
     }
-    process = Process(celeriac("worker"), env, work / "celeriac.log")
+    process = Process(celeriac_command("worker"), env, work / "celeriac.log")
     return process, ready_file.exists
 
 

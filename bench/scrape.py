@@ -20,8 +20,9 @@ from typing import Any
 
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from tests.support import celeriac_command, free_port
 
-from bench.support import Process, Redis, celeriac, free_port, machine, percentiles, save, wait_for
+from bench.support import Process, Redis, machine, percentiles, save, wait_for
 from celeriac.app import create_app
 from celeriac.exporter.collector import BacklogCollector, create_registry, redis_client
 from celeriac.exporter.settings import ExporterSettings
@@ -138,7 +139,7 @@ def main() -> dict[str, Any]:
             port = free_port()
             log = Path(tempfile.mkstemp(prefix="bench-exporter-", suffix=".log")[1])
             exporter = Process(
-                celeriac("exporter"),
+                celeriac_command("exporter"),
                 {
                     "CELERIAC_BROKER_URL": server.url,
                     "CELERIAC_QUEUES": ",".join(QUEUES),

@@ -1,18 +1,15 @@
-"""What the benchmarks share: a private redis-server, child processes, statistics, results."""
+"""What the benchmarks share: a private redis-server, child processes, statistics, results.
+
+The redis-server and child-process helpers are the test suite's (``tests.support``).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -20,19 +17,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
+from tests.support import Child, RedisServer
 
 T = TypeVar("T")
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for(
@@ -51,41 +42,20 @@ def wait_for(
 
 
 class Redis:
-    """A throwaway redis-server on a free port (no persistence)."""
+    """A throwaway redis-server on a free port (no persistence), with one client for db 0."""
 
     def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("redis-server is not on PATH")
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="celeriac-bench-redis-")
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                self.dir,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--loglevel",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.client = redis.Redis.from_url(self.url)
-        wait_for(self.client.ping, 10, "redis-server")
+        try:
+            self.server = RedisServer()
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
+        self.server.start()
+        self.url = self.server.url()
+        self.client = self.server.client()
 
     def close(self) -> None:
         self.client.close()
-        self.process.terminate()
-        self.process.wait(timeout=10)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.server.close()
 
     def __enter__(self) -> Redis:
         return self
@@ -94,46 +64,14 @@ class Redis:
         self.close()
 
 
-class Process:
-    """A child in its own process group, output to a log file, stopped with its children."""
+class Process(Child):
+    """A benchmark child, run from the repository root (for ``-m bench.stock_app``)."""
 
     def __init__(self, args: Sequence[str], env: Mapping[str, str], log: Path) -> None:
-        self.log_path = log
-        self._log = log.open("wb")
-        self.started = time.perf_counter()
-        self.process = subprocess.Popen(
-            list(args),
-            env={**os.environ, **env},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
-            start_new_session=True,
-        )
+        super().__init__(args, env, log, cwd=REPO_ROOT)
 
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def check_alive(self) -> None:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"{self.process.args!r} exited:\n{self.output()[-3000:]}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, sig)
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
-            except ProcessLookupError:
-                pass
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self._log.close()
-
-
-def celeriac(*args: str) -> list[str]:
-    return [sys.executable, "-m", "celeriac", *args]
+    def stop(self, timeout: float = 20) -> None:
+        super().stop(timeout)
 
 
 def percentiles(values_seconds: Sequence[float]) -> dict[str, float]:

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from tests.support import celeriac_command, free_port
 
-from bench.support import Process, Redis, celeriac, free_port, machine, save, wait_for
+from bench.support import Process, Redis, machine, save, wait_for
 from celeriac.app import create_app
 from celeriac.keys import UNACKED_KEY
 from celeriac.settings import Settings
@@ -106,7 +107,7 @@ def start_workers(server: Redis, logs: Path) -> dict[str, Process]:
     ]
     backend = server.url.rsplit("/", 1)[0] + "/1"
     return {
-        "celeriac": Process(celeriac("worker"), celeriac_env, logs / "celeriac.log"),
+        "celeriac": Process(celeriac_command("worker"), celeriac_env, logs / "celeriac.log"),
         "stock": Process(
             [*stock, "-Q", "bench_stock"],
             {"BENCH_BROKER_URL": server.url},

@@ -128,6 +128,7 @@ class Child:
         )
         self._log = self.log_path.open("wb")
         full_env = {**os.environ, **(env or {})}
+        self.started = time.perf_counter()
         self.process = subprocess.Popen(
             list(args),
             env=full_env,
@@ -150,6 +151,11 @@ class Child:
 
     def wait(self, timeout: float) -> int:
         return self.process.wait(timeout=timeout)
+
+    def check_alive(self) -> None:
+        """Raise with the tail of the log if the child has exited."""
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.process.args!r} exited:\n{self.output()[-3000:]}")
 
     def stop(self, timeout: float = 15.0) -> None:
         """Terminate the whole process group; kill it if it lingers."""
