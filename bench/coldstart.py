@@ -25,7 +25,7 @@ import redis
 from celery import Celery
 from tests.support import celeriac_command, free_port
 
-from bench.support import Process, Redis, machine, save
+from bench.support import Process, Redis, Run
 from celeriac.app import create_app
 from celeriac.settings import Settings
 
@@ -99,8 +99,7 @@ def one_round(
 
 
 def main() -> dict[str, Any]:
-    started = time.monotonic()
-    environment = machine()
+    run = Run(NAME, TITLE, __doc__)
     work = Path(tempfile.mkdtemp(prefix="bench-coldstart-"))
     variants = ("celeriac", "stock")
     timings: dict[str, list[dict[str, float | None]]] = {v: [] for v in variants}
@@ -144,15 +143,10 @@ def main() -> dict[str, Any]:
             "first-task column instead."
         )
     results = {"table": table, "raw": timings}
-    save(
-        NAME,
-        TITLE,
-        __doc__ or "",
+    run.save(
         {"rounds": ROUNDS, "pool": "prefork, 2 processes", "task": "celeriac.demo.add"},
         {"table": table},
         notes,
-        started,
-        environment,
     )
     return results
 

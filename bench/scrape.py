@@ -22,7 +22,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from tests.support import celeriac_command, free_port
 
-from bench.support import Process, Redis, machine, percentiles, save, wait_for
+from bench.support import Process, Redis, Run, percentiles, wait_for
 from celeriac.app import create_app
 from celeriac.exporter.collector import BacklogCollector, create_registry, redis_client
 from celeriac.exporter.settings import ExporterSettings
@@ -117,8 +117,7 @@ def http_get(port: int) -> bytes:
 
 
 def main() -> dict[str, Any]:
-    started = time.monotonic()
-    environment = machine()
+    run = Run(NAME, TITLE, __doc__)
     with Redis() as server:
         connection = fill(server)
         try:
@@ -199,10 +198,7 @@ def main() -> dict[str, Any]:
         "HTTP timings include connect, the WSGI server and text rendering; the client runs "
         "on the same 2 cores as the exporter and Redis.",
     ]
-    save(
-        NAME,
-        TITLE,
-        __doc__ or "",
+    run.save(
         {
             "queues": len(QUEUES),
             "priority_lists_per_queue": 4,
@@ -215,8 +211,6 @@ def main() -> dict[str, Any]:
         },
         results,
         notes,
-        started,
-        environment,
     )
     return results
 

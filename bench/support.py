@@ -120,31 +120,39 @@ def machine() -> dict[str, Any]:
     }
 
 
-def save(
-    name: str,
-    title: str,
-    method: str,
-    parameters: Mapping[str, Any],
-    results: Mapping[str, Any],
-    notes: Sequence[str],
-    started: float,
-    environment: Mapping[str, Any],
-) -> Path:
-    RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
-    document = {
-        "name": name,
-        "title": title,
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "duration_seconds": round(time.monotonic() - started, 1),
-        "machine": {**environment, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
-        "method": method,
-        "parameters": dict(parameters),
-        "results": dict(results),
-        "notes": list(notes),
-    }
-    path.write_text(json.dumps(document, indent=2) + "\n")
-    from bench.report import render
+class Run:
+    """One benchmark run: when and on what it started; ``save`` records what it measured.
 
-    render()
-    return path
+    ``save`` writes ``bench/results/<name>.json`` (with the run's duration and the load average
+    at its end) and renders ``bench/RESULTS.md`` again.
+    """
+
+    def __init__(self, name: str, title: str, method: str | None) -> None:
+        self.name = name
+        self.title = title
+        self.method = method or ""
+        self.started = time.monotonic()
+        self.environment = machine()
+
+    def save(
+        self, parameters: Mapping[str, Any], results: Mapping[str, Any], notes: Sequence[str]
+    ) -> Path:
+        RESULTS_DIR.mkdir(exist_ok=True)
+        path = RESULTS_DIR / f"{self.name}.json"
+        load_at_end = [round(x, 2) for x in os.getloadavg()]
+        document = {
+            "name": self.name,
+            "title": self.title,
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "duration_seconds": round(time.monotonic() - self.started, 1),
+            "machine": {**self.environment, "load_average_at_end": load_at_end},
+            "method": self.method,
+            "parameters": dict(parameters),
+            "results": dict(results),
+            "notes": list(notes),
+        }
+        path.write_text(json.dumps(document, indent=2) + "\n")
+        from bench.report import render
+
+        render()
+        return path

@@ -26,7 +26,7 @@ from typing import Any
 from celery import Celery
 from tests.support import celeriac_command, free_port
 
-from bench.support import Process, Redis, machine, save, wait_for
+from bench.support import Process, Redis, Run, wait_for
 from celeriac.app import create_app
 from celeriac.keys import UNACKED_KEY
 from celeriac.settings import Settings
@@ -122,8 +122,7 @@ def start_workers(server: Redis, logs: Path) -> dict[str, Process]:
 
 
 def main() -> dict[str, Any]:
-    started = time.monotonic()
-    environment = machine()
+    run = Run(NAME, TITLE, __doc__)
     logs = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     with Redis() as server:
         celeriac_app = create_app("bench-throughput", Settings(broker_url=server.url))
@@ -189,10 +188,7 @@ def main() -> dict[str, Any]:
         "take milliseconds or more, this per-message overhead (~1-2 ms of the 2 cores) matters "
         "less than prefetch fairness and redelivery on worker loss.",
     ]
-    save(
-        NAME,
-        TITLE,
-        __doc__ or "",
+    run.save(
         {
             "tasks_per_round": TASKS_PER_ROUND,
             "rounds": ROUNDS,
@@ -202,8 +198,6 @@ def main() -> dict[str, Any]:
         },
         results,
         notes,
-        started,
-        environment,
     )
     return results
 
