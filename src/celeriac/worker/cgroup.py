@@ -65,34 +65,35 @@ class CgroupReader:
 
     def cpu_quota(self) -> Limit | None:
         """CPUs this cgroup may use per period (quota / period), or None when unlimited."""
-        paths = self.paths()
-        if paths.v2 is not None:
-            found = _smallest(self.root, paths.v2, _v2_cpu, "cgroup v2 cpu.max")
-            if found is not None:
-                return found
-        if "cpu" in paths.v1:
-            path, mount = paths.v1["cpu"]
-            # The hierarchy is mounted under its controller list ("cpu,cpuacct"); most hosts
-            # also link it as "cpu", some do not.
-            for name in dict.fromkeys((mount, "cpu")):
-                found = _smallest(self.root / name, path, _v1_cpu, "cgroup v1 cpu.cfs_quota_us")
-                if found is not None:
-                    return found
-        return None
+        return self._limit(
+            "cpu", _v2_cpu, "cgroup v2 cpu.max", _v1_cpu, "cgroup v1 cpu.cfs_quota_us"
+        )
 
     def memory_limit_bytes(self) -> Limit | None:
         """Bytes this cgroup may use, or None when unlimited."""
+        return self._limit(
+            "memory",
+            _v2_memory,
+            "cgroup v2 memory.max",
+            _v1_memory,
+            "cgroup v1 memory.limit_in_bytes",
+        )
+
+    def _limit(
+        self, controller: str, v2: _Reader, v2_source: str, v1: _Reader, v1_source: str
+    ) -> Limit | None:
+        """The smallest limit up the tree: v2 first, then v1's ``controller`` hierarchy."""
         paths = self.paths()
         if paths.v2 is not None:
-            found = _smallest(self.root, paths.v2, _v2_memory, "cgroup v2 memory.max")
+            found = _smallest(self.root, paths.v2, v2, v2_source)
             if found is not None:
                 return found
-        if "memory" in paths.v1:
-            path, mount = paths.v1["memory"]
-            for name in dict.fromkeys((mount, "memory")):
-                found = _smallest(
-                    self.root / name, path, _v1_memory, "cgroup v1 memory.limit_in_bytes"
-                )
+        if controller in paths.v1:
+            path, mount = paths.v1[controller]
+            # The hierarchy is mounted under its controller list ("cpu,cpuacct"); most hosts
+            # also link it by the controller's own name ("cpu"), some do not.
+            for name in dict.fromkeys((mount, controller)):
+                found = _smallest(self.root / name, path, v1, v1_source)
                 if found is not None:
                     return found
         return None
