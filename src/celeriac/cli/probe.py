@@ -9,7 +9,9 @@ hands back in Click's non-standalone mode.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -23,6 +25,8 @@ from celeriac.worker.settings import (
 # Owned by the beat component; repeated here so the probe does not import it.
 DEFAULT_BEAT_HEARTBEAT_FILE = Path("/tmp/celeriac/beat.heartbeat")
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
 _MAX_AGE = click.option(
     "--max-age-seconds",
     type=click.FloatRange(min=0, min_open=True),
@@ -32,6 +36,18 @@ _MAX_AGE = click.option(
     show_default=True,
     help="Fail when the heartbeat file is older than this.",
 )
+
+
+def _file_option(name: str, envvar: str, default: Path) -> Callable[[_F], _F]:
+    """A file path option, also read from ``envvar``."""
+    return click.option(
+        name,
+        type=click.Path(path_type=Path, dir_okay=False),
+        envvar=envvar,
+        show_envvar=True,
+        default=default,
+        show_default=True,
+    )
 
 
 @click.group("probe")
@@ -46,22 +62,8 @@ def command() -> None:
     help="Start-up/readiness: pass while the worker is connected and consuming.",
 )
 @_MAX_AGE
-@click.option(
-    "--heartbeat-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    envvar="CELERIAC_WORKER_HEARTBEAT_FILE",
-    show_envvar=True,
-    default=DEFAULT_HEARTBEAT_FILE,
-    show_default=True,
-)
-@click.option(
-    "--ready-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    envvar="CELERIAC_WORKER_READY_FILE",
-    show_envvar=True,
-    default=DEFAULT_READY_FILE,
-    show_default=True,
-)
+@_file_option("--heartbeat-file", "CELERIAC_WORKER_HEARTBEAT_FILE", DEFAULT_HEARTBEAT_FILE)
+@_file_option("--ready-file", "CELERIAC_WORKER_READY_FILE", DEFAULT_READY_FILE)
 def worker(ready: bool, max_age_seconds: float, heartbeat_file: Path, ready_file: Path) -> None:
     """Liveness (default): the worker's event loop touched its heartbeat file recently."""
     if ready:
@@ -75,14 +77,7 @@ def worker(ready: bool, max_age_seconds: float, heartbeat_file: Path, ready_file
 
 @command.command("beat")
 @_MAX_AGE
-@click.option(
-    "--heartbeat-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    envvar="CELERIAC_BEAT_HEARTBEAT_FILE",
-    show_envvar=True,
-    default=DEFAULT_BEAT_HEARTBEAT_FILE,
-    show_default=True,
-)
+@_file_option("--heartbeat-file", "CELERIAC_BEAT_HEARTBEAT_FILE", DEFAULT_BEAT_HEARTBEAT_FILE)
 def beat(max_age_seconds: float, heartbeat_file: Path) -> None:
     """Liveness: the scheduler's loop touched its heartbeat file recently."""
     sys.exit(_check_heartbeat("beat", heartbeat_file, max_age_seconds))
