@@ -13,7 +13,6 @@ end (set CELERIAC_E2E_KEEP_CLUSTER=1 to keep it for a look; delete it with
 from __future__ import annotations
 
 import base64
-import copy
 import importlib.util
 import json
 import os
@@ -29,6 +28,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.chart.render import deep_merge
 from tests.support import REPO_ROOT, Child, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -93,17 +93,6 @@ def run(args: Sequence[str], *, timeout: float = 300, stdin: str | None = None) 
             f"`{' '.join(args)}` exited {result.returncode}: {result.stderr.strip()[-2000:]}"
         )
     return result.stdout
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Helm's merge of values files: maps merge key by key, anything else is replaced."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 @dataclass(frozen=True)

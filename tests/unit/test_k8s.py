@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.chart.render import deep_merge
 from tests.support import REPO_ROOT
 
 SKAFFOLD = REPO_ROOT / "skaffold.yaml"
@@ -112,16 +113,6 @@ def has_value(values: dict[str, Any], dotted: str) -> bool:
 def chart_values() -> dict[str, Any]:
     values: dict[str, Any] = load(CHART / "values.yaml")
     return values
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 def render(*layers: dict[str, Any], name: str = "celeriac") -> list[dict[str, Any]]:
