@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 PREFIX = "CELERIAC_"
+MAX_PORT = 65535
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -73,6 +74,10 @@ class Env:
             return None
         return self.number(name, 0.0, minimum=minimum)
 
+    def port(self, name: str, default: int, *, minimum: int = 1) -> int:
+        """A TCP port to listen on; ``minimum=0`` where 0 means "switched off" or "any"."""
+        return check_port(PREFIX + name, self.integer(name, default), minimum=minimum)
+
     def boolean(self, name: str, default: bool) -> bool:
         value = self.raw(name)
         if value is None:
@@ -113,6 +118,13 @@ class Env:
         if not content:
             raise ConfigError(f"{PREFIX}{name}_FILE={path!r} is empty")
         return content
+
+
+def check_port(label: str, value: int, *, minimum: int = 1) -> int:
+    """``value`` if it is a TCP port from ``minimum`` up; else an error naming ``label``."""
+    if not minimum <= value <= MAX_PORT:
+        raise ConfigError(f"{label}={value} is not a TCP port; use {minimum}-{MAX_PORT}")
+    return value
 
 
 def _check_minimum(name: str, value: str, number: float, minimum: float | None) -> None:

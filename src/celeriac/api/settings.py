@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from celeriac.env import ConfigError, Env
+from celeriac.env import ConfigError, Env, check_port
 
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8000
@@ -28,8 +28,7 @@ class ApiSettings:
     def __post_init__(self) -> None:
         if not self.tokens:
             raise ConfigError(_NO_TOKENS)
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"CELERIAC_API_PORT={self.port} is not a TCP port (0-65535)")
+        check_port("CELERIAC_API_PORT", self.port, minimum=0)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ApiSettings:
@@ -37,7 +36,7 @@ class ApiSettings:
         return cls(
             tokens=_tokens(env),
             host=env.string("API_HOST", DEFAULT_HOST),
-            port=env.integer("API_PORT", DEFAULT_PORT, minimum=0),
+            port=env.integer("API_PORT", DEFAULT_PORT),  # checked in __post_init__
             allowed_tasks=env.names("API_ALLOWED_TASKS", ()) or None,
             max_body_bytes=env.integer("API_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1),
         )

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import click
 
+from celeriac.env import check_port
 from celeriac.exporter.collector import create_registry, describe_source, redis_client
 from celeriac.exporter.groups import load_groups
 from celeriac.exporter.server import create_server, create_wsgi_app, serve
-from celeriac.exporter.settings import ExporterSettings, port
+from celeriac.exporter.settings import ExporterSettings
 
 log = logging.getLogger("celeriac.exporter")
 
@@ -43,7 +44,7 @@ def command(host: str | None, port_number: int | None, worker_groups_file: Path 
     settings = dataclasses.replace(
         settings,
         host=settings.host if host is None else host,
-        port=settings.port if port_number is None else port("--port", port_number),
+        port=settings.port if port_number is None else check_port("--port", port_number),
         groups=settings.groups if worker_groups_file is None else load_groups(worker_groups_file),
     )
     logging.basicConfig(

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from celeriac.env import ConfigError, Env
+from celeriac.env import Env
 from celeriac.exporter.groups import WorkerGroup, default_groups, load_groups
 from celeriac.settings import Settings
 
@@ -35,7 +35,7 @@ class ExporterSettings:
         return cls(
             common=common,
             host=env.string("EXPORTER_HOST", DEFAULT_HOST),
-            port=port("CELERIAC_EXPORTER_PORT", env.integer("EXPORTER_PORT", DEFAULT_PORT)),
+            port=env.port("EXPORTER_PORT", DEFAULT_PORT),
             groups=load_groups(Path(groups_file)) if groups_file else default_groups(common.queues),
             redis_timeout_seconds=env.number(
                 "EXPORTER_REDIS_TIMEOUT_SECONDS", DEFAULT_REDIS_TIMEOUT_SECONDS, minimum=0.05
@@ -49,9 +49,3 @@ class ExporterSettings:
         for group in self.groups:
             names.extend(group.queues)
         return tuple(dict.fromkeys(names))
-
-
-def port(name: str, value: int) -> int:
-    if not 1 <= value <= 65535:
-        raise ConfigError(f"{name}={value} is not a TCP port; use 1-65535")
-    return value

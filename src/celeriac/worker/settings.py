@@ -58,9 +58,7 @@ class WorkerSettings:
         if pool not in POOLS:
             raise ConfigError(f"CELERIAC_WORKER_POOL={pool!r} is not one of {', '.join(POOLS)}")
         cpu_limit = env.optional_number("WORKER_CPU_LIMIT", minimum=0.001)
-        port = env.integer("WORKER_METRICS_PORT", DEFAULT_METRICS_PORT, minimum=0)
-        if port > 65535:
-            raise ConfigError(f"CELERIAC_WORKER_METRICS_PORT={port} is not a TCP port; use 0-65535")
+        port = env.port("WORKER_METRICS_PORT", DEFAULT_METRICS_PORT, minimum=0)
         return cls(
             common=Settings.from_env(environ),
             concurrency=env.optional_integer("WORKER_CONCURRENCY", minimum=1),
