@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,chart]'
+	$(BIN)/pip install --quiet -e '.[local,test,chart]'
 	touch $(STAMP)
 
 install: $(STAMP)

