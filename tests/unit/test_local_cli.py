@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from celeriac.cli import main
-from celeriac.local.stack import state_lock
+from celeriac.local.lock import state_lock
 
 
 def run_up(*args: str) -> int:

@@ -10,10 +10,15 @@ import yaml
 
 from celeriac.env import ConfigError
 from celeriac.local.banner import READY_LINE, banner
-from celeriac.local.plan import COMPONENTS, MANAGED_KEYS, StackPlan, demo_schedule_file
+from celeriac.local.plan import (
+    COMPONENTS,
+    MANAGED_KEYS,
+    StackPlan,
+    demo_schedule_file,
+    make_plan,
+)
 from celeriac.local.redis_server import RedisNotFound, config_text, find_redis_server
 from celeriac.local.settings import LocalSettings
-from celeriac.local.stack import make_plan
 from celeriac.settings import Settings
 
 PASSWORD = "s3cret-pw"

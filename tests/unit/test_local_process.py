@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from celeriac.local.process import Console, ManagedProcess, group_members, stop_all
-from celeriac.local.stack import stop_leftovers
-from tests.support import wait_until
+from celeriac.local.console import Console
+from celeriac.local.leftovers import stop_leftovers
+from celeriac.local.process import ManagedProcess, group_members, stop_all
+from celeriac.testing import wait_until
 
 # A parent that starts a grandchild in its own process group, prints both pids, then waits.
 # IGNORE_TERM makes the grandchild ignore SIGTERM; ORPHAN makes the parent exit at once.

@@ -13,6 +13,14 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from celeriac.local.ports import choose_port
+from celeriac.local.settings import (
+    DEFAULT_API_PORT,
+    DEFAULT_EXPORTER_PORT,
+    DEFAULT_REDIS_PORT,
+    DEFAULT_WORKER_METRICS_PORT,
+    LocalSettings,
+)
 from celeriac.settings import DEFAULT_APP
 
 COMPONENTS = ("api", "worker", "beat", "exporter")
@@ -198,3 +206,41 @@ class StackPlan:
             "",
         ]
         return "\n".join(lines)
+
+
+def make_plan(settings: LocalSettings, state_dir: Path) -> tuple[StackPlan, list[str]]:
+    """Choose ports and secrets; returns the plan and notes about ports that moved."""
+    notes = []
+    reserved: list[int] = []
+    ports = {}
+    for name, requested, default in (
+        ("redis", settings.redis_port, DEFAULT_REDIS_PORT),
+        ("api", settings.api_port, DEFAULT_API_PORT),
+        ("exporter", settings.exporter_port, DEFAULT_EXPORTER_PORT),
+        ("worker metrics", settings.worker_metrics_port, DEFAULT_WORKER_METRICS_PORT),
+    ):
+        choice = choose_port(name, requested, default, reserved)
+        reserved.append(choice.port)
+        ports[name] = choice.port
+        if choice.note:
+            notes.append(f"{name}: {choice.note}, using {choice.port}")
+    schedule = settings.schedule_file
+    if schedule is None and settings.app == LocalSettings().app:
+        schedule = demo_schedule_file()
+    plan = StackPlan(
+        state_dir=state_dir,
+        api_port=ports["api"],
+        exporter_port=ports["exporter"],
+        worker_metrics_port=ports["worker metrics"],
+        redis_port=ports["redis"],
+        redis_password=new_secret(),
+        api_token=settings.api_token or new_secret(),
+        app=settings.app,
+        schedule_file=schedule.resolve() if schedule is not None else None,
+        worker_groups_file=(
+            settings.worker_groups_file.resolve() if settings.worker_groups_file else None
+        ),
+        concurrency=settings.concurrency,
+        worker_shutdown_timeout_seconds=settings.worker_shutdown_timeout_seconds,
+    )
+    return plan, notes

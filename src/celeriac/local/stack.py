@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -21,39 +20,18 @@ from typing import IO, Any
 from celeriac import heartbeat
 from celeriac.local import checks
 from celeriac.local.banner import banner
-from celeriac.local.plan import (
-    COMPONENTS,
-    LOCK_FILE,
-    PIDS_FILE,
-    StackPlan,
-    demo_schedule_file,
-    new_secret,
-)
-from celeriac.local.ports import choose_port
-from celeriac.local.process import (
-    KILL_WAIT_SECONDS,
-    Console,
-    ManagedProcess,
-    command_line,
-    group_members,
-    is_running,
-    stop_all,
-)
+from celeriac.local.console import Console
+from celeriac.local.leftovers import stop_leftovers
+from celeriac.local.lock import state_lock
+from celeriac.local.plan import COMPONENTS, LOCK_FILE, PIDS_FILE, StackPlan, make_plan
+from celeriac.local.process import ManagedProcess, stop_all
 from celeriac.local.redis_server import config_text, find_redis_server, write_config
-from celeriac.local.settings import (
-    DEFAULT_API_PORT,
-    DEFAULT_EXPORTER_PORT,
-    DEFAULT_REDIS_PORT,
-    DEFAULT_WORKER_METRICS_PORT,
-    LocalSettings,
-)
+from celeriac.local.settings import LocalSettings
 
 LOOP_INTERVAL_SECONDS = 0.1
 REDIS_READY_TIMEOUT_SECONDS = 15.0
 REDIS_STOP_TIMEOUT_SECONDS = 10.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-# What a process left behind by an earlier, killed `celeriac up` looks like.
-_OUR_COMMANDS = ("celeriac", "redis-server")
 
 
 class StackError(Exception):
@@ -74,92 +52,6 @@ def exit_status(code: int | None) -> str:
     if code is not None and code < 0:
         return f"killed by {signal.Signals(-code).name}"
     return f"exit code {code}"
-
-
-def make_plan(settings: LocalSettings, state_dir: Path) -> tuple[StackPlan, list[str]]:
-    """Choose ports and secrets; returns the plan and notes about ports that moved."""
-    notes = []
-    reserved: list[int] = []
-    ports = {}
-    for name, requested, default in (
-        ("redis", settings.redis_port, DEFAULT_REDIS_PORT),
-        ("api", settings.api_port, DEFAULT_API_PORT),
-        ("exporter", settings.exporter_port, DEFAULT_EXPORTER_PORT),
-        ("worker metrics", settings.worker_metrics_port, DEFAULT_WORKER_METRICS_PORT),
-    ):
-        choice = choose_port(name, requested, default, reserved)
-        reserved.append(choice.port)
-        ports[name] = choice.port
-        if choice.note:
-            notes.append(f"{name}: {choice.note}, using {choice.port}")
-    schedule = settings.schedule_file
-    if schedule is None and settings.app == LocalSettings().app:
-        schedule = demo_schedule_file()
-    plan = StackPlan(
-        state_dir=state_dir,
-        api_port=ports["api"],
-        exporter_port=ports["exporter"],
-        worker_metrics_port=ports["worker metrics"],
-        redis_port=ports["redis"],
-        redis_password=new_secret(),
-        api_token=settings.api_token or new_secret(),
-        app=settings.app,
-        schedule_file=schedule.resolve() if schedule is not None else None,
-        worker_groups_file=(
-            settings.worker_groups_file.resolve() if settings.worker_groups_file else None
-        ),
-        concurrency=settings.concurrency,
-        worker_shutdown_timeout_seconds=settings.worker_shutdown_timeout_seconds,
-    )
-    return plan, notes
-
-
-@contextlib.contextmanager
-def state_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the state dir: two stacks there would share ready files."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = path.open("a+")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StackError(
-                f"another `celeriac up` is running with state dir {path.parent}; "
-                "stop it, or pass --state-dir to run a second stack"
-            ) from None
-        yield
-    finally:
-        handle.close()
-
-
-def stop_leftovers(pids_file: Path) -> int:
-    """Kill process groups recorded by an earlier run that never shut down (it was SIGKILLed).
-
-    Only called while holding the state lock, so no live stack owns them; a group id is only
-    trusted if its processes still look like ours (process ids are reused).
-    """
-    try:
-        recorded = json.loads(pids_file.read_text())
-    except (OSError, ValueError):
-        return 0
-    killed: list[int] = []
-    for entry in recorded.get("processes", []):
-        pgid = entry.get("pgid")
-        if not isinstance(pgid, int) or pgid <= 1:
-            continue
-        for pid in group_members(pgid):
-            if any(name in command_line(pid) for name in _OUR_COMMANDS):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-    # Until they are gone they still hold their ports, which this run may want.
-    deadline = time.monotonic() + KILL_WAIT_SECONDS
-    while any(is_running(pid) for pid in killed):
-        if time.monotonic() > deadline:
-            break
-        time.sleep(LOOP_INTERVAL_SECONDS)
-    pids_file.unlink(missing_ok=True)
-    return len(killed)
 
 
 class LocalStack:
@@ -383,5 +275,5 @@ class LocalStack:
 
 
 def run(settings: LocalSettings, *, stream: IO[str] | None = None) -> int:
-    """Run until stopped; StackError and ConfigError carry the one line to show."""
+    """Run until stopped; StackError, StateDirLocked and ConfigError carry the one line to show."""
     return LocalStack(settings, Console(quiet=settings.quiet, stream=stream)).run()
