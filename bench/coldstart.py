@@ -23,11 +23,11 @@ from typing import Any
 
 import redis
 from celery import Celery
-from tests.support import celeriac_command, free_port
 
 from bench.support import Process, Redis, Run
 from celeriac.app import create_app
 from celeriac.settings import Settings
+from celeriac.testing import celeriac_command, free_port
 
 NAME = "coldstart"
 TITLE = "Worker cold start"

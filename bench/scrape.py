@@ -20,7 +20,6 @@ from typing import Any
 
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from tests.support import celeriac_command, free_port
 
 from bench.support import Process, Redis, Run, percentiles, wait_for
 from celeriac.app import create_app
@@ -28,6 +27,7 @@ from celeriac.exporter.collector import BacklogCollector, create_registry, redis
 from celeriac.exporter.settings import ExporterSettings
 from celeriac.keys import UNACKED_KEY, priority_list_keys
 from celeriac.settings import Settings
+from celeriac.testing import celeriac_command, free_port
 
 NAME = "scrape"
 TITLE = "Exporter scrape latency"

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
-from tests.support import Child, RedisServer
+
+from celeriac.testing import Child, RedisServer
 
 T = TypeVar("T")
 

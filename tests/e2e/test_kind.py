@@ -28,8 +28,9 @@ import httpx
 import pytest
 import yaml
 
+from celeriac.testing import Child, free_port, wait_until
 from tests.chart.render import deep_merge
-from tests.support import REPO_ROOT, Child, free_port, wait_until
+from tests.support import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
 

@@ -21,7 +21,7 @@ from celeriac.api import ApiSettings, create_app
 from celeriac.api.tracking import RECORD_PREFIX
 from celeriac.app import create_app as create_celery_app
 from celeriac.settings import Settings
-from tests.support import RedisServer
+from celeriac.testing import RedisServer
 
 pytestmark = [
     pytest.mark.integration,

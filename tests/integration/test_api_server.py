@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import Child, RedisServer, celeriac_command, free_port, wait_until
+from celeriac.testing import Child, RedisServer, celeriac_command, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from celeriac.app import create_app
 from celeriac.backlog import QueueBacklog, read_backlog
 from celeriac.keys import UNACKED_KEY
 from celeriac.settings import Settings
-from tests.support import RedisServer
+from celeriac.testing import RedisServer
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from celeriac import heartbeat
-from tests.support import Child, RedisServer, celeriac_command, wait_until
+from celeriac.testing import Child, RedisServer, celeriac_command, wait_until
 
 pytestmark = pytest.mark.integration
 

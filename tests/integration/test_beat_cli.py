@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import celeriac_command
+from celeriac.testing import celeriac_command
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO_ROOT, Child, wait_until
+from celeriac.testing import Child, wait_until
+from tests.support import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 

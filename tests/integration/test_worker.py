@@ -23,7 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from celeriac.app import create_app
 from celeriac.keys import UNACKED_KEY, priority_list_keys
 from celeriac.settings import DEFAULT_PRIORITY_STEPS, Settings
-from tests.support import REPO_ROOT, Child, RedisServer, celeriac_command, free_port, wait_until
+from celeriac.testing import Child, RedisServer, celeriac_command, free_port, wait_until
+from tests.support import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 

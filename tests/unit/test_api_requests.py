@@ -19,7 +19,7 @@ from starlette.types import Message
 from celeriac.api import ApiSettings, create_app
 from celeriac.api.limits import BodySizeLimit
 from celeriac.settings import Settings
-from tests.support import free_port
+from celeriac.testing import free_port
 
 TOKEN = "unit-test-token"
 OTHER_TOKEN = "second-token"

