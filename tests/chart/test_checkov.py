@@ -9,29 +9,27 @@ import json
 import os
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from tests.chart.matrix import MATRIX
 from tests.chart.render import CHART_DIR, render
+from tests.support import REPO_ROOT, require_tool
 
 pytestmark = pytest.mark.chart
 
 SKIP_ANNOTATION = re.compile(r"checkov\.io/skip\d+: (CKV2?_K8S_\d+)=(.+)$", re.M)
 
 
-def checkov_binary() -> Path:
+def checkov_binary() -> str:
+    """CELERIAC_CHECKOV, else `make checkov`'s venv, else checkov on PATH."""
     configured = os.environ.get("CELERIAC_CHECKOV")
-    if configured and Path(configured).is_file():
-        return Path(configured)
-    message = (
-        "checkov not found: run `make checkov` and set CELERIAC_CHECKOV to "
-        ".venv-checkov/bin/checkov (`make test` does)"
+    return require_tool(
+        "checkov",
+        "run `make checkov` (a venv of its own, .venv-checkov; `make test` does), "
+        "or set CELERIAC_CHECKOV to a checkov executable",
+        candidates=[configured] if configured else [REPO_ROOT / ".venv-checkov/bin/checkov"],
     )
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def chart_suppressions() -> dict[str, str]:
@@ -52,7 +50,7 @@ def checkov_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object
         (directory / f"{case}.yaml").write_text(render(values, release=case).yaml())
     completed = subprocess.run(
         [
-            str(binary),
+            binary,
             "--directory",
             str(directory),
             "--framework",

@@ -14,6 +14,7 @@ from tests.chart import crds
 from tests.chart.matrix import MATRIX
 from tests.chart.quantities import pool_size
 from tests.chart.render import NAMESPACE, Obj, Rendered, render, worker_groups
+from tests.support import require_path
 
 pytestmark = pytest.mark.chart
 
@@ -22,9 +23,12 @@ KEY = ("keda.sh/v1alpha1", "ScaledObject")
 
 @pytest.fixture(scope="module")
 def scaledobject_validator() -> jsonschema.Draft7Validator:
-    directory = crds.crds_dir()
-    if not directory.is_dir():
-        pytest.skip(f"KEDA CRDs not found at {directory} (set CELERIAC_KEDA_CRDS_DIR)")
+    directory = require_path(
+        crds.crds_dir(),
+        "KEDA's CRDs",
+        "set CELERIAC_KEDA_CRDS_DIR to a directory holding keda-<version>-crds.yaml "
+        "(https://github.com/kedacore/keda/releases)",
+    )
     return crds.validators(directory)[KEY]
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 import yaml
 
 from tests.chart.render import NAMESPACE, Obj, Rendered, pod_spec
+from tests.support import PROMETHEUS_HOW_TO_GET, require_tool
 
 pytestmark = pytest.mark.chart
 
@@ -142,10 +142,7 @@ SCHEMAS = {
 
 
 def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        pytest.fail("promtool is required (Debian package prometheus; .ci/run installs it)")
-    return found
+    return require_tool("promtool", PROMETHEUS_HOW_TO_GET)
 
 
 def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:

@@ -2,8 +2,9 @@
 through the API, watch the workers scale out and back in, and check that every task succeeds.
 
 Runs where a Docker engine answers (`docker info`), and kind and kubectl are on PATH; skipped
-with the reason otherwise. It needs the network (the base image, KEDA's manifest, the Redis and
-KEDA images) and takes about ten minutes. The cluster gets a unique name and is deleted at the
+with the reason otherwise (failed under CELERIAC_REQUIRE_TOOLS=1). Not part of `make test`:
+run it with `make test-e2e`. It needs the network (the base image, KEDA's manifest, the Redis
+and KEDA images) and takes about ten minutes. The cluster gets a unique name and is deleted at the
 end (set CELERIAC_E2E_KEEP_CLUSTER=1 to keep it for a look; delete it with
 `kind delete cluster --name <name>`).
 
@@ -17,7 +18,6 @@ import importlib.util
 import json
 import os
 import secrets
-import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,7 +30,7 @@ import yaml
 
 from celeriac.testing import Child, free_port, wait_until
 from tests.chart.render import deep_merge
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, missing, require_tool
 
 pytestmark = pytest.mark.e2e
 
@@ -55,33 +55,26 @@ TASKS_DONE_TIMEOUT_SECONDS = 600
 SCALE_IN_TIMEOUT_SECONDS = 420
 
 
-def missing_prerequisites() -> list[str]:
-    """Why the test cannot run here; empty when it can."""
-    reasons = [
-        f"{tool} is not on PATH" for tool in ("docker", "kind", "kubectl") if not which(tool)
-    ]
-    if which("docker"):
-        try:
-            info = subprocess.run(
-                ["docker", "info", "--format", "{{.ServerVersion}}"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            reasons.append("no working Docker engine (`docker info` timed out)")
-        else:
-            if info.returncode != 0:
-                first_line = (info.stderr.strip().splitlines() or ["no output"])[0]
-                reasons.append(f"no working Docker engine (`docker info`: {first_line})")
+def require_prerequisites() -> None:
+    """Skip (or fail, under CELERIAC_REQUIRE_TOOLS) unless Docker, kind and kubectl work here."""
+    require_tool("docker", "install Docker Engine: https://docs.docker.com/engine/install/")
+    require_tool("kind", "go install sigs.k8s.io/kind@latest, or brew install kind")
+    require_tool("kubectl", "https://kubernetes.io/docs/tasks/tools/, or brew install kubectl")
+    try:
+        info = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        missing("a working Docker engine", "start it (`docker info` timed out)")
+    if info.returncode != 0:
+        first_line = (info.stderr.strip().splitlines() or ["no output"])[0]
+        missing("a working Docker engine", f"start it (`docker info`: {first_line})")
     if importlib.util.find_spec("helm_python") is None:
-        reasons.append("helm-python-sdk is not installed (pip install -e '.[test,chart]')")
-    return reasons
-
-
-def which(tool: str) -> bool:
-    return shutil.which(tool) is not None
+        missing("helm-python-sdk", "pip install -e '.[test,chart]'")
 
 
 def run(args: Sequence[str], *, timeout: float = 300, stdin: str | None = None) -> str:
@@ -127,9 +120,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    reasons = missing_prerequisites()
-    if reasons:
-        pytest.skip("end-to-end test needs Docker, kind and kubectl: " + "; ".join(reasons))
+    require_prerequisites()
     name = f"celeriac-e2e-{secrets.token_hex(3)}"
     # A kubeconfig of its own: the user's current context is never touched.
     kubeconfig = tmp_path_factory.mktemp("kind") / "kubeconfig"

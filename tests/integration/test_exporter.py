@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +23,7 @@ from celeriac.app import create_app
 from celeriac.keys import UNACKED_KEY, priority_list_keys
 from celeriac.settings import Settings
 from celeriac.testing import Child, RedisServer, celeriac_command, free_port, wait_until
+from tests.support import PROMETHEUS_HOW_TO_GET, require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -251,10 +251,10 @@ def test_one_transaction_per_scrape(
     assert ours == allowed
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
 def test_promtool_accepts_a_real_scrape(
     spawn: Spawn, own_redis: RedisServer, own_client: redis.Redis
 ) -> None:
+    promtool = require_tool("promtool", PROMETHEUS_HOW_TO_GET)
     port = start_exporter(spawn, own_redis.url(), {"CELERIAC_QUEUES": "default,cpu"}).port
     own_client.lpush("default", "x")
     own_client.lpush("cpu\x06\x166", "x")
@@ -264,7 +264,7 @@ def test_promtool_accepts_a_real_scrape(
     _, _, down_text = scrape(port)
     for text in (up_text, down_text):
         result = subprocess.run(
-            [shutil.which("promtool") or "promtool", "check", "metrics"],
+            [promtool, "check", "metrics"],
             input=text,
             capture_output=True,
             text=True,
@@ -350,10 +350,10 @@ def test_sigterm_stops_the_exporter_cleanly(spawn: Spawn, redis_url: str) -> Non
     assert "Traceback" not in log
 
 
-@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus is not installed")
 def test_a_real_prometheus_scrapes_the_exporter(
     spawn: Spawn, redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
+    prometheus_binary = require_tool("prometheus", PROMETHEUS_HOW_TO_GET)
     redis_client.lpush("default\x06\x163", "m1", "m2", "m3")
     exporter = start_exporter(spawn, redis_url)
     config = tmp_path / "prometheus.yml"
@@ -366,7 +366,7 @@ def test_a_real_prometheus_scrapes_the_exporter(
     web_port = free_port()
     prometheus = spawn(
         [
-            shutil.which("prometheus") or "prometheus",
+            prometheus_binary,
             f"--config.file={config}",
             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{web_port}",

@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 
 from celeriac.testing import Child, wait_until
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, require_tool
 
 pytestmark = pytest.mark.integration
 
-TINI = Path("/usr/bin/tini")
+# Where the image has tini (Debian's package); the test runs whichever tini this machine has.
+IMAGE_TINI = "/usr/bin/tini"
 ENTRYPOINT_SCRIPT = REPO_ROOT / "services" / "base" / "celeriac.sh"
 
 
@@ -42,9 +43,12 @@ def unshare_command() -> list[str] | None:
 
 
 @pytest.fixture(scope="module")
+def tini() -> str:
+    return require_tool("tini", "apt install tini (the image's PID 1)", candidates=[IMAGE_TINI])
+
+
+@pytest.fixture(scope="module")
 def as_pid_1() -> list[str]:
-    if not TINI.exists():
-        pytest.skip("tini is not installed (apt-get install tini): the image's PID 1")
     prefix = unshare_command()
     if prefix is None:
         pytest.skip("cannot create a PID namespace here (unshare --pid failed)")
@@ -61,6 +65,7 @@ def cmdline(pid: int) -> list[str]:
 
 
 def test_entrypoint_as_pid_1_runs_tini_which_forwards_sigterm_to_the_worker(
+    tini: str,
     as_pid_1: list[str],
     redis_url: str,
     tmp_path: Path,
@@ -69,7 +74,9 @@ def test_entrypoint_as_pid_1_runs_tini_which_forwards_sigterm_to_the_worker(
     venv_celeriac = Path(sys.executable).parent / "celeriac"
     script = tmp_path / "celeriac.sh"
     script.write_text(
-        ENTRYPOINT_SCRIPT.read_text().replace("/opt/celeriac/venv/bin/celeriac", str(venv_celeriac))
+        ENTRYPOINT_SCRIPT.read_text()
+        .replace("/opt/celeriac/venv/bin/celeriac", str(venv_celeriac))
+        .replace(IMAGE_TINI, tini)
     )
     ready = tmp_path / "worker.ready"
     env = {
@@ -86,7 +93,7 @@ def test_entrypoint_as_pid_1_runs_tini_which_forwards_sigterm_to_the_worker(
 
     # unshare forks the namespace's PID 1: the script, which exec'd tini, which runs celeriac.
     (init,) = children(worker.pid)
-    assert cmdline(init)[:2] == [str(TINI), "--"]
+    assert cmdline(init)[:2] == [tini, "--"]
     (main,) = children(init)
     assert cmdline(main)[-2:] == [str(venv_celeriac), "worker"]
 

