@@ -26,7 +26,11 @@ DEFAULT_REDIS_SOCKET_TIMEOUT_SECONDS = 5.0
 DEFAULT_LOG_LEVEL = "INFO"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
-_QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
+# Task priorities the API and beat schedules accept; 0 is the highest (kombu's Redis order).
+MIN_PRIORITY = 0
+MAX_PRIORITY = 9
+# A queue name is also a Redis key and a metric label; the chart's values.schema.json repeats it.
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ class Settings:
         default_queue = env.string("DEFAULT_QUEUE", DEFAULT_QUEUE)
         queues = env.names("QUEUES", (default_queue,))
         for name in (default_queue, *queues):
-            if not _QUEUE_NAME.match(name):
+            if not QUEUE_NAME.match(name):
                 raise ConfigError(
                     f"queue name {name!r} is invalid; use letters, digits, '_', '.', ':' or '-'"
                 )

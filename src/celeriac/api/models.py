@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-MAX_PRIORITY = 9
+from celeriac.settings import MAX_PRIORITY, MIN_PRIORITY
 
 
 class TaskRequest(BaseModel):
@@ -51,7 +51,10 @@ class TaskRequest(BaseModel):
         description="Run no earlier than this ISO-8601 time with a time zone. Not with countdown.",
     )
     priority: StrictInt | None = Field(
-        default=None, ge=0, le=MAX_PRIORITY, description="0 (highest) to 9 (lowest)."
+        default=None,
+        ge=MIN_PRIORITY,
+        le=MAX_PRIORITY,
+        description=f"{MIN_PRIORITY} (highest) to {MAX_PRIORITY} (lowest).",
     )
 
     @field_validator("eta", mode="before")

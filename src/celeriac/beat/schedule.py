@@ -19,12 +19,12 @@ import yaml
 from celery.schedules import BaseSchedule, crontab, schedule
 
 from celeriac.env import ConfigError
+from celeriac.settings import MAX_PRIORITY, MIN_PRIORITY, QUEUE_NAME
 
 FIELDS = ("task", "every", "cron", "args", "kwargs", "queue", "priority", "expires", "enabled")
 # Names become Redis keys (``celeriac:beat:<name>``): no spaces, no glob characters, and a
 # leading letter or digit so no name can collide with beat's own ``celeriac:beat::lock``.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
-_QUEUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
 _TASK = re.compile(r"^\S{1,255}$")
 _CRON_FIELD = re.compile(r"^[A-Za-z0-9*/,-]+$")
 # (crontab keyword, what a reader calls it, what it accepts), in "m h dom mon dow" order.
@@ -35,8 +35,6 @@ _CRON_FIELDS = (
     ("month_of_year", "month", "1-12 or jan-dec"),
     ("day_of_week", "day of week", "0-6 or sun-sat, 0 = Sunday"),
 )
-MIN_PRIORITY = 0
-MAX_PRIORITY = 9
 
 
 class ScheduleError(ConfigError):
@@ -177,7 +175,7 @@ def _entry(name: object, body: object, problems: list[str]) -> Entry | None:
     options: dict[str, Any] = {}
     if "queue" in body:
         queue = body["queue"]
-        if not isinstance(queue, str) or not _QUEUE.match(queue):
+        if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
             bad(
                 "queue",
                 f"must be a queue name (letters, digits, '_', '.', ':', '-'), got {queue!r}",

@@ -16,14 +16,12 @@ from typing import Any, TypeVar
 import click
 
 from celeriac import heartbeat
+from celeriac.beat.settings import DEFAULT_HEARTBEAT_FILE as DEFAULT_BEAT_HEARTBEAT_FILE
 from celeriac.worker.settings import (
     DEFAULT_HEARTBEAT_FILE,
     DEFAULT_PROBE_MAX_AGE_SECONDS,
     DEFAULT_READY_FILE,
 )
-
-# Owned by the beat component; repeated here so the probe does not import it.
-DEFAULT_BEAT_HEARTBEAT_FILE = Path("/tmp/celeriac/beat.heartbeat")
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 

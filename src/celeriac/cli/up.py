@@ -9,7 +9,13 @@ from typing import Any
 
 import click
 
-from celeriac.local.settings import LocalSettings
+from celeriac.local.settings import (
+    DEFAULT_API_PORT,
+    DEFAULT_EXPORTER_PORT,
+    DEFAULT_REDIS_PORT,
+    DEFAULT_WORKER_METRICS_PORT,
+    LocalSettings,
+)
 
 _PORT = click.IntRange(0, 65535)
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -18,22 +24,28 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.command("up")
 @click.option("--app", default=None, help="Your Celery app as module:attr [env: CELERIAC_APP].")
 @click.option(
-    "--api-port", type=_PORT, default=None, help="Default 8000 [env: CELERIAC_UP_API_PORT]."
+    "--api-port",
+    type=_PORT,
+    default=None,
+    help=f"Default {DEFAULT_API_PORT} [env: CELERIAC_UP_API_PORT].",
 )
 @click.option(
     "--exporter-port",
     type=_PORT,
     default=None,
-    help="Default 9540 [env: CELERIAC_UP_EXPORTER_PORT].",
+    help=f"Default {DEFAULT_EXPORTER_PORT} [env: CELERIAC_UP_EXPORTER_PORT].",
 )
 @click.option(
     "--worker-metrics-port",
     type=_PORT,
     default=None,
-    help="Default 9541 [env: CELERIAC_UP_WORKER_METRICS_PORT].",
+    help=f"Default {DEFAULT_WORKER_METRICS_PORT} [env: CELERIAC_UP_WORKER_METRICS_PORT].",
 )
 @click.option(
-    "--redis-port", type=_PORT, default=None, help="Default 6379 [env: CELERIAC_UP_REDIS_PORT]."
+    "--redis-port",
+    type=_PORT,
+    default=None,
+    help=f"Default {DEFAULT_REDIS_PORT} [env: CELERIAC_UP_REDIS_PORT].",
 )
 @click.option(
     "--state-dir",

@@ -19,7 +19,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from celeriac.backlog import QueueBacklog, read_backlog
-from celeriac.exporter.groups import WorkerGroup
+from celeriac.exporter.groups import WorkerGroup, all_queues
 from celeriac.exporter.settings import ExporterSettings
 from celeriac.settings import redact_url
 
@@ -32,6 +32,9 @@ QUEUE_BACKLOG = "celeriac_queue_backlog_messages"
 GROUP_BACKLOG = "celeriac_group_backlog_messages"
 REDIS_UP = "celeriac_redis_up"
 SCRAPE_DURATION = "celeriac_scrape_duration_seconds"
+QUEUE_LABEL = "queue"
+# KEDA's trigger selects GROUP_BACKLOG by this label (charts/celeriac/templates/_helpers.tpl).
+GROUP_LABEL = "group"
 
 _HELP = {
     QUEUE_WAITING: "Messages waiting in the queue's lists, summed over every priority sub-list.",
@@ -57,7 +60,7 @@ class BacklogCollector(Collector):
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._client = client
-        self._queues = tuple(dict.fromkeys([*queues, *(q for g in groups for q in g.queues)]))
+        self._queues = all_queues(queues, groups)
         self._groups = tuple(groups)
         self._priority_steps = tuple(priority_steps)
         self._clock = clock
@@ -107,11 +110,11 @@ class BacklogCollector(Collector):
 
 def _families() -> list[GaugeMetricFamily]:
     return [
-        GaugeMetricFamily(QUEUE_WAITING, _HELP[QUEUE_WAITING], labels=["queue"]),
-        GaugeMetricFamily(QUEUE_IN_FLIGHT, _HELP[QUEUE_IN_FLIGHT], labels=["queue"]),
-        GaugeMetricFamily(QUEUE_SCHEDULED, _HELP[QUEUE_SCHEDULED], labels=["queue"]),
-        GaugeMetricFamily(QUEUE_BACKLOG, _HELP[QUEUE_BACKLOG], labels=["queue"]),
-        GaugeMetricFamily(GROUP_BACKLOG, _HELP[GROUP_BACKLOG], labels=["group"]),
+        GaugeMetricFamily(QUEUE_WAITING, _HELP[QUEUE_WAITING], labels=[QUEUE_LABEL]),
+        GaugeMetricFamily(QUEUE_IN_FLIGHT, _HELP[QUEUE_IN_FLIGHT], labels=[QUEUE_LABEL]),
+        GaugeMetricFamily(QUEUE_SCHEDULED, _HELP[QUEUE_SCHEDULED], labels=[QUEUE_LABEL]),
+        GaugeMetricFamily(QUEUE_BACKLOG, _HELP[QUEUE_BACKLOG], labels=[QUEUE_LABEL]),
+        GaugeMetricFamily(GROUP_BACKLOG, _HELP[GROUP_BACKLOG], labels=[GROUP_LABEL]),
         GaugeMetricFamily(REDIS_UP, _HELP[REDIS_UP]),
         GaugeMetricFamily(SCRAPE_DURATION, _HELP[SCRAPE_DURATION]),
     ]

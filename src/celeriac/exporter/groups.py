@@ -14,20 +14,20 @@ Every error names the file, the group and the field.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from celeriac.env import ConfigError
+from celeriac.settings import QUEUE_NAME
 
 DEFAULT_GROUP = "default"
 GROUP_FIELDS = ("queues",)
-# A group names a Deployment and a label value, so it must be a DNS label.
-_GROUP_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-# The same rule celeriac.settings applies to CELERIAC_QUEUES.
-_QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
+# A group names a Deployment and a label value, so it must be a DNS label; the chart's
+# values.schema.json and _helpers.tpl repeat it.
+GROUP_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,11 @@ class WorkerGroup:
 def default_groups(queues: tuple[str, ...]) -> tuple[WorkerGroup, ...]:
     """Without a groups file: one group ``default`` over every configured queue."""
     return (WorkerGroup(DEFAULT_GROUP, queues),)
+
+
+def all_queues(queues: Iterable[str], groups: Iterable[WorkerGroup]) -> tuple[str, ...]:
+    """``queues``, then every group's queues, each once, in order: what the exporter measures."""
+    return tuple(dict.fromkeys([*queues, *(queue for group in groups for queue in group.queues)]))
 
 
 def load_groups(path: Path) -> tuple[WorkerGroup, ...]:
@@ -74,7 +79,7 @@ def parse_groups(data: object, source: str = "worker groups") -> tuple[WorkerGro
 
 
 def _group(name: object, entry: object, source: str) -> WorkerGroup:
-    if not isinstance(name, str) or not _GROUP_NAME.match(name):
+    if not isinstance(name, str) or not GROUP_NAME.match(name):
         raise ConfigError(
             f"{source}: group name {name!r} is invalid; use lowercase letters, digits and '-' "
             "(a DNS label, at most 63 characters)"
@@ -98,7 +103,7 @@ def _group(name: object, entry: object, source: str) -> WorkerGroup:
             f"got {_kind(queues)}"
         )
     for queue in queues:
-        if not isinstance(queue, str) or not _QUEUE_NAME.match(queue):
+        if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
             raise ConfigError(
                 f"{source}: group {name!r} field 'queues' has invalid queue name {queue!r}; "
                 "use letters, digits, '_', '.', ':' or '-'"

@@ -7,11 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from celeriac.env import ConfigError, Env
+from celeriac.exporter import settings as exporter_settings
 from celeriac.settings import DEFAULT_APP
+from celeriac.worker import settings as worker_settings
 
+# celeriac.api.settings.DEFAULT_PORT, not imported: the api package imports FastAPI, which
+# `celeriac up` itself does not need (tests/unit/test_facts.py keeps the two equal).
 DEFAULT_API_PORT = 8000
-DEFAULT_EXPORTER_PORT = 9540
-DEFAULT_WORKER_METRICS_PORT = 9541
+DEFAULT_EXPORTER_PORT = exporter_settings.DEFAULT_PORT
+DEFAULT_WORKER_METRICS_PORT = worker_settings.DEFAULT_METRICS_PORT
 DEFAULT_REDIS_PORT = 6379
 DEFAULT_STATE_DIR = Path(".celeriac")
 # A laptop-sized pool; the worker sizes itself from its CPU limit in Kubernetes instead.

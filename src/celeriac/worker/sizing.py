@@ -90,9 +90,17 @@ def _pool_size(
         cpus = available
     if settings.concurrency_per_cpu != 1:
         per_cpu = settings.concurrency_per_cpu
-        pool = max(1, math.floor(cpus * per_cpu + 0.5))
-        return pool, f"{reason} x {per_cpu:g} per cpu from CELERIAC_WORKER_CONCURRENCY_PER_CPU"
+        reason += f" x {per_cpu:g} per cpu from CELERIAC_WORKER_CONCURRENCY_PER_CPU"
+        return pool_size(cpus, per_cpu), reason
     return cpus, reason
+
+
+def pool_size(cpus: int, per_cpu: float) -> int:
+    """Processes for ``cpus`` whole CPUs at ``per_cpu`` each: half rounds up, at least 1.
+
+    The chart's "celeriac.worker.groups" repeats this for the KEDA target (tests/chart compare).
+    """
+    return max(1, math.floor(cpus * per_cpu + 0.5))
 
 
 def _max_memory_per_child(
