@@ -22,9 +22,12 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
+from celeriac.app import create_app
 from celeriac.local.banner import READY_LINE
 from celeriac.local.process import group_members
+from celeriac.settings import Settings
 from celeriac.testing import Child, celeriac_command, free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -260,13 +263,19 @@ def _run_task(stack: Stack, body: dict[str, object]) -> object:
     with httpx.Client(timeout=10) as client:
         submitted = client.post(f"{stack.api_url}/v1/tasks", json=body, headers=stack.headers)
         assert submitted.status_code == 202, submitted.text
-        url = f"{stack.api_url}/v1/tasks/{submitted.json()['id']}"
+    return _result(stack, submitted.json()["id"])
+
+
+def _result(stack: Stack, task_id: str) -> object:
+    """The result of task ``task_id`` once it has succeeded, read through the API."""
+    url = f"{stack.api_url}/v1/tasks/{task_id}"
+    with httpx.Client(timeout=10) as client:
 
         def finished() -> dict[str, object] | None:
             answer: dict[str, object] = client.get(url, headers=stack.headers).json()
             return answer if answer.get("state") == "SUCCESS" else None
 
-        return wait_until(finished, timeout=30, message="the task's result")["result"]
+        return wait_until(finished, timeout=30, message=f"the result of task {task_id}")["result"]
 
 
 def test_up_runs_your_own_app(start_stack: Callable[..., Stack], tmp_path: Path) -> None:
@@ -322,3 +331,31 @@ def test_a_component_that_cannot_start_is_named_with_its_error(
     assert "cannot import 'no_such_module'" in output
     assert "no process left behind" in output
     assert READY_LINE not in output
+
+
+def _producer_environment(stack: Stack) -> dict[str, str]:
+    """stack.env, as `set -a; . .celeriac/stack.env` would load it."""
+    lines = (stack.state_dir / "stack.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_queued_tasks_survive_a_restart_on_the_same_state_dir(
+    start_stack: Callable[..., Stack],
+) -> None:
+    # A queue this stack's worker does not read, so the message stays queued until the restart.
+    first = start_stack("--quiet")
+    settings = Settings.from_env(_producer_environment(first))
+    producer = create_app("producer", settings)
+    try:
+        sent = producer.send_task("celeriac.demo.add", args=[20, 22], queue="parked")
+    finally:
+        producer.close()
+    with redis.Redis.from_url(settings.broker_connection_url) as client:
+        assert client.llen("parked") == 1
+    _stop_and_check_nothing_left(first, signal.SIGINT)
+
+    # A new Redis password, the same data: the second stack's worker also reads "parked".
+    second = start_stack("--quiet", env={"CELERIAC_QUEUES": "default,parked"}, same_as=first)
+    assert second.token != first.token
+    assert _result(second, sent.id) == 42
+    _stop_and_check_nothing_left(second, signal.SIGTERM)

@@ -160,11 +160,16 @@ def test_banner_has_urls_token_and_a_first_request_but_not_the_redis_password(
     assert PASSWORD not in text
 
 
-def test_redis_config_binds_loopback_with_a_password_and_no_persistence(tmp_path: Path) -> None:
+def test_redis_config_binds_loopback_with_a_password_and_an_aof_in_the_state_dir(
+    tmp_path: Path,
+) -> None:
     text = config_text(16379, 'p"w', tmp_path)
     assert "port 16379\n" in text
     assert "bind 127.0.0.1\n" in text
     assert 'requirepass "p\\"w"\n' in text
+    assert f'dir "{tmp_path}"\n' in text
+    assert "appendonly yes\n" in text
+    assert "appendfsync everysec\n" in text
     assert 'save ""\n' in text
 
 
