@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.support import BENCH_DIR, RESULTS_DIR
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
 
 ORDER = ("scrape", "throughput", "coldstart")
 

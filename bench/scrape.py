@@ -21,13 +21,13 @@ from typing import Any
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.support import Process, Redis, Run, percentiles, wait_for
+from bench.support import Process, Redis, Run, percentiles
 from celeriac.app import create_app
 from celeriac.exporter.collector import BacklogCollector, create_registry, redis_client
 from celeriac.exporter.settings import ExporterSettings
 from celeriac.keys import UNACKED_KEY, priority_list_keys
 from celeriac.settings import Settings
-from celeriac.testing import celeriac_command, free_port
+from celeriac.testing import celeriac_command, free_port, wait_until
 
 NAME = "scrape"
 TITLE = "Exporter scrape latency"
@@ -149,7 +149,7 @@ def main() -> dict[str, Any]:
                 log,
             )
             try:
-                wait_for(lambda: http_get(port), 30, "exporter")
+                wait_until(lambda: http_get(port), timeout=30, interval=0.005, message="exporter")
                 body = http_get(port).decode()
                 http_timings = time_calls(lambda: http_get(port), HTTP_REQUESTS)
             finally:

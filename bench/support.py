@@ -1,6 +1,7 @@
 """What the benchmarks share: a private redis-server, child processes, statistics, results.
 
-The redis-server and child-process helpers are the test suite's (``tests.support``).
+The redis-server, child-process and wait helpers are celeriac's (``celeriac.testing``), the
+ones the test suite uses; bench/ never imports tests/.
 """
 
 from __future__ import annotations
@@ -11,35 +12,16 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import redis
-
+from bench.report import BENCH_DIR, RESULTS_DIR, render
+from celeriac.local.redis_server import RedisNotFound, find_redis_server
 from celeriac.testing import Child, RedisServer
 
-T = TypeVar("T")
-
-BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
-RESULTS_DIR = BENCH_DIR / "results"
-
-
-def wait_for(
-    condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.005
-) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            result = condition()
-        except (OSError, redis.RedisError):
-            result = None
-        if result:
-            return result
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Redis:
@@ -48,7 +30,7 @@ class Redis:
     def __init__(self) -> None:
         try:
             self.server = RedisServer()
-        except RuntimeError as exc:
+        except RedisNotFound as exc:
             raise SystemExit(str(exc)) from None
         self.server.start()
         self.url = self.server.url()
@@ -103,9 +85,12 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    redis_version = subprocess.run(
-        ["redis-server", "--version"], capture_output=True, text=True, check=False
-    ).stdout.split()
+    try:
+        redis_version = subprocess.run(
+            [find_redis_server(), "--version"], capture_output=True, text=True, check=False
+        ).stdout.split()
+    except RedisNotFound:
+        redis_version = []
     import celery
     import kombu
 
@@ -153,7 +138,5 @@ class Run:
             "notes": list(notes),
         }
         path.write_text(json.dumps(document, indent=2) + "\n")
-        from bench.report import render
-
         render()
         return path

@@ -25,11 +25,11 @@ from typing import Any
 
 from celery import Celery
 
-from bench.support import Process, Redis, Run, wait_for
+from bench.support import Process, Redis, Run
 from celeriac.app import create_app
 from celeriac.keys import UNACKED_KEY
 from celeriac.settings import Settings
-from celeriac.testing import celeriac_command, free_port
+from celeriac.testing import celeriac_command, free_port, wait_until
 
 NAME = "throughput"
 TITLE = "Worker throughput: celeriac defaults vs stock Celery"
@@ -76,8 +76,8 @@ def drain(server: Redis, queue: str, messages: list[str], timeout: float = 120) 
         return bool(waiting == 0 and unacked == 0)
 
     try:
-        wait_for(empty, timeout, f"{queue} drained", interval=POLL_SECONDS)
-    except TimeoutError:
+        wait_until(empty, timeout=timeout, interval=POLL_SECONDS, message=f"{queue} drained")
+    except AssertionError:
         waiting, unacked = server.client.llen(queue), server.client.hlen(UNACKED_KEY)
         raise TimeoutError(f"{queue} not drained: {waiting} waiting, {unacked} unacked") from None
     return time.perf_counter() - started

@@ -86,13 +86,6 @@ class RedisServer:
     def client(self, db: int = 0) -> redis.Redis:
         return redis.Redis.from_url(self.url(db))
 
-    def version(self) -> str:
-        """The server's version, as ``redis-server --version`` prints it (e.g. "6.2.14")."""
-        words = subprocess.run(
-            [self.binary, "--version"], capture_output=True, text=True, check=False, timeout=30
-        ).stdout.split()
-        return next((word[2:] for word in words if word.startswith("v=")), "unknown")
-
     def start(self) -> RedisServer:
         args = [
             self.binary,
