@@ -58,6 +58,16 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Child]]:
 
 @pytest.fixture(autouse=True)
 def _collect_garbage_after_each_test() -> Iterator[None]:
-    # A leaked socket then warns in the test that leaked it, not in whichever test runs later.
-    yield
-    gc.collect()
+    """Collect the test's garbage when it ends, so a leaked socket or file warns (an error, by
+    filterwarnings) in the test that leaked it, not in whichever test runs later.
+
+    Objects older than the test (imported modules, session fixtures such as the rendered chart
+    matrix: millions of objects) are frozen for the test's duration, so the collection scans
+    only what the test allocated: milliseconds instead of 0.1-2 s per test.
+    """
+    gc.freeze()
+    try:
+        yield
+        gc.collect()
+    finally:
+        gc.unfreeze()
