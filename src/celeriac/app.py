@@ -8,13 +8,15 @@ always agree on broker, serialization and queues.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any
 
 from celery import Celery
 from kombu import Queue
 
 from celeriac.env import ConfigError
-from celeriac.settings import Settings
+from celeriac.settings import Settings, check_app_path
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -87,11 +89,12 @@ def create_app(name: str = "celeriac", settings: Settings | None = None) -> Cele
 def load_app(path: str, settings: Settings) -> Celery:
     """Import the Celery app named ``module:attr`` and configure it.
 
-    Errors name the path and what is wrong with it, not a traceback.
+    The current directory is on the import path, as with ``celery -A`` and ``python -m``: the
+    ``celeriac`` console script's own path holds only its bin directory, so ``mytasks/`` beside
+    you would not be found. Errors name the path and what is wrong with it, not a traceback.
     """
-    module_name, sep, attr = path.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"app {path!r} must look like 'package.module:attribute'")
+    module_name, _, attr = check_app_path("app", path).partition(":")
+    cwd_on_path()
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -100,3 +103,14 @@ def load_app(path: str, settings: Settings) -> Celery:
     if not isinstance(app, Celery):
         raise ConfigError(f"app {path!r}: {module_name}.{attr} is not a Celery app")
     return configure(app, settings)
+
+
+def cwd_on_path() -> None:
+    """Put the current directory first on ``sys.path`` unless it is there already.
+
+    For the whole process, not just the import: tasks may import more of their package later,
+    in the worker's pool processes too.
+    """
+    cwd = os.getcwd()
+    if not any(entry in ("", cwd) for entry in sys.path):
+        sys.path.insert(0, cwd)

@@ -6,12 +6,17 @@ misconfigured pod fails at start with one line instead of a traceback later.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 PREFIX = "CELERIAC_"
 MAX_PORT = 65535
+MAX_HOSTNAME_LENGTH = 253
+
+_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -78,6 +83,42 @@ class Env:
         """A TCP port to listen on; ``minimum=0`` where 0 means "switched off" or "any"."""
         return check_port(PREFIX + name, self.integer(name, default), minimum=minimum)
 
+    def host(self, name: str, default: str) -> str:
+        """An address to bind or reach: an IP address or a host name, checked now, not at bind."""
+        return check_host(PREFIX + name, self.string(name, default))
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        """One of ``choices``, matched without regard to case; returned as spelled there."""
+        value = self.string(name, default)
+        for choice in choices:
+            if value.lower() == choice.lower():
+                return choice
+        raise ConfigError(f"{PREFIX}{name}={value!r} is not one of {', '.join(choices)}")
+
+    def output_file(self, name: str, default: Path) -> Path:
+        """A file celeriac writes (heartbeat, ready file): anything but an existing directory."""
+        path = Path(self.string(name, str(default)))
+        if path.is_dir():
+            raise ConfigError(f"{PREFIX}{name}={str(path)!r} is a directory; give a file path")
+        return path
+
+    def directory(self, name: str, default: Path) -> Path:
+        """A directory celeriac creates or fills: anything but an existing non-directory."""
+        path = Path(self.string(name, str(default)))
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{PREFIX}{name}={str(path)!r} is not a directory")
+        return path
+
+    def input_file(self, name: str) -> Path | None:
+        """A file celeriac reads (schedule, groups): must be a readable file when set."""
+        value = self.raw(name)
+        if value is None:
+            return None
+        path = Path(value)
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise ConfigError(f"{PREFIX}{name}={value!r} is not a readable file")
+        return path
+
     def boolean(self, name: str, default: bool) -> bool:
         value = self.raw(name)
         if value is None:
@@ -124,6 +165,27 @@ def check_port(label: str, value: int, *, minimum: int = 1) -> int:
     """``value`` if it is a TCP port from ``minimum`` up; else an error naming ``label``."""
     if not minimum <= value <= MAX_PORT:
         raise ConfigError(f"{label}={value} is not a TCP port; use {minimum}-{MAX_PORT}")
+    return value
+
+
+def check_host(label: str, value: str) -> str:
+    """``value`` if it is an IP address or a host name (RFC 1123); else an error naming ``label``.
+
+    A name whose last label is all digits is a mistyped IPv4 address (``999.1.1.1``), not a host.
+    """
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        labels = value.removesuffix(".").split(".")
+        if (
+            len(value) <= MAX_HOSTNAME_LENGTH
+            and all(_HOSTNAME_LABEL.match(label) for label in labels)
+            and not labels[-1].isdigit()
+        ):
+            return value
+        raise ConfigError(
+            f"{label}={value!r} is not an IP address or host name; e.g. 0.0.0.0, ::, localhost"
+        ) from None
     return value
 
 

@@ -54,20 +54,16 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = Env(environ)
-        default_queue = env.string("DEFAULT_QUEUE", DEFAULT_QUEUE)
-        queues = env.names("QUEUES", (default_queue,))
-        for name in (default_queue, *queues):
-            if not QUEUE_NAME.match(name):
-                raise ConfigError(
-                    f"queue name {name!r} is invalid; use letters, digits, '_', '.', ':' or '-'"
-                )
+        default_queue = _queue_names("DEFAULT_QUEUE", (env.string("DEFAULT_QUEUE", DEFAULT_QUEUE),))
         return cls(
             broker_url=_redis_url("BROKER_URL", env.string("BROKER_URL", DEFAULT_BROKER_URL)),
-            result_backend_url=_optional_redis_url("RESULT_BACKEND_URL", env),
+            result_backend_url=_optional_redis_url(
+                "RESULT_BACKEND_URL", env.optional_string("RESULT_BACKEND_URL")
+            ),
             redis_password=env.secret("REDIS_PASSWORD"),
-            app=env.string("APP", DEFAULT_APP),
-            default_queue=default_queue,
-            queues=queues,
+            app=check_app_path("CELERIAC_APP", env.string("APP", DEFAULT_APP)),
+            default_queue=default_queue[0],
+            queues=_queue_names("QUEUES", env.names("QUEUES", default_queue)),
             priority_steps=_priority_steps(env),
             visibility_timeout_seconds=env.integer(
                 "VISIBILITY_TIMEOUT_SECONDS", DEFAULT_VISIBILITY_TIMEOUT_SECONDS, minimum=1
@@ -78,7 +74,7 @@ class Settings:
             redis_socket_timeout_seconds=env.number(
                 "REDIS_SOCKET_TIMEOUT_SECONDS", DEFAULT_REDIS_SOCKET_TIMEOUT_SECONDS, minimum=0.1
             ),
-            log_level=_log_level(env),
+            log_level=env.choice("LOG_LEVEL", DEFAULT_LOG_LEVEL, LOG_LEVELS),
         )
 
     @property
@@ -101,16 +97,26 @@ def _redis_url(name: str, value: str) -> str:
     return value
 
 
-def _optional_redis_url(name: str, env: Env) -> str | None:
-    value = env.optional_string(name)
+def _optional_redis_url(name: str, value: str | None) -> str | None:
     return None if value is None else _redis_url(name, value)
 
 
-def _log_level(env: Env) -> str:
-    level = env.string("LOG_LEVEL", DEFAULT_LOG_LEVEL).upper()
-    if level not in LOG_LEVELS:
-        raise ConfigError(f"CELERIAC_LOG_LEVEL={level!r} is not one of {', '.join(LOG_LEVELS)}")
-    return level
+def _queue_names(name: str, queues: tuple[str, ...]) -> tuple[str, ...]:
+    for queue in queues:
+        if not QUEUE_NAME.match(queue):
+            raise ConfigError(
+                f"CELERIAC_{name}: queue name {queue!r} is invalid; "
+                "use letters, digits, '_', '.', ':' or '-'"
+            )
+    return queues
+
+
+def check_app_path(label: str, path: str) -> str:
+    """``path`` if it looks like ``package.module:attribute``; else an error naming ``label``."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{label}={path!r} must look like 'package.module:attribute'")
+    return path
 
 
 def _priority_steps(env: Env) -> tuple[int, ...]:

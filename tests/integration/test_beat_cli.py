@@ -39,7 +39,7 @@ def test_check_accepts_a_good_schedule(tmp_path: Path) -> None:
     schedule.write_text(GOOD)
     result = run("beat", "--check", "--schedule", str(schedule))
     assert result.returncode == 0, result
-    assert "is valid: 2 entries" in result.stdout
+    assert "is valid for app celeriac.demo:app: 2 entries" in result.stdout
     assert "report (celeriac.demo.add, every 30s)" in result.stdout
     assert "nightly (celeriac.demo.sleep, cron '0 3 * * *')" in result.stdout
 
@@ -60,11 +60,11 @@ def test_check_rejects_a_bad_schedule_naming_each_entry(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "env", "fragment"),
     [
-        (["--check", "--schedule", "/nonexistent/schedule.yaml"], {}, "cannot be read"),
+        (["--check", "--schedule", "/nonexistent/schedule.yaml"], {}, "is not a readable file"),
         (["--check"], {"CELERIAC_BEAT_LOCK_TIMEOUT_SECONDS": "1"}, "at least 2 x"),
         (["--check"], {"CELERIAC_BEAT_TIMEZONE": "Nowhere/City"}, "CELERIAC_BEAT_TIMEZONE"),
         # Without --check the same validation happens before anything connects to Redis.
-        (["--schedule", "/nonexistent/schedule.yaml"], {}, "cannot be read"),
+        (["--schedule", "/nonexistent/schedule.yaml"], {}, "CELERIAC_BEAT_SCHEDULE_FILE="),
         (["--app", "no.such.module:app"], {}, "cannot import 'no.such.module'"),
     ],
 )
@@ -74,13 +74,17 @@ def test_configuration_errors_exit_2_with_one_line(
     assert fragment in one_line_error(run("beat", *args, env=env))
 
 
-def test_arguments_that_do_not_fit_the_task_are_rejected_at_start(tmp_path: Path) -> None:
+@pytest.mark.parametrize("check", [["--check"], []])
+def test_arguments_that_do_not_fit_the_task_are_rejected_at_start(
+    tmp_path: Path, check: list[str]
+) -> None:
     schedule = tmp_path / "schedule.yaml"
     schedule.write_text("adder: {task: celeriac.demo.add, every: 5, args: [1]}\n")
     heartbeat_file = tmp_path / "beat.heartbeat"
     line = one_line_error(
         run(
             "beat",
+            *check,
             "--schedule",
             str(schedule),
             env={"CELERIAC_BEAT_HEARTBEAT_FILE": str(heartbeat_file)},

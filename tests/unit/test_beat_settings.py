@@ -20,19 +20,21 @@ def test_defaults() -> None:
     assert beat.key_prefix == "celeriac:beat:"
 
 
-def test_lock_timeout_follows_the_loop_interval_unless_set() -> None:
+def test_lock_timeout_follows_the_loop_interval_unless_set(tmp_path: Path) -> None:
     beat = BeatSettings.from_env({"CELERIAC_BEAT_MAX_LOOP_INTERVAL_SECONDS": "2"})
     assert beat.lock_timeout_seconds == 10.0
+    schedule = tmp_path / "schedule.yaml"
+    schedule.write_text("{}\n")
     beat = BeatSettings.from_env(
         {
             "CELERIAC_BEAT_MAX_LOOP_INTERVAL_SECONDS": "2",
             "CELERIAC_BEAT_LOCK_TIMEOUT_SECONDS": "4.5",
-            "CELERIAC_BEAT_SCHEDULE_FILE": "/etc/celeriac/schedule.yaml",
+            "CELERIAC_BEAT_SCHEDULE_FILE": str(schedule),
             "CELERIAC_BEAT_TIMEZONE": "Europe/Berlin",
         }
     )
     assert beat.lock_timeout_seconds == 4.5
-    assert beat.schedule_file == Path("/etc/celeriac/schedule.yaml")
+    assert beat.schedule_file == schedule
     assert beat.timezone == "Europe/Berlin"
 
 

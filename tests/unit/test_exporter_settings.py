@@ -73,7 +73,7 @@ def test_environment_overrides(tmp_path: Path) -> None:
         ),
         (
             {"CELERIAC_WORKER_GROUPS_FILE": "/nonexistent/groups.yaml"},
-            "worker groups file '/nonexistent/groups.yaml' cannot be read: No such file",
+            "CELERIAC_WORKER_GROUPS_FILE='/nonexistent/groups.yaml' is not a readable file",
         ),
     ],
 )

@@ -18,9 +18,10 @@ def run_up(*args: str) -> int:
     return code
 
 
-def test_a_port_out_of_range_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_port_out_of_range_names_its_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    # The option is checked by the same code as CELERIAC_UP_API_PORT, so the error names it.
     assert run_up("--api-port", "70000") == 2
-    assert "70000 is not in the range" in capsys.readouterr().err
+    assert "CELERIAC_UP_API_PORT=70000 is out of range" in capsys.readouterr().err
 
 
 def test_an_app_without_attribute_is_a_configuration_error(

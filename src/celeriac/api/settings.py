@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from celeriac.env import ConfigError, Env, check_port
+from celeriac.env import ConfigError, Env
 
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8000
@@ -28,15 +28,15 @@ class ApiSettings:
     def __post_init__(self) -> None:
         if not self.tokens:
             raise ConfigError(_NO_TOKENS)
-        check_port("CELERIAC_API_PORT", self.port, minimum=0)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ApiSettings:
         env = Env(environ)
         return cls(
             tokens=_tokens(env),
-            host=env.string("API_HOST", DEFAULT_HOST),
-            port=env.integer("API_PORT", DEFAULT_PORT),  # checked in __post_init__
+            host=env.host("API_HOST", DEFAULT_HOST),
+            # 0: any free port (tests and `celeriac up` pick one).
+            port=env.port("API_PORT", DEFAULT_PORT, minimum=0),
             allowed_tasks=env.names("API_ALLOWED_TASKS", ()) or None,
             max_body_bytes=env.integer("API_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1),
         )

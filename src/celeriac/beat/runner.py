@@ -13,6 +13,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from celeriac import heartbeat
+from celeriac.app import load_app
 from celeriac.beat.schedule import Entry, load_schedule
 from celeriac.beat.scheduler import Scheduler
 from celeriac.beat.settings import BeatSettings
@@ -61,12 +62,31 @@ def entries_from(beat: BeatSettings) -> tuple[Entry, ...]:
     return load_schedule(beat.schedule_file)
 
 
-def run(app: Celery, settings: Settings, beat: BeatSettings, loglevel: str) -> None:
+def check_beat(settings: Settings, beat: BeatSettings) -> list[str]:
+    """What ``run_beat`` would fire, without firing it: the lines ``--check`` prints.
+
+    Imports the app, so an entry's arguments are checked against its task as at start.
+    """
+    if beat.schedule_file is None:
+        return ["celeriac: no schedule file given (--schedule or CELERIAC_BEAT_SCHEDULE_FILE)"]
+    entries = load_schedule(beat.schedule_file)
+    _check_tasks(load_app(settings.app, settings), entries)
+    return [
+        f"celeriac: schedule {beat.schedule_file} is valid for app {settings.app}: "
+        f"{len(entries)} entries",
+        *(f"  {entry.describe()}" for entry in entries),
+    ]
+
+
+def run_beat(settings: Settings, beat: BeatSettings) -> None:
     """Validate the schedule, then run beat until SIGTERM or SIGINT."""
+    app = load_app(settings.app, settings)
     app.conf.update(beat_config(settings, beat))
     app.set_current()
     # Before any other beat work, so start-up messages use Celery's log format.
-    app.log.setup(loglevel=logging.getLevelNamesMapping()[loglevel], redirect_stdouts=False)
+    app.log.setup(
+        loglevel=logging.getLevelNamesMapping()[settings.log_level], redirect_stdouts=False
+    )
     entries = entries_from(beat)
     _check_tasks(app, entries)
     _prepare_heartbeat(beat)
@@ -94,7 +114,7 @@ def run(app: Celery, settings: Settings, beat: BeatSettings, loglevel: str) -> N
         app=app,
         scheduler=cast(Any, scheduler),
         max_interval=cast(Any, beat.max_loop_interval_seconds),
-        loglevel=loglevel,
+        loglevel=settings.log_level,
         quiet=True,
         # Keep stdout and stderr as they are: the CLI's one-line errors must not become logs.
         redirect_stdouts=False,

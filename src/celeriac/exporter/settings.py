@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from celeriac.env import Env
 from celeriac.exporter.groups import WorkerGroup, all_queues, default_groups, load_groups
@@ -31,12 +30,12 @@ class ExporterSettings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ExporterSettings:
         env = Env(environ)
         common = Settings.from_env(environ)
-        groups_file = env.optional_string("WORKER_GROUPS_FILE")
+        groups_file = env.input_file("WORKER_GROUPS_FILE")
         return cls(
             common=common,
-            host=env.string("EXPORTER_HOST", DEFAULT_HOST),
+            host=env.host("EXPORTER_HOST", DEFAULT_HOST),
             port=env.port("EXPORTER_PORT", DEFAULT_PORT),
-            groups=load_groups(Path(groups_file)) if groups_file else default_groups(common.queues),
+            groups=load_groups(groups_file) if groups_file else default_groups(common.queues),
             redis_timeout_seconds=env.number(
                 "EXPORTER_REDIS_TIMEOUT_SECONDS", DEFAULT_REDIS_TIMEOUT_SECONDS, minimum=0.05
             ),

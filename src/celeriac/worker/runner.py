@@ -56,6 +56,18 @@ def run_worker(settings: WorkerSettings) -> int:
     return code
 
 
+def check_worker(settings: WorkerSettings) -> str:
+    """What ``run_worker`` would start, without starting it: one line for ``--check``."""
+    sizing = size_worker(settings)
+    app = load_app(settings.common.app, settings.common)
+    tasks = sorted(name for name in app.tasks if not name.startswith("celery."))
+    return (
+        f"celeriac: worker settings are valid: app {settings.common.app} "
+        f"({len(tasks)} tasks: {', '.join(tasks) or 'none'}), "
+        f"queues {','.join(settings.common.queues)}, {sizing.describe()}"
+    )
+
+
 def configure_worker(app: Celery, settings: WorkerSettings, sizing: Sizing) -> None:
     """Worker-only Celery settings on top of celeriac's shared configuration."""
     sweep = restore_sweep_seconds(settings.common.visibility_timeout_seconds)

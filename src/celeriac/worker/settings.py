@@ -54,9 +54,6 @@ class WorkerSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
         env = Env(environ)
-        pool = env.string("WORKER_POOL", DEFAULT_POOL).lower()
-        if pool not in POOLS:
-            raise ConfigError(f"CELERIAC_WORKER_POOL={pool!r} is not one of {', '.join(POOLS)}")
         cpu_limit = env.optional_number("WORKER_CPU_LIMIT", minimum=0.001)
         port = env.port("WORKER_METRICS_PORT", DEFAULT_METRICS_PORT, minimum=0)
         return cls(
@@ -72,17 +69,25 @@ class WorkerSettings:
             max_memory_per_child_kib=env.optional_integer(
                 "WORKER_MAX_MEMORY_PER_CHILD_KB", minimum=0
             ),
-            pool=pool,
-            hostname=env.optional_string("WORKER_HOSTNAME"),
+            pool=env.choice("WORKER_POOL", DEFAULT_POOL, POOLS),
+            hostname=_hostname(env),
             shutdown_timeout_seconds=env.number(
                 "WORKER_SHUTDOWN_TIMEOUT_SECONDS", DEFAULT_SHUTDOWN_TIMEOUT_SECONDS, minimum=0
             ),
-            heartbeat_file=Path(env.string("WORKER_HEARTBEAT_FILE", str(DEFAULT_HEARTBEAT_FILE))),
-            ready_file=Path(env.string("WORKER_READY_FILE", str(DEFAULT_READY_FILE))),
-            metrics_host=env.string("WORKER_METRICS_HOST", DEFAULT_METRICS_HOST),
+            heartbeat_file=env.output_file("WORKER_HEARTBEAT_FILE", DEFAULT_HEARTBEAT_FILE),
+            ready_file=env.output_file("WORKER_READY_FILE", DEFAULT_READY_FILE),
+            metrics_host=env.host("WORKER_METRICS_HOST", DEFAULT_METRICS_HOST),
             metrics_port=port,
-            metrics_dir=Path(env.string("WORKER_METRICS_DIR", str(DEFAULT_METRICS_DIR))),
+            metrics_dir=env.directory("WORKER_METRICS_DIR", DEFAULT_METRICS_DIR),
             mingle=env.boolean("WORKER_MINGLE", False),
             gossip=env.boolean("WORKER_GOSSIP", False),
             event_heartbeats=env.boolean("WORKER_EVENT_HEARTBEATS", False),
         )
+
+
+def _hostname(env: Env) -> str | None:
+    # Celery's node name (it expands %h, %n, %d); whitespace would break `celery -d <name>`.
+    name = env.optional_string("WORKER_HOSTNAME")
+    if name is not None and any(char.isspace() for char in name):
+        raise ConfigError(f"CELERIAC_WORKER_HOSTNAME={name!r} must contain no whitespace")
+    return name

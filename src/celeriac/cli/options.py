@@ -1,0 +1,63 @@
+"""Command-line options that stand for ``CELERIAC_*`` variables.
+
+Click parses none of these values (no ``envvar=``, no ``type=``): each option given is written
+into a copy of the environment under its variable, and the component's settings read that copy
+through ``celeriac.env.Env``. So ``--port abc`` and ``CELERIAC_API_PORT=abc`` are checked by the
+same code and fail with the same one line naming ``CELERIAC_API_PORT``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import click
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class Setting(click.Option):
+    """An option that overrides the environment variable ``variable``."""
+
+    def __init__(self, *args: Any, variable: str, **attrs: Any) -> None:
+        attrs["help"] = f"{attrs.get('help', '')} [env: {variable}]".strip()
+        super().__init__(*args, default=None, **attrs)
+        self.variable = variable
+
+
+def setting(
+    *decls: str, variable: str, help: str, metavar: str | None = None, flag: bool = False
+) -> Callable[[_F], _F]:
+    """``--name VALUE`` for ``variable``; a flag (or a ``--x/--no-x`` pair) writes true/false."""
+    return click.option(
+        *decls, cls=Setting, variable=variable, help=help, metavar=metavar, is_flag=flag or None
+    )
+
+
+def environ_with(options: Mapping[str, object]) -> dict[str, str]:
+    """``os.environ`` with every setting option given on the command line written in."""
+    command = click.get_current_context().command
+    environ = dict(os.environ)
+    for param in command.params:
+        value = options.get(param.name or "")
+        if isinstance(param, Setting) and value is not None:
+            environ[param.variable] = str(value).lower() if isinstance(value, bool) else str(value)
+    return environ
+
+
+# Every component that imports the Celery app takes it the same way.
+app_option = setting(
+    "--app",
+    "app_path",
+    variable="CELERIAC_APP",
+    help="Your Celery app [default: celeriac.demo:app].",
+    metavar="MODULE:ATTR",
+)
+
+
+def check_option(what: str) -> Callable[[_F], _F]:
+    """``--check``: do everything up to serving (settings, files, app), print what, exit 0."""
+    return click.option(
+        "--check", is_flag=True, help=f"Only check {what}; exit 0 if valid, 2 if not."
+    )
