@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import stat
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from celeriac.env import ConfigError
-from celeriac.local.banner import READY_LINE, banner
+from celeriac.local.banner import PLACEHOLDER_TASK, READY_LINE, banner, example_task
 from celeriac.local.plan import (
     COMPONENTS,
     MANAGED_KEYS,
@@ -158,6 +160,52 @@ def test_banner_has_urls_token_and_a_first_request_but_not_the_redis_password(
     assert "curl -s http://127.0.0.1:18000/v1/tasks/TASK_ID" in text
     assert "port 8000 is taken, using 8001" in text
     assert PASSWORD not in text
+
+
+SHOP_APP = """
+from celery import Celery
+
+app = Celery("shop")
+
+
+@app.task(name="shop.double")
+def double(x):
+    return 2 * x
+
+
+@app.task(name="shop.triple")
+def triple(x):
+    return 3 * x
+"""
+
+
+@pytest.fixture
+def shop_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A user's own app, importable as ``shop:app``."""
+    (tmp_path / "shop.py").write_text(SHOP_APP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "shop:app"
+    sys.modules.pop("shop", None)
+
+
+def test_the_example_request_uses_a_task_of_your_own_app(tmp_path: Path, shop_app: str) -> None:
+    p = plan(tmp_path, app=shop_app)
+    assert example_task(p, {}) == "shop.double"
+    # The API's allow-list narrows what it accepts, so the banner follows it.
+    assert example_task(p, {"CELERIAC_API_ALLOWED_TASKS": "shop.triple"}) == "shop.triple"
+    text = banner(p, [], "shop.triple")
+    assert """-d '{"task": "shop.triple"}'""" in text
+    assert PLACEHOLDER_TASK not in text
+
+
+def test_the_demo_app_submits_the_demo_task(tmp_path: Path) -> None:
+    assert example_task(plan(tmp_path), {}) == "celeriac.demo.add"
+
+
+def test_an_app_that_cannot_be_loaded_gets_a_placeholder(tmp_path: Path) -> None:
+    p = plan(tmp_path, app="no_such_module_here:app")
+    assert example_task(p, {}) is None
+    assert f'"task": "{PLACEHOLDER_TASK}"' in banner(p, [], None)
 
 
 def test_redis_config_binds_loopback_with_a_password_and_an_aof_in_the_state_dir(

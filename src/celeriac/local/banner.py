@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from celeriac.local.plan import StackPlan
-from celeriac.settings import redact_url, with_password
+from celeriac.settings import Settings, redact_url, with_password
 
 READY_LINE = "celeriac is up"
 DEMO_TASK = "celeriac.demo.add"
 DEMO_ARGS = (2, 3)
+# Only when the app cannot be loaded here (the API loaded it, so this is rare).
+PLACEHOLDER_TASK = "YOUR.TASK.NAME"
 
 
 def _shown(path: Path) -> str:
@@ -25,10 +28,30 @@ def submit_body(task: str, args: tuple[int, ...]) -> str:
     return json.dumps({"task": task, "args": list(args)})
 
 
-def banner(plan: StackPlan, notes: list[str]) -> str:
+def example_task(plan: StackPlan, inherited: Mapping[str, str]) -> str | None:
+    """A task the stack's API accepts: the demo task if allowed, else the first allowed name.
+
+    Asks the API's own rule (allow-list, else every registered task but ``celery.*``) with the
+    API's environment; None when the app cannot be loaded in this process.
+    """
+    from celeriac.api.services import allowed_tasks
+    from celeriac.api.settings import ApiSettings
+
+    env = plan.environment("api", inherited)
+    try:
+        names = allowed_tasks(Settings.from_env(env), ApiSettings.from_env(env))
+    except Exception:
+        # Anything the user's module raises at import: a banner must not stop the stack.
+        return None
+    return DEMO_TASK if DEMO_TASK in names else min(names, default=None)
+
+
+def banner(plan: StackPlan, notes: list[str], task: str | None = DEMO_TASK) -> str:
+    """``task``: the name the example request submits (None: a placeholder)."""
     token = plan.api_token
-    task = DEMO_TASK if plan.is_demo else "YOUR.TASK.NAME"
-    body = submit_body(task, DEMO_ARGS) if plan.is_demo else json.dumps({"task": task})
+    task = task or PLACEHOLDER_TASK
+    # The demo task's arguments are known; for any other task the user fills them in.
+    body = submit_body(task, DEMO_ARGS) if task == DEMO_TASK else json.dumps({"task": task})
     redis_url = redact_url(with_password(plan.broker_url, plan.redis_password))
     lines = [
         "",
