@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from celeriac.api import health, queues, tasks
 from celeriac.api.errors import install_error_handlers
 from celeriac.api.limits import BodySizeLimit
+from celeriac.api.models import ErrorBody
 from celeriac.api.services import build_services
 from celeriac.api.settings import ApiSettings
 from celeriac.settings import Settings, redact_url
@@ -48,6 +49,10 @@ def create_app(settings: Settings, api_settings: ApiSettings) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
         openapi_url="/openapi.json",
+        # BodySizeLimit refuses any request, whatever its route, so every operation can answer it.
+        responses={
+            413: {"model": ErrorBody, "description": "Body over CELERIAC_API_MAX_BODY_BYTES."}
+        },
     )
     app.state.services = services
     install_error_handlers(app)

@@ -5,13 +5,18 @@ Redis is a 503 with ``Retry-After``, and anything unexpected a bare 500 (details
 from __future__ import annotations
 
 import logging
+from http import HTTPMethod
 from typing import Any
 
 import kombu.exceptions
 import redis
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.routing import Match
 
 log = logging.getLogger("celeriac.api")
 
@@ -31,6 +36,7 @@ def field_error(location: tuple[str, ...], message: str) -> RequestValidationErr
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     for error in UNAVAILABLE_ERRORS:
         app.add_exception_handler(error, _unavailable)
     app.add_exception_handler(Exception, _unexpected)
@@ -54,6 +60,27 @@ def _clean(error: dict[str, Any], json_sent: bool) -> dict[str, Any]:
         # A body without a JSON content type is not parsed (curl -d sends a form type).
         message = "the body must be JSON, sent with Content-Type: application/json"
     return {"loc": location, "msg": message, "type": kind}
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    if exc.status_code == 405:
+        # Starlette's Allow names the methods of the first route on the path only, while GET
+        # and DELETE /v1/tasks/{id} are two routes.
+        allow = ", ".join(_methods_served(request))
+        exc = HTTPException(405, exc.detail, headers={**(exc.headers or {}), "Allow": allow})
+    return await http_exception_handler(request, exc)
+
+
+def _methods_served(request: Request) -> list[str]:
+    """Every method some route serves on the request's path, asking the routes themselves."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in HTTPMethod
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
 
 
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:

@@ -28,7 +28,13 @@ class TaskRequest(BaseModel):
             "examples": [
                 {"task": "celeriac.demo.add", "args": [1, 2]},
                 {"task": "celeriac.demo.sleep", "kwargs": {"seconds": 5}, "countdown": 30},
-            ]
+            ],
+            # What ``_one_delay`` refuses, in the schema: countdown and eta both given (null
+            # counts as not given).
+            "not": {
+                "required": ["countdown", "eta"],
+                "properties": {"countdown": {"type": "number"}, "eta": {"type": "string"}},
+            },
         },
     )
 

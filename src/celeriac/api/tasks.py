@@ -13,9 +13,15 @@ from celeriac.api import tracking
 from celeriac.api.dependencies import ServicesDep, require_token
 from celeriac.api.errors import field_error
 from celeriac.api.models import ErrorBody, TaskAccepted, TaskRequest, TaskStatus
+from celeriac.api.routing import JsonBodyRoute
 from celeriac.api.services import Services
 
-router = APIRouter(prefix="/v1/tasks", tags=["tasks"], dependencies=[Depends(require_token)])
+router = APIRouter(
+    prefix="/v1/tasks",
+    tags=["tasks"],
+    dependencies=[Depends(require_token)],
+    route_class=JsonBodyRoute,
+)
 
 TaskId = Annotated[
     str,
@@ -46,7 +52,6 @@ _UNKNOWN: Responses = {
     status_code=202,
     responses={
         **_AUTH,
-        413: {"model": ErrorBody, "description": "Body over CELERIAC_API_MAX_BODY_BYTES."},
         422: {"model": ErrorBody, "description": "Invalid body, or task/queue not allowed."},
         **_UNAVAILABLE,
     },
@@ -113,7 +118,13 @@ def revoke_task(
     task_id: TaskId,
     services: ServicesDep,
     terminate: Annotated[
-        bool, Query(description="Not supported: always false (see the API README).")
+        bool,
+        Query(
+            description="Only false: terminating running tasks is not supported (see the API "
+            "README); true is refused with 422.",
+            # The schema says what is accepted; true still parses, to be refused with a reason.
+            json_schema_extra={"const": False},
+        ),
     ] = False,
 ) -> TaskStatus:
     """Revoke a task that has not started: workers drop it when it reaches them.
