@@ -116,6 +116,7 @@ def _name_what_this_deployment_serves(case: Case) -> None:
 
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+JSON = {**AUTH, "Content-Type": "application/json"}
 UNKNOWN = "/v1/tasks/never-submitted"
 FINISHED = "/v1/tasks/finished-task"
 OVERSIZE = {"content": b"x" * (MAX_BODY_BYTES + 1)}
@@ -127,6 +128,8 @@ PROVOKED: list[tuple[str, str, str, dict[str, Any], bool, int]] = [
     ("POST", "/v1/tasks", "/v1/tasks", NO_TOKEN, True, 401),
     ("POST", "/v1/tasks", "/v1/tasks", OVERSIZE, True, 413),
     ("POST", "/v1/tasks", "/v1/tasks", {"json": {"task": TASKS[0], "priority": 10}}, True, 422),
+    # Nested deeper than Python's JSON parser goes: 422 like other malformed JSON, not 400.
+    ("POST", "/v1/tasks", "/v1/tasks", {"content": b"[" * 2000, "headers": JSON}, True, 422),
     ("POST", "/v1/tasks", "/v1/tasks", {"json": {"task": TASKS[0]}}, False, 503),
     *[(method, template, UNKNOWN, NO_TOKEN, True, 401) for method, template in TASK_OPERATIONS],
     *[(method, template, UNKNOWN, OVERSIZE, True, 413) for method, template in TASK_OPERATIONS],

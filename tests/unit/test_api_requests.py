@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import jsonschema_rs
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -134,6 +135,7 @@ def test_bad_body_is_422_naming_the_field(
         (b'{"task": ', "application/json", "json_invalid"),
         (b'{"task": "x",}', "application/json", "json_invalid"),
         (b"", "application/json", "missing"),
+        (b'{"task": "\xff"}', "application/json", "json_invalid"),  # not UTF-8: 422, not 400
         (b"task=celeriac.demo.add", "application/x-www-form-urlencoded", "model_attributes_type"),
     ],
 )
@@ -164,6 +166,49 @@ def test_json_error_says_what_is_wrong(client: TestClient) -> None:
         "/v1/tasks", content=b'{"task": ', headers={**AUTH, "Content-Type": "application/json"}
     )
     assert response.json()["detail"][0]["msg"].startswith("JSON decode error: ")
+
+
+def test_body_not_utf8_says_so(client: TestClient) -> None:
+    response = client.post(
+        "/v1/tasks",
+        content=b'{"task": "\xff"}',
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
+    assert (
+        response.json()["detail"][0]["msg"] == "JSON decode error: the body is not UTF-8 (byte 10)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/v1/tasks/abc", "DELETE, GET"),  # two routes on one path: both methods
+        ("OPTIONS", "/v1/tasks/abc", "DELETE, GET"),
+        ("PUT", "/v1/tasks", "POST"),
+        ("POST", "/healthz", "GET"),
+    ],
+)
+def test_405_allows_every_method_served_on_the_path(
+    client: TestClient, method: str, path: str, allow: str
+) -> None:
+    response = client.request(method, path, headers=AUTH)
+    assert response.status_code == 405
+    assert response.headers["Allow"] == allow
+    assert response.json() == {"detail": "Method Not Allowed"}
+
+
+def test_document_says_what_delete_and_submit_accept(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    (terminate,) = [
+        parameter
+        for parameter in spec["paths"]["/v1/tasks/{task_id}"]["delete"]["parameters"]
+        if parameter["name"] == "terminate"
+    ]
+    assert terminate["schema"]["const"] is False
+    submit = jsonschema_rs.validator_for(spec["components"]["schemas"]["TaskRequest"])
+    assert not submit.is_valid({"task": ADD, "countdown": 5, "eta": _in(60)})
+    assert submit.is_valid({"task": ADD, "countdown": 5, "eta": None})
+    assert submit.is_valid({"task": ADD, "countdown": None, "eta": _in(60)})
 
 
 @pytest.mark.parametrize(
