@@ -24,8 +24,10 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from celeriac.app import create_app
+from celeriac.exporter.collector import GROUP_BACKLOG, QUEUE_BACKLOG
 from celeriac.local.banner import READY_LINE
 from celeriac.local.process import group_members
 from celeriac.settings import Settings
@@ -377,4 +379,40 @@ def test_up_needs_no_redis_server_on_path(
     assert started, stack.child.output()
     assert Path(started.group(1)).is_relative_to(sys.prefix)
     assert _run_task(stack, {"task": "celeriac.demo.add", "args": [2, 3]}) == 5
+    _stop_and_check_nothing_left(stack, signal.SIGTERM)
+
+
+def _gauges(text: str, family: str, label: str) -> dict[str, float]:
+    """One gauge family of a /metrics page, by its label's value."""
+    return {
+        sample.labels[label]: sample.value
+        for metric in text_string_to_metric_families(text)
+        if metric.name == family
+        for sample in metric.samples
+    }
+
+
+def test_every_queue_the_stack_consumes_is_in_a_group_the_exporter_reports(
+    start_stack: Callable[..., Stack],
+) -> None:
+    stack = start_stack("--quiet", "--concurrency=1", env={"CELERIAC_QUEUES": "default,cpu"})
+    # Two long tasks on "cpu": one runs (in flight), one waits; both are backlog.
+    sleep = {"task": "celeriac.demo.sleep", "kwargs": {"seconds": 60}, "queue": "cpu"}
+    with httpx.Client(timeout=10) as client:
+        for _ in range(2):
+            submitted = client.post(f"{stack.api_url}/v1/tasks", json=sleep, headers=stack.headers)
+            assert submitted.status_code == 202, submitted.text
+
+        def cpu_counted_in_a_group() -> tuple[dict[str, float], dict[str, float]] | None:
+            text = client.get(stack.exporter_url).text
+            queues = _gauges(text, QUEUE_BACKLOG, "queue")
+            groups = _gauges(text, GROUP_BACKLOG, "group")
+            return (queues, groups) if queues.get("cpu") == 2 else None
+
+        queues, groups = wait_until(
+            cpu_counted_in_a_group, timeout=30, message="the cpu queue's backlog of 2"
+        )
+    # Read in one scrape: the one group is the sum of both queues the worker consumes.
+    assert set(groups) == {"default"}
+    assert groups["default"] == queues["default"] + queues["cpu"]
     _stop_and_check_nothing_left(stack, signal.SIGTERM)
