@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from celeriac.worker.sizing import pool_size as worker_pool_size
+
 
 def cpu_cores(quantity: str | float) -> float:
     """ "500m" -> 0.5, "2" -> 2.0, 1.5 -> 1.5."""
@@ -19,5 +21,5 @@ def downward_cpu(quantity: str | float) -> int:
 
 
 def pool_size(quantity: str | float, per_cpu: float) -> int:
-    """Pool processes: the rounded-up CPU limit times the per-CPU factor, half rounded up, >= 1."""
-    return max(1, math.floor(downward_cpu(quantity) * per_cpu + 0.5))
+    """The pool a worker with this CPU limit sizes itself to (the worker's own formula)."""
+    return worker_pool_size(downward_cpu(quantity), per_cpu)

@@ -6,6 +6,7 @@ import base64
 
 import pytest
 
+from celeriac.api.settings import DEFAULT_PORT as API_PORT
 from tests.chart.render import Rendered, env_of, pod_spec, render
 
 pytestmark = pytest.mark.chart
@@ -14,18 +15,18 @@ pytestmark = pytest.mark.chart
 def test_api_serves_on_its_service(defaults: Rendered) -> None:
     spec = pod_spec(defaults.get("Deployment", "celeriac-api"))
     (container,) = spec["containers"]
-    assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert container["ports"] == [{"name": "http", "containerPort": API_PORT, "protocol": "TCP"}]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     service = defaults.get("Service", "celeriac-api")
     assert service["spec"]["ports"] == [
-        {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}
+        {"name": "http", "port": API_PORT, "targetPort": "http", "protocol": "TCP"}
     ]
     assert not defaults.of_kind("Ingress")
     env = env_of(container)
     # The API accepts tasks for every queue a worker group consumes.
     assert env["CELERIAC_QUEUES"]["value"] == "default"
-    assert env["CELERIAC_API_PORT"]["value"] == "8000"
+    assert env["CELERIAC_API_PORT"]["value"] == str(API_PORT)
 
 
 def test_tokens_come_from_a_generated_secret_file(defaults: Rendered) -> None:

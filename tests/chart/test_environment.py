@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from celeriac.api.settings import DEFAULT_PORT as API_PORT
 from celeriac.api.settings import ApiSettings
 from celeriac.beat.schedule import load_schedule
 from celeriac.beat.settings import BeatSettings
@@ -107,7 +108,7 @@ def test_components_accept_the_rendered_environment(
             assert worker.shutdown_timeout_seconds < spec["terminationGracePeriodSeconds"]
         elif component == "api":
             api = ApiSettings.from_env(environ)
-            assert api.port == 8000
+            assert api.port == API_PORT
         elif component == "beat":
             beat = BeatSettings.from_env(environ)
             assert beat.schedule_file is not None

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from celeriac.api.settings import DEFAULT_PORT as API_PORT
+from celeriac.exporter.settings import DEFAULT_PORT as EXPORTER_PORT
 from tests.chart.render import Rendered, pod_spec
 
 pytestmark = pytest.mark.chart
@@ -56,8 +58,8 @@ def run_test_script(defaults: Rendered, url: str) -> subprocess.CompletedProcess
     (container,) = pod_spec(defaults.get("Pod", "celeriac-test"))["containers"]
     assert container["command"][:2] == ["python", "-c"]
     script = container["command"][2]
-    script = script.replace("http://celeriac-exporter:9540", url)
-    script = script.replace("http://celeriac-api:8000", url)
+    script = script.replace(f"http://celeriac-exporter:{EXPORTER_PORT}", url)
+    script = script.replace(f"http://celeriac-api:{API_PORT}", url)
     # Fail within a second instead of retrying for a minute.
     script = script.replace("time.monotonic() + 60", "time.monotonic() + 1")
     return subprocess.run(

@@ -10,6 +10,8 @@ from collections.abc import Callable
 import jsonschema
 import pytest
 
+from celeriac.exporter.collector import GROUP_BACKLOG, GROUP_LABEL
+from celeriac.exporter.settings import DEFAULT_PORT as EXPORTER_PORT
 from tests.chart import crds
 from tests.chart.matrix import MATRIX
 from tests.chart.quantities import pool_size
@@ -107,8 +109,8 @@ def test_target_is_pool_size_times_tasks_per_process(
         assert trigger["metricType"] == "AverageValue"
         assert trigger["metadata"] == {
             "format": "prometheus",
-            "url": f"http://celeriac-exporter.{NAMESPACE}.svc.cluster.local:9540/metrics",
-            "valueLocation": f'celeriac_group_backlog_messages{{group="{name}"}}',
+            "url": f"http://celeriac-exporter.{NAMESPACE}.svc.cluster.local:{EXPORTER_PORT}/metrics",
+            "valueLocation": f'{GROUP_BACKLOG}{{{GROUP_LABEL}="{name}"}}',
             "targetValue": trigger["metadata"]["targetValue"],
             "activationTargetValue": "0",
         }

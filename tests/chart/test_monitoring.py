@@ -19,7 +19,9 @@ import jsonschema
 import pytest
 import yaml
 
+from celeriac.exporter.collector import GROUP_BACKLOG
 from tests.chart.render import NAMESPACE, Obj, Rendered, pod_spec
+from tests.chart.served import served_series
 from tests.support import PROMETHEUS_HOW_TO_GET, require_tool
 
 pytestmark = pytest.mark.chart
@@ -256,8 +258,8 @@ def test_alerts_fire_on_the_right_series(rules_file: Path) -> None:
     available = "kube_deployment_status_replicas_available"
     input_series = [
         # Group "default" has work and no worker; "io" has work and two.
-        series("celeriac_group_backlog_messages", f'{exporter},group="default"', "5x30"),
-        series("celeriac_group_backlog_messages", f'{exporter},group="io"', "5x30"),
+        series(GROUP_BACKLOG, f'{exporter},group="default"', "5x30"),
+        series(GROUP_BACKLOG, f'{exporter},group="io"', "5x30"),
         series(available, f'{deployment}default"', "0x30"),
         series(available, f'{deployment}io"', "2x30"),
         series("celeriac_redis_up", exporter, "1 1 0x28"),
@@ -346,18 +348,6 @@ def test_every_dashboard_query_is_valid_promql(
     assert checked.returncode == 0, checked.stdout + checked.stderr
     # Every metric the dashboard reads is one celeriac or kube-state-metrics exports.
     metrics = set(re.findall(r"\b(celeriac_[a-z_]+|kube_[a-z_]+)\b", " ".join(exprs)))
-    known = {
-        "celeriac_redis_up",
-        "celeriac_group_backlog_messages",
-        "celeriac_queue_scheduled_messages",
-        "celeriac_queue_waiting_messages",
-        "celeriac_queue_in_flight_messages",
-        "celeriac_scrape_duration_seconds",
-        "celeriac_tasks_succeeded_total",
-        "celeriac_tasks_failed_total",
-        "celeriac_tasks_retried_total",
-        "celeriac_task_runtime_seconds_bucket",
-        "kube_deployment_status_replicas_available",
-        "kube_deployment_spec_replicas",
-    }
+    kube = {"kube_deployment_status_replicas_available", "kube_deployment_spec_replicas"}
+    known = served_series() | kube
     assert metrics <= known, metrics - known

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from celeriac.api.settings import DEFAULT_PORT as API_PORT
 from tests.chart.matrix import MATRIX
 from tests.chart.render import CHART_DIR, Rendered, containers, render
 
@@ -77,7 +78,7 @@ def test_generated_secrets_are_looked_up_and_kept_across_upgrades() -> None:
 
 def test_notes_explain_how_to_reach_the_api_and_watch_scaling(defaults: Rendered) -> None:
     notes = defaults.notes
-    assert "port-forward svc/celeriac-api 8000:8000" in notes
+    assert f"port-forward svc/celeriac-api {API_PORT}:{API_PORT}" in notes
     assert "get secret celeriac-api" in notes
     assert "get scaledobject,hpa,deploy" in notes
     assert "helm test celeriac" in notes

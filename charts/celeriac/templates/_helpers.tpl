@@ -20,6 +20,16 @@ Names and labels. Templates never type labels by hand: they use these.
 {{- end -}}
 {{- end -}}
 
+{{/*
+Facts the Python code owns, written once for the templates; tests/chart/test_facts.py compares
+each with its constant: the components' DEFAULT_*PORT (celeriac.<component>.settings) and the
+metric KEDA scales on (celeriac.exporter.collector.GROUP_BACKLOG).
+*/}}
+{{- define "celeriac.apiPort" -}}8000{{- end -}}
+{{- define "celeriac.exporterPort" -}}9540{{- end -}}
+{{- define "celeriac.workerMetricsPort" -}}9541{{- end -}}
+{{- define "celeriac.groupBacklogMetric" -}}celeriac_group_backlog_messages{{- end -}}
+
 {{- define "celeriac.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
@@ -224,6 +234,7 @@ bad group fails with the same message whichever template renders first.
 {{- if not (kindIs "map" $raw) -}}
 {{- fail (printf "workers.%s must be a map of group settings (or null to drop the group)" $name) -}}
 {{- end -}}
+{{- /* celeriac.exporter.groups.GROUP_NAME (tests/chart/test_facts.py compares) */ -}}
 {{- if not (regexMatch "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$" $name) -}}
 {{- fail (printf "workers.%s: a group name must be a DNS label (lower-case letters, digits and '-'); rename the group" $name) -}}
 {{- end -}}
