@@ -18,6 +18,7 @@ from celeriac.local.plan import (
     StackPlan,
     demo_schedule_file,
     make_plan,
+    ungrouped_queues,
 )
 from celeriac.local.redis_server import RedisNotFound, config_text, find_redis_server
 from celeriac.local.settings import LocalSettings
@@ -106,6 +107,17 @@ def test_no_schedule_and_groups_file_when_given(tmp_path: Path) -> None:
     p = plan(tmp_path, schedule_file=None, worker_groups_file=groups)
     assert "CELERIAC_BEAT_SCHEDULE_FILE" not in p.environment("beat", {})
     assert p.environment("exporter", {})["CELERIAC_WORKER_GROUPS_FILE"] == str(groups)
+
+
+def test_every_consumed_queue_is_in_a_group_unless_your_groups_file_leaves_it_out(
+    tmp_path: Path,
+) -> None:
+    queues = {"CELERIAC_QUEUES": "default,cpu,reports"}
+    # No groups file: the exporter's one group spans every queue the worker consumes.
+    assert ungrouped_queues(plan(tmp_path), queues) == ()
+    groups = tmp_path / "groups.yaml"
+    groups.write_text("default:\n  queues: [default]\ncpu:\n  queues: [cpu]\n")
+    assert ungrouped_queues(plan(tmp_path, worker_groups_file=groups), queues) == ("reports",)
 
 
 def test_demo_schedule_follows_the_contract_format() -> None:

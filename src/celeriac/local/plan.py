@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from celeriac.env import ConfigError
+from celeriac.exporter.settings import ExporterSettings
 from celeriac.local.ports import choose_port
 from celeriac.local.settings import (
     DEFAULT_API_PORT,
@@ -21,7 +23,7 @@ from celeriac.local.settings import (
     DEFAULT_WORKER_METRICS_PORT,
     LocalSettings,
 )
-from celeriac.settings import DEFAULT_APP
+from celeriac.settings import DEFAULT_APP, Settings
 
 COMPONENTS = ("api", "worker", "beat", "exporter")
 HOST = "127.0.0.1"
@@ -244,3 +246,19 @@ def make_plan(settings: LocalSettings, state_dir: Path) -> tuple[StackPlan, list
         worker_shutdown_timeout_seconds=settings.worker_shutdown_timeout_seconds,
     )
     return plan, notes
+
+
+def ungrouped_queues(plan: StackPlan, inherited: Mapping[str, str]) -> tuple[str, ...]:
+    """Queues the worker consumes that no worker group of the exporter counts.
+
+    Without a groups file the exporter's one group spans every queue; a file of your own may
+    leave some out, and then no group backlog (what KEDA scales on) sees them.
+    """
+    try:
+        consumed = Settings.from_env(plan.environment("worker", inherited)).queues
+        groups = ExporterSettings.from_env(plan.environment("exporter", inherited)).groups
+    except ConfigError:
+        # The component names the error itself when it starts.
+        return ()
+    grouped = {queue for group in groups for queue in group.queues}
+    return tuple(queue for queue in consumed if queue not in grouped)

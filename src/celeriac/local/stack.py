@@ -23,7 +23,14 @@ from celeriac.local.banner import banner, example_task
 from celeriac.local.console import Console
 from celeriac.local.leftovers import stop_leftovers
 from celeriac.local.lock import state_lock
-from celeriac.local.plan import COMPONENTS, LOCK_FILE, PIDS_FILE, StackPlan, make_plan
+from celeriac.local.plan import (
+    COMPONENTS,
+    LOCK_FILE,
+    PIDS_FILE,
+    StackPlan,
+    make_plan,
+    ungrouped_queues,
+)
 from celeriac.local.process import ManagedProcess, stop_all
 from celeriac.local.redis_server import config_text, find_redis_server, write_config
 from celeriac.local.settings import LocalSettings
@@ -102,6 +109,12 @@ class LocalStack:
             if leftovers:
                 self.console.info(f"stopped {leftovers} processes left over by an earlier run")
             plan, notes = make_plan(settings, state_dir)
+            ungrouped = ungrouped_queues(plan, self.environ)
+            if ungrouped:
+                notes.append(
+                    f"queue(s) {', '.join(ungrouped)} in no group of {plan.worker_groups_file}: "
+                    "no group backlog counts them"
+                )
             for note in notes:
                 self.console.info(note)
             self._prepare_files(plan)
