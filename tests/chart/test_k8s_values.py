@@ -2,7 +2,8 @@
 
 No skaffold binary or JSON schema is available offline, so the structure is checked against
 the keys of skaffold's v4beta14 schema that this file uses, every path it names must exist,
-and every values combination it deploys is rendered with the real Helm engine.
+and every values combination it deploys is rendered with the chart tests' render helper (the
+real Helm engine).
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.render import deep_merge
+from tests.chart.kube_schemas import SchemaMissing, errors
+from tests.chart.render import CHART_DIR as CHART
+from tests.chart.render import Obj, Rendered, deep_merge, render
 from tests.support import REPO_ROOT
 
+pytestmark = pytest.mark.chart
+
 SKAFFOLD = REPO_ROOT / "skaffold.yaml"
-CHART = REPO_ROOT / "charts" / "celeriac"
 BASE_DOCKERFILE = REPO_ROOT / "services" / "base" / "Dockerfile"
 VALUES_DEV = REPO_ROOT / "k8s" / "values-dev.yaml"
 VALUES_PRODUCTION = REPO_ROOT / "k8s" / "values-production.yaml"
@@ -115,21 +119,12 @@ def chart_values() -> dict[str, Any]:
     return values
 
 
-def render(*layers: dict[str, Any], name: str = "celeriac") -> list[dict[str, Any]]:
-    import helm_python as helm
-
+def render_layers(*layers: dict[str, Any], release: str = "celeriac") -> Rendered:
+    """Values files applied in order, as `helm -f a -f b` merges them."""
     values: dict[str, Any] = {}
     for layer in layers:
         values = deep_merge(values, layer)
-    with helm.Chart.load(str(CHART)) as chart:
-        manifests = chart.render(values=values, name=name, namespace="celeriac")
-    return [
-        document
-        for path, text in manifests.items()
-        if path.endswith(".yaml")  # not NOTES.txt
-        for document in yaml.safe_load_all(text)
-        if document
-    ]
+    return render(values, release=release)
 
 
 def set_values(pairs: dict[str, Any]) -> dict[str, Any]:
@@ -142,8 +137,8 @@ def set_values(pairs: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def objects(documents: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
-    return {d["metadata"]["name"]: d for d in documents if d["kind"] == kind}
+def objects(rendered: Rendered, kind: str) -> dict[str, Obj]:
+    return {obj["metadata"]["name"]: obj for obj in rendered.of_kind(kind)}
 
 
 # --- skaffold.yaml ---------------------------------------------------------------------------
@@ -214,11 +209,10 @@ def test_dev_profile_turns_on_with_skaffold_dev() -> None:
     assert {"command": "dev"} in dev["activation"]
 
 
-@pytest.mark.chart
 def test_skaffold_port_forwards_name_rendered_services() -> None:
     config = skaffold()
     release = the_release(config)
-    services = objects(render(name=release["name"]), "Service")
+    services = objects(render_layers(release=release["name"]), "Service")
     for forward in config["portForward"]:
         assert forward["resourceType"] == "service"
         assert forward["namespace"] == release["namespace"]
@@ -226,7 +220,6 @@ def test_skaffold_port_forwards_name_rendered_services() -> None:
         assert forward["port"] in {p["port"] for p in service["spec"]["ports"]}
 
 
-@pytest.mark.chart
 @pytest.mark.parametrize("profiles", [[], ["dev"], ["dev", "keda"], ["keda"]], ids=str)
 def test_every_skaffold_deployment_renders(profiles: list[str]) -> None:
     """What `skaffold run|dev -p ...` would install, with a stand-in for the built image."""
@@ -238,7 +231,7 @@ def test_every_skaffold_deployment_renders(profiles: list[str]) -> None:
     layers = [load(REPO_ROOT / path) for path in release.get("valuesFiles", [])]
     layers.append(set_values(release.get("setValues", {})))
     layers.append({"image": {"repository": "localhost/celeriac", "tag": "abc123"}})
-    documents = render(*layers, name=release["name"])
+    documents = render_layers(*layers, release=release["name"])
     for deployment in objects(documents, "Deployment").values():
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         assert container["image"] == "localhost/celeriac:abc123"
@@ -250,9 +243,8 @@ def test_every_skaffold_deployment_renders(profiles: list[str]) -> None:
 # --- k8s/ values files -----------------------------------------------------------------------
 
 
-@pytest.mark.chart
 def test_dev_values_are_small_and_need_no_keda() -> None:
-    documents = render(load(VALUES_DEV))
+    documents = render_layers(load(VALUES_DEV))
     assert not objects(documents, "ScaledObject")
     assert not objects(documents, "PersistentVolumeClaim")
     (statefulset,) = objects(documents, "StatefulSet").values()
@@ -265,9 +257,8 @@ def test_dev_values_are_small_and_need_no_keda() -> None:
         assert int(request[:-1]) <= 100, name
 
 
-@pytest.mark.chart
 def test_e2e_values_autoscale_the_default_group_with_keda() -> None:
-    documents = render(load(VALUES_DEV), load(VALUES_E2E), name="e2e")
+    documents = render_layers(load(VALUES_DEV), load(VALUES_E2E), release="e2e")
     (scaled,) = objects(documents, "ScaledObject").values()
     assert scaled["spec"]["minReplicaCount"] == 1
     assert scaled["spec"]["maxReplicaCount"] == 4
@@ -275,13 +266,12 @@ def test_e2e_values_autoscale_the_default_group_with_keda() -> None:
     assert trigger["type"] == "metrics-api"
 
 
-@pytest.mark.chart
 def test_production_values_render_two_autoscaled_groups_with_monitoring() -> None:
-    documents = render(load(VALUES_PRODUCTION))
+    documents = render_layers(load(VALUES_PRODUCTION))
     scaled = objects(documents, "ScaledObject")
     assert set(scaled) == {"celeriac-worker-default", "celeriac-worker-cpu"}
     assert scaled["celeriac-worker-cpu"]["spec"]["minReplicaCount"] == 0
-    kinds = {d["kind"] for d in documents}
+    kinds = {d["kind"] for d in documents.objects}
     assert {"ServiceMonitor", "PrometheusRule", "Ingress", "NetworkPolicy"} <= kinds
     assert objects(documents, "PersistentVolumeClaim") or any(
         s["spec"].get("volumeClaimTemplates") for s in objects(documents, "StatefulSet").values()
@@ -296,10 +286,9 @@ def test_production_values_render_two_autoscaled_groups_with_monitoring() -> Non
     assert default_env["CELERIAC_APP"] == "mytasks.celery:app"
 
 
-@pytest.mark.chart
 def test_own_tasks_values_run_the_users_image_and_app() -> None:
     values = load(VALUES_OWN_TASKS)
-    documents = render(values)
+    documents = render_layers(values)
     image = f"{values['image']['repository']}:{values['image']['tag']}"
     deployments = objects(documents, "Deployment")
     assert {"celeriac-worker-default", "celeriac-worker-cpu", "celeriac-api"} <= set(deployments)
@@ -310,7 +299,6 @@ def test_own_tasks_values_run_the_users_image_and_app() -> None:
         assert env["CELERIAC_APP"] == values["app"]
 
 
-@pytest.mark.chart
 @pytest.mark.parametrize(
     "files",
     [[VALUES_DEV], [VALUES_DEV, VALUES_E2E], [VALUES_PRODUCTION], [VALUES_OWN_TASKS]],
@@ -319,10 +307,8 @@ def test_own_tasks_values_run_the_users_image_and_app() -> None:
 @pytest.mark.parametrize("version", ["1.29", "1.37"])
 def test_k8s_values_render_objects_valid_for_kubernetes(files: list[Path], version: str) -> None:
     """Built-in kinds against Kubernetes' strict schemas (CRD kinds: the chart tests)."""
-    from tests.chart.kube_schemas import SchemaMissing, errors
-
     found, validated = [], 0
-    for document in render(*(load(path) for path in files)):
+    for document in render_layers(*(load(path) for path in files)).objects:
         try:
             problems = errors(document, version)
         except SchemaMissing:
