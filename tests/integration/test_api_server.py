@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from celeriac.testing import Child, RedisServer, celeriac_command, free_port, wait_until
+from tests.integration.workers import worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -45,14 +46,7 @@ def _start_api(spawn: Callable[..., Child], broker_url: str) -> tuple[Child, htt
 
 
 def _start_worker(spawn: Callable[..., Child], broker_url: str, tmp_path: Path) -> Child:
-    env = {
-        "CELERIAC_BROKER_URL": broker_url,
-        "CELERIAC_WORKER_CONCURRENCY": "2",
-        "CELERIAC_WORKER_METRICS_PORT": "0",
-        "CELERIAC_WORKER_HEARTBEAT_FILE": str(tmp_path / "worker.heartbeat"),
-        "CELERIAC_WORKER_READY_FILE": str(tmp_path / "worker.ready"),
-        "CELERIAC_WORKER_METRICS_DIR": str(tmp_path / "metrics"),
-    }
+    env = worker_env(broker_url, tmp_path)
     return spawn(celeriac_command("worker"), env=env, name="worker")
 
 

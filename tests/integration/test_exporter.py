@@ -23,6 +23,7 @@ from celeriac.app import create_app
 from celeriac.keys import UNACKED_KEY, priority_list_keys
 from celeriac.settings import Settings
 from celeriac.testing import Child, RedisServer, celeriac_command, free_port, wait_until
+from tests.integration.workers import worker_env
 from tests.support import PROMETHEUS_HOW_TO_GET, require_tool
 
 pytestmark = pytest.mark.integration
@@ -118,14 +119,7 @@ def test_exact_counts_from_real_producers_and_a_real_worker(
     # Queue slow has a real worker (pool 2, acks late, prefetch 1 per process).
     worker = spawn(
         celeriac_command("worker"),
-        env={
-            "CELERIAC_BROKER_URL": redis_url,
-            "CELERIAC_QUEUES": "slow",
-            "CELERIAC_WORKER_CONCURRENCY": "2",
-            "CELERIAC_WORKER_HEARTBEAT_FILE": str(tmp_path / "heartbeat"),
-            "CELERIAC_WORKER_READY_FILE": str(tmp_path / "ready"),
-            "CELERIAC_WORKER_METRICS_PORT": "0",
-        },
+        env=worker_env(redis_url, tmp_path, queues="slow"),
         name="worker",
     )
     try:

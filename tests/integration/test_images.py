@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from celeriac.testing import Child, wait_until
+from tests.integration.workers import worker_env
 from tests.support import REPO_ROOT, require_tool
 
 pytestmark = pytest.mark.integration
@@ -79,15 +80,9 @@ def test_entrypoint_as_pid_1_runs_tini_which_forwards_sigterm_to_the_worker(
         .replace(IMAGE_TINI, tini)
     )
     ready = tmp_path / "worker.ready"
-    env = {
-        "CELERIAC_BROKER_URL": redis_url,
-        "CELERIAC_WORKER_CONCURRENCY": "1",
-        "CELERIAC_WORKER_METRICS_PORT": "0",
-        "CELERIAC_WORKER_HEARTBEAT_FILE": str(tmp_path / "worker.heartbeat"),
-        "CELERIAC_WORKER_READY_FILE": str(ready),
-        "CELERIAC_WORKER_METRICS_DIR": str(tmp_path / "metrics"),
-        "CELERIAC_WORKER_SHUTDOWN_TIMEOUT_SECONDS": "5",
-    }
+    env = worker_env(
+        redis_url, tmp_path, worker_concurrency="1", worker_shutdown_timeout_seconds="5"
+    )
     worker = spawn([*as_pid_1, "sh", str(script), "worker"], env=env, name="pid1-worker")
     wait_until(ready.exists, timeout=30, message=f"the worker to be ready: {worker.output()}")
 

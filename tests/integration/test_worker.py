@@ -24,6 +24,7 @@ from celeriac.app import create_app
 from celeriac.keys import UNACKED_KEY, priority_list_keys
 from celeriac.settings import DEFAULT_PRIORITY_STEPS, Settings
 from celeriac.testing import Child, RedisServer, celeriac_command, free_port, wait_until
+from tests.integration import workers
 from tests.support import REPO_ROOT
 
 pytestmark = pytest.mark.integration
@@ -34,18 +35,10 @@ TASKS_APP = "tests.integration.worker_tasks:app"
 
 
 def worker_env(broker_url: str, tmp_path: Path, name: str, **extra: str) -> dict[str, str]:
-    return {
-        "CELERIAC_BROKER_URL": broker_url,
-        "CELERIAC_APP": TASKS_APP,
-        "CELERIAC_QUEUES": QUEUE,
-        "CELERIAC_WORKER_HOSTNAME": f"{name}@test",
-        "CELERIAC_WORKER_CONCURRENCY": "2",
-        "CELERIAC_WORKER_HEARTBEAT_FILE": str(tmp_path / f"{name}.heartbeat"),
-        "CELERIAC_WORKER_READY_FILE": str(tmp_path / f"{name}.ready"),
-        "CELERIAC_WORKER_METRICS_DIR": str(tmp_path / f"{name}.metrics"),
-        "CELERIAC_WORKER_METRICS_PORT": "0",
-        "PYTHONPATH": str(REPO_ROOT),
-        **{f"CELERIAC_{key.upper()}": value for key, value in extra.items()},
+    """A worker of this file's test tasks; ``extra`` as in tests.integration.workers.worker_env."""
+    settings = {"app": TASKS_APP, "queues": QUEUE, "worker_hostname": f"{name}@test", **extra}
+    return workers.worker_env(broker_url, tmp_path, name, **settings) | {
+        "PYTHONPATH": str(REPO_ROOT)
     }
 
 
