@@ -17,6 +17,7 @@ from kombu import Queue
 
 from celeriac.env import ConfigError
 from celeriac.settings import Settings, check_app_path
+from celeriac.transport import TRANSPORT
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -30,6 +31,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     return {
         "broker_url": settings.broker_connection_url,
+        # kombu's Redis transport plus a per-queue index of held messages, so the exporter
+        # counts in-flight tasks in O(log n) instead of reading the whole `unacked` hash.
+        "broker_transport": TRANSPORT,
         "result_backend": settings.result_backend_connection_url,
         "result_expires": settings.result_expires_seconds,
         # Pickle lets anyone who can write to Redis run code in every worker.

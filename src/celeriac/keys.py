@@ -18,3 +18,13 @@ UNACKED_INDEX_KEY = "unacked_index"
 def priority_list_keys(queue: str, priority_steps: Iterable[int]) -> list[str]:
     """Every list that holds waiting messages of ``queue``, highest priority first."""
     return [queue if step == 0 else f"{queue}{PRIORITY_SEPARATOR}{step}" for step in priority_steps]
+
+
+# celeriac's own index beside kombu's ``unacked`` hash (celeriac.transport): per queue, a
+# sorted set of the delivery tags workers hold, scored by ETA (0: none).
+IN_FLIGHT_PREFIX = "celeriac:in_flight:"
+
+
+def in_flight_key(queue: str) -> str:
+    """The sorted set of ``queue``'s messages delivered to a worker and not yet acknowledged."""
+    return f"{IN_FLIGHT_PREFIX}{queue}"

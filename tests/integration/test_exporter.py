@@ -235,12 +235,13 @@ def test_one_transaction_per_scrape(
     for _ in range(5):
         scrape(port)
     stats = redis_client.info("commandstats")
-    # Five scrapes: five MULTI/EXEC rounds, each with one LLEN per list and one HVALS.
+    # Five scrapes: five MULTI/EXEC rounds, each with one LLEN per list and two ZCOUNTs (in
+    # flight, scheduled) per queue.
     assert stats["cmdstat_exec"]["calls"] == 5
     assert stats["cmdstat_llen"]["calls"] == 5 * 3 * len(STEPS)
-    assert stats["cmdstat_hvals"]["calls"] == 5
-    # No other reads: nothing per message, no worker broadcasts (no PUBLISH).
-    allowed = {"cmdstat_multi", "cmdstat_exec", "cmdstat_llen", "cmdstat_hvals"}
+    assert stats["cmdstat_zcount"]["calls"] == 5 * 3 * 2
+    # No other reads: nothing per message (no HVALS, HGETALL, LRANGE), no worker broadcasts.
+    allowed = {"cmdstat_multi", "cmdstat_exec", "cmdstat_llen", "cmdstat_zcount"}
     ours = {name for name in stats if not name.startswith(("cmdstat_config", "cmdstat_info"))}
     assert ours == allowed
 
