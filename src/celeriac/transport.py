@@ -9,10 +9,10 @@ Unix time, 0 without one), written and removed in the same MULTI/EXEC as kombu's
 twice: a set member is added and removed together with its ``unacked`` entry, and adding or
 removing it again changes nothing.
 
-Producers are untouched: messages are published exactly as kombu does (the key layout that
-producers, the API and the exporter share stays the same), so a plain Celery producer still
-works. Only processes that consume (celeriac's workers) must use this transport, which
-``celeriac.app`` configures.
+Producers keep kombu's key layout: messages are published as kombu does, with one header more
+(the publish time), so a plain Celery producer still works (its messages just have no known
+age). Processes that consume (celeriac's workers) must use this transport, which
+``celeriac.app`` configures for every component.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ from celeriac.keys import in_flight_key
 
 # How Celery's ``broker_transport`` names this module's transport.
 TRANSPORT = "celeriac.transport:Transport"
+# A message header with the Unix time it was published: the age of the oldest waiting message
+# (exporter) and the time a task waited before it started (worker metrics) are read from it.
+# Celery's message protocol has no publish time of its own.
+PUBLISHED_AT_HEADER = "celeriac_published_at"
 
 
 def eta_score(raw_message: dict[str, Any]) -> float:
@@ -110,6 +114,13 @@ class QoS(kombu_redis.QoS):
 
 class Channel(kombu_redis.Channel):
     QoS = QoS
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        headers = message.setdefault("headers", {})
+        if isinstance(headers, dict):
+            # setdefault: a requeued or re-sent message keeps the time it was first published.
+            headers.setdefault(PUBLISHED_AT_HEADER, time())
+        super()._put(queue, message, **kwargs)
 
     def _restore(self, message: Any, leftmost: bool = False) -> None:
         if not self.ack_emulation:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -123,6 +124,32 @@ def test_requeue_and_restore_leave_no_message_counted_as_held(
         assert redis_client.zcard(in_flight_key("default")) == 0
 
 
+def test_oldest_age_of_waiting_messages(celery_app: Celery, redis_client: redis.Redis) -> None:
+    assert read_backlog(redis_client, ["default"], STEPS)["default"].oldest_age_seconds == 0.0
+    celery_app.send_task("t.old", queue="default", priority=9)
+    published = time.time()
+    celery_app.send_task("t.new", queue="default", priority=0)
+    later = datetime.fromtimestamp(published + 30, UTC)
+    age = read_backlog(redis_client, ["default"], STEPS, now=later)["default"].oldest_age_seconds
+    # The oldest message anywhere counts, not the next to run (the priority-0 one).
+    assert age is not None
+    assert 30 <= age < 31
+
+
+def test_oldest_age_passes_over_eta_tasks_and_is_unknown_without_a_publish_time(
+    celery_app: Celery, redis_client: redis.Redis
+) -> None:
+    celery_app.send_task("t.eta", queue="default", countdown=600)
+    # Only an ETA task waits: its wait is deliberate, and what is behind it is not read.
+    assert read_backlog(redis_client, ["default"], STEPS)["default"].oldest_age_seconds is None
+    redis_client.delete("default")
+    celery_app.send_task("t.plain", queue="default")
+    assert read_backlog(redis_client, ["default"], STEPS)["default"].oldest_age_seconds is not None
+    # A message from a producer that stamps no publish time: unknown, not a guess.
+    redis_client.rpush("default\x06\x169", '{"headers": {"task": "t.foreign"}}')
+    assert read_backlog(redis_client, ["default"], STEPS)["default"].oldest_age_seconds is None
+
+
 def test_eta_scores() -> None:
     aware = datetime(2026, 1, 1, tzinfo=UTC)
     assert eta_score({"headers": {"eta": aware.isoformat()}}) == aware.timestamp()
@@ -145,9 +172,9 @@ def test_reads_in_one_pipeline(redis_client: redis.Redis) -> None:
     queues = [f"q{index}" for index in range(20)]
     before = _commands_processed(redis_client)
     read_backlog(redis_client, queues, STEPS)
-    # MULTI + 20 x (4 LLEN + 2 ZCOUNT) + EXEC, sent as one pipeline (INFO itself counts once):
-    # nothing that reads messages, so the cost does not grow with how many there are.
-    assert _commands_processed(redis_client) - before == 1 + 20 * (len(STEPS) + 2) + 1 + 1
+    # MULTI + 20 x (4 LLEN + 4 LINDEX + 2 ZCOUNT) + EXEC, sent as one pipeline (INFO itself
+    # counts once): a fixed number of reads per queue, whatever the number of messages.
+    assert _commands_processed(redis_client) - before == 1 + 20 * (2 * len(STEPS) + 2) + 1 + 1
 
 
 def test_redis_down_raises_redis_error(own_redis: RedisServer) -> None:

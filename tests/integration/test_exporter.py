@@ -20,6 +20,7 @@ from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
 from celeriac.app import create_app
+from celeriac.exporter.collector import GROUP_OLDEST_AGE, QUEUE_OLDEST_AGE
 from celeriac.keys import UNACKED_KEY, priority_list_keys
 from celeriac.settings import Settings
 from celeriac.testing import Child, RedisServer, celeriac_command, free_port, wait_until
@@ -235,13 +236,14 @@ def test_one_transaction_per_scrape(
     for _ in range(5):
         scrape(port)
     stats = redis_client.info("commandstats")
-    # Five scrapes: five MULTI/EXEC rounds, each with one LLEN per list and two ZCOUNTs (in
-    # flight, scheduled) per queue.
+    # Five scrapes: five MULTI/EXEC rounds, each with one LLEN and one LINDEX (the oldest
+    # message) per list and two ZCOUNTs (in flight, scheduled) per queue.
     assert stats["cmdstat_exec"]["calls"] == 5
     assert stats["cmdstat_llen"]["calls"] == 5 * 3 * len(STEPS)
+    assert stats["cmdstat_lindex"]["calls"] == 5 * 3 * len(STEPS)
     assert stats["cmdstat_zcount"]["calls"] == 5 * 3 * 2
     # No other reads: nothing per message (no HVALS, HGETALL, LRANGE), no worker broadcasts.
-    allowed = {"cmdstat_multi", "cmdstat_exec", "cmdstat_llen", "cmdstat_zcount"}
+    allowed = {"cmdstat_multi", "cmdstat_exec", "cmdstat_llen", "cmdstat_lindex", "cmdstat_zcount"}
     ours = {name for name in stats if not name.startswith(("cmdstat_config", "cmdstat_info"))}
     assert ours == allowed
 
@@ -298,8 +300,13 @@ def test_redis_down_reports_up_0_and_no_backlog_then_recovers(
     found = samples(text)
     assert value(found, "celeriac_redis_up") == 0
     assert value(found, "celeriac_scrape_duration_seconds") is not None
-    # Absent, not 0: a false 0 would let KEDA scale the workers away.
-    assert set(found) == {("celeriac_redis_up", ()), ("celeriac_scrape_duration_seconds", ())}
+    # Absent, not 0: a false 0 would let KEDA scale the workers away; the failure is counted.
+    assert set(found) == {
+        ("celeriac_redis_up", ()),
+        ("celeriac_scrape_duration_seconds", ()),
+        ("celeriac_scrape_errors_total", ()),
+    }
+    assert value(found, "celeriac_scrape_errors_total") == 1
     assert "celeriac_queue_" not in text
     assert "celeriac_group_" not in text
     with pytest.raises(LookupError, match="not found"):
@@ -409,3 +416,25 @@ def test_password_from_file_is_used_and_never_logged(spawn: Spawn, tmp_path: Pat
             assert secret not in exporter.child.output()
     finally:
         server.close()
+
+
+def test_oldest_age_per_queue_and_group(spawn: Spawn, producer: Celery, redis_url: str) -> None:
+    port = start_exporter(spawn, redis_url, {"CELERIAC_QUEUES": "q1,q2"}).port
+    found = samples(scrape(port)[2])
+    # Nothing waits: a true 0, per queue and for the group.
+    assert value(found, QUEUE_OLDEST_AGE, queue="q1") == 0
+    assert value(found, GROUP_OLDEST_AGE, group="default") == 0
+    producer.send_task("celeriac.demo.add", args=[1, 2], queue="q1", priority=9)
+    published = time.time()
+
+    def aged() -> Samples | None:
+        found = samples(scrape(port)[2])
+        age = value(found, QUEUE_OLDEST_AGE, queue="q1")
+        return found if age is not None and age >= 0.2 else None
+
+    found = wait_until(aged, timeout=10, message="the waiting message to age")
+    age = value(found, QUEUE_OLDEST_AGE, queue="q1")
+    assert age is not None
+    assert age <= time.time() - published + 0.1
+    assert value(found, QUEUE_OLDEST_AGE, queue="q2") == 0
+    assert value(found, GROUP_OLDEST_AGE, group="default") == pytest.approx(age, abs=0.5)

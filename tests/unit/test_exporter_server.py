@@ -104,7 +104,7 @@ def test_cli_bad_port_option_exits_2(
 ) -> None:
     code = run_cli(["exporter", "--port", "123456"], monkeypatch, {})
     assert code == 2
-    assert "--port=123456 is not a TCP port" in capsys.readouterr().err
+    assert "CELERIAC_EXPORTER_PORT=123456 is not a TCP port" in capsys.readouterr().err
 
 
 def test_cli_help_is_the_docstring(capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 import redis
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -30,6 +30,9 @@ QUEUE_IN_FLIGHT = "celeriac_queue_in_flight_messages"
 QUEUE_SCHEDULED = "celeriac_queue_scheduled_messages"
 QUEUE_BACKLOG = "celeriac_queue_backlog_messages"
 GROUP_BACKLOG = "celeriac_group_backlog_messages"
+QUEUE_OLDEST_AGE = "celeriac_queue_oldest_age_seconds"
+GROUP_OLDEST_AGE = "celeriac_group_oldest_age_seconds"
+SCRAPE_ERRORS = "celeriac_scrape_errors_total"
 REDIS_UP = "celeriac_redis_up"
 SCRAPE_DURATION = "celeriac_scrape_duration_seconds"
 QUEUE_LABEL = "queue"
@@ -43,6 +46,11 @@ _HELP = {
     QUEUE_SCHEDULED: "ETA/countdown messages a worker holds until their time; not load yet.",
     QUEUE_BACKLOG: "Work to do now: waiting plus in-flight messages.",
     GROUP_BACKLOG: "Backlog summed over the queues a worker group consumes; KEDA scales on it.",
+    QUEUE_OLDEST_AGE: "Seconds since the oldest waiting message was published (ETA tasks "
+    "passed over; 0 when none waits; absent when unknown, e.g. from a plain Celery producer).",
+    GROUP_OLDEST_AGE: "The oldest age over the queues a worker group consumes; absent when "
+    "one of them is unknown. KEDA can scale on it as a second trigger.",
+    SCRAPE_ERRORS: "Scrapes that could not read Redis in time (the backlog gauges were absent).",
     REDIS_UP: "1 when this scrape read Redis; 0 when it could not, and backlog gauges are absent.",
     SCRAPE_DURATION: "Seconds this scrape spent reading Redis.",
 }
@@ -65,31 +73,37 @@ class BacklogCollector(Collector):
         self._priority_steps = tuple(priority_steps)
         self._clock = clock
         self._failing = False
+        self._errors = 0
 
     def describe(self) -> Iterable[Metric]:
         # Names only: registering this collector must not read Redis.
-        return _families()
+        return _Families().all()
 
     def collect(self) -> Iterable[Metric]:
         started = self._clock()
         counts = self._read()
         elapsed = self._clock() - started
-        families = _families()
-        waiting, in_flight, scheduled, backlog, group_backlog, redis_up, duration = families
-        redis_up.add_metric([], 0.0 if counts is None else 1.0)
-        duration.add_metric([], elapsed)
+        families = _Families()
+        families.redis_up.add_metric([], 0.0 if counts is None else 1.0)
+        families.duration.add_metric([], elapsed)
+        families.errors.add_metric([], self._errors)
         if counts is not None:
             for queue in self._queues:
                 count = counts.get(queue, QueueBacklog())
-                waiting.add_metric([queue], count.waiting)
-                in_flight.add_metric([queue], count.in_flight)
-                scheduled.add_metric([queue], count.scheduled)
-                backlog.add_metric([queue], count.backlog)
+                families.waiting.add_metric([queue], count.waiting)
+                families.in_flight.add_metric([queue], count.in_flight)
+                families.scheduled.add_metric([queue], count.scheduled)
+                families.backlog.add_metric([queue], count.backlog)
+                if count.oldest_age_seconds is not None:
+                    families.oldest_age.add_metric([queue], count.oldest_age_seconds)
             for group in self._groups:
-                total = sum(counts.get(q, QueueBacklog()).backlog for q in group.queues)
-                group_backlog.add_metric([group.name], total)
+                members = [counts.get(q, QueueBacklog()) for q in group.queues]
+                families.group_backlog.add_metric([group.name], sum(m.backlog for m in members))
+                ages = [m.oldest_age_seconds for m in members]
+                if all(age is not None for age in ages):
+                    families.group_oldest_age.add_metric([group.name], max(a or 0.0 for a in ages))
         # Leave out empty families too: when Redis is down, no HELP/TYPE lines without series.
-        return [family for family in families if family.samples]
+        return [family for family in families.all() if family.samples]
 
     def _read(self) -> dict[str, QueueBacklog] | None:
         try:
@@ -101,6 +115,7 @@ class BacklogCollector(Collector):
                     "cannot read Redis, backlog gauges are absent until it answers: %s", exc
                 )
             self._failing = True
+            self._errors += 1
             return None
         if self._failing:
             log.info("Redis answers again")
@@ -108,16 +123,40 @@ class BacklogCollector(Collector):
         return counts
 
 
-def _families() -> list[GaugeMetricFamily]:
-    return [
-        GaugeMetricFamily(QUEUE_WAITING, _HELP[QUEUE_WAITING], labels=[QUEUE_LABEL]),
-        GaugeMetricFamily(QUEUE_IN_FLIGHT, _HELP[QUEUE_IN_FLIGHT], labels=[QUEUE_LABEL]),
-        GaugeMetricFamily(QUEUE_SCHEDULED, _HELP[QUEUE_SCHEDULED], labels=[QUEUE_LABEL]),
-        GaugeMetricFamily(QUEUE_BACKLOG, _HELP[QUEUE_BACKLOG], labels=[QUEUE_LABEL]),
-        GaugeMetricFamily(GROUP_BACKLOG, _HELP[GROUP_BACKLOG], labels=[GROUP_LABEL]),
-        GaugeMetricFamily(REDIS_UP, _HELP[REDIS_UP]),
-        GaugeMetricFamily(SCRAPE_DURATION, _HELP[SCRAPE_DURATION]),
-    ]
+class _Families:
+    """Fresh metric families for one scrape."""
+
+    def __init__(self) -> None:
+        def gauge(name: str, labels: Sequence[str] = ()) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, _HELP[name], labels=labels)
+
+        self.waiting = gauge(QUEUE_WAITING, [QUEUE_LABEL])
+        self.in_flight = gauge(QUEUE_IN_FLIGHT, [QUEUE_LABEL])
+        self.scheduled = gauge(QUEUE_SCHEDULED, [QUEUE_LABEL])
+        self.backlog = gauge(QUEUE_BACKLOG, [QUEUE_LABEL])
+        self.oldest_age = gauge(QUEUE_OLDEST_AGE, [QUEUE_LABEL])
+        self.group_backlog = gauge(GROUP_BACKLOG, [GROUP_LABEL])
+        self.group_oldest_age = gauge(GROUP_OLDEST_AGE, [GROUP_LABEL])
+        self.redis_up = gauge(REDIS_UP)
+        self.duration = gauge(SCRAPE_DURATION)
+        # CounterMetricFamily adds the _total suffix itself.
+        self.errors = CounterMetricFamily(
+            SCRAPE_ERRORS.removesuffix("_total"), _HELP[SCRAPE_ERRORS]
+        )
+
+    def all(self) -> list[Metric]:
+        return [
+            self.waiting,
+            self.in_flight,
+            self.scheduled,
+            self.backlog,
+            self.oldest_age,
+            self.group_backlog,
+            self.group_oldest_age,
+            self.redis_up,
+            self.duration,
+            self.errors,
+        ]
 
 
 def redis_client(settings: ExporterSettings) -> redis.Redis:
