@@ -83,6 +83,12 @@ class Env:
         """A TCP port to listen on; ``minimum=0`` where 0 means "switched off" or "any"."""
         return check_port(PREFIX + name, self.integer(name, default), minimum=minimum)
 
+    def optional_port(self, name: str, *, minimum: int = 1) -> int | None:
+        """A port, or None when unset (the caller picks one)."""
+        if self.raw(name) is None:
+            return None
+        return self.port(name, 0, minimum=minimum)
+
     def host(self, name: str, default: str) -> str:
         """An address to bind or reach: an IP address or a host name, checked now, not at bind."""
         return check_host(PREFIX + name, self.string(name, default))
@@ -117,6 +123,16 @@ class Env:
         path = Path(value)
         if not path.is_file() or not os.access(path, os.R_OK):
             raise ConfigError(f"{PREFIX}{name}={value!r} is not a readable file")
+        return path
+
+    def executable_file(self, name: str) -> Path | None:
+        """A program celeriac runs (redis-server): must be an executable file when set."""
+        value = self.raw(name)
+        if value is None:
+            return None
+        path = Path(value)
+        if not path.is_file() or not os.access(path, os.X_OK):
+            raise ConfigError(f"{PREFIX}{name}={value!r} is not an executable file")
         return path
 
     def boolean(self, name: str, default: bool) -> bool:

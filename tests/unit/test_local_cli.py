@@ -21,7 +21,7 @@ def run_up(*args: str) -> int:
 def test_a_port_out_of_range_names_its_variable(capsys: pytest.CaptureFixture[str]) -> None:
     # The option is checked by the same code as CELERIAC_UP_API_PORT, so the error names it.
     assert run_up("--api-port", "70000") == 2
-    assert "CELERIAC_UP_API_PORT=70000 is out of range" in capsys.readouterr().err
+    assert "CELERIAC_UP_API_PORT=70000 is not a TCP port" in capsys.readouterr().err
 
 
 def test_an_app_without_attribute_is_a_configuration_error(
@@ -39,7 +39,9 @@ def test_an_app_without_attribute_is_a_configuration_error(
 def test_a_missing_redis_server_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "redis-server"
     assert run_up("--redis-server", str(missing), "--state-dir", str(tmp_path)) == 2
-    assert f"redis-server '{missing}' is not an executable file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"CELERIAC_UP_REDIS_SERVER='{missing}' is not an executable file" in err
+    assert not (tmp_path / "logs").exists()
 
 
 def test_a_second_stack_on_the_same_state_dir_is_refused(

@@ -286,9 +286,22 @@ def test_settings_from_env() -> None:
 @pytest.mark.parametrize(
     ("environ", "message"),
     [
-        ({"CELERIAC_UP_API_PORT": "70000"}, "CELERIAC_UP_API_PORT=70000 is out of range"),
+        ({"CELERIAC_UP_API_PORT": "70000"}, "CELERIAC_UP_API_PORT=70000 is not a TCP port"),
         ({"CELERIAC_UP_REDIS_PORT": "x"}, "CELERIAC_UP_REDIS_PORT='x' is not a whole number"),
         ({"CELERIAC_UP_CONCURRENCY": "0"}, "CELERIAC_UP_CONCURRENCY='0' must be at least 1"),
+        ({"CELERIAC_UP_API_TOKEN": "a b"}, "CELERIAC_UP_API_TOKEN: the token contains whitespace"),
+        # The stack's API reads its tokens as a comma list: "a,b" would be two other tokens.
+        ({"CELERIAC_UP_API_TOKEN": "a,b"}, "CELERIAC_UP_API_TOKEN: the token contains a comma"),
+        ({"CELERIAC_UP_API_TOKEN": "tök"}, "CELERIAC_UP_API_TOKEN: the token must be printable"),
+        ({"CELERIAC_UP_STATE_DIR": "/dev/null"}, "CELERIAC_UP_STATE_DIR='/dev/null' is not a dir"),
+        (
+            {"CELERIAC_UP_SCHEDULE_FILE": "/nonexistent.yaml"},
+            "CELERIAC_UP_SCHEDULE_FILE='/nonexistent.yaml' is not a readable file",
+        ),
+        (
+            {"CELERIAC_WORKER_GROUPS_FILE": "/nonexistent.yaml"},
+            "CELERIAC_WORKER_GROUPS_FILE='/nonexistent.yaml' is not a readable file",
+        ),
     ],
 )
 def test_bad_settings_name_the_variable(environ: dict[str, str], message: str) -> None:
@@ -296,14 +309,32 @@ def test_bad_settings_name_the_variable(environ: dict[str, str], message: str) -
         LocalSettings.from_env(environ)
 
 
-@pytest.mark.parametrize(
-    ("settings", "message"),
-    [
-        (LocalSettings(app="notanapp"), "must be module:attr"),
-        (LocalSettings(api_token="has space"), "no whitespace"),
-        (LocalSettings(schedule_file=Path("/nonexistent.yaml")), "schedule file"),
-    ],
-)
-def test_validate(settings: LocalSettings, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        settings.validate()
+def test_a_redis_server_that_cannot_run_names_the_variable(tmp_path: Path) -> None:
+    not_executable = tmp_path / "redis-server"
+    not_executable.write_text("#!/bin/sh\n")
+    not_executable.chmod(0o644)
+    message = r"CELERIAC_UP_REDIS_SERVER='.*' is not an executable file"
+    for value in (not_executable, tmp_path, tmp_path / "missing"):
+        with pytest.raises(ConfigError, match=message):
+            LocalSettings.from_env({"CELERIAC_UP_REDIS_SERVER": str(value)})
+
+
+def test_files_and_token_that_pass_are_kept(tmp_path: Path) -> None:
+    binary = fake_binary(tmp_path / "bin")
+    settings = LocalSettings.from_env(
+        {
+            "CELERIAC_UP_API_TOKEN": TOKEN,
+            "CELERIAC_UP_SCHEDULE_FILE": str(demo_schedule_file()),
+            "CELERIAC_UP_REDIS_SERVER": str(binary),
+            "CELERIAC_UP_STATE_DIR": str(tmp_path / "not-yet"),
+        }
+    )
+    assert settings.api_token == TOKEN
+    assert settings.schedule_file == demo_schedule_file()
+    assert settings.redis_server == binary
+    assert settings.state_dir == tmp_path / "not-yet"
+
+
+def test_validate_checks_the_app_path() -> None:
+    with pytest.raises(ConfigError, match="must be module:attr"):
+        LocalSettings(app="notanapp").validate()

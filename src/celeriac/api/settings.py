@@ -64,12 +64,20 @@ def _tokens(env: Env) -> tuple[str, ...]:
     if not tokens:
         raise ConfigError(f"{source} holds no token")
     for number, token in enumerate(tokens, start=1):
-        # Never echo the token itself: say which one and what is wrong.
-        if any(char.isspace() for char in token):
-            raise ConfigError(f"{source}: token {number} contains whitespace")
-        if not token.isascii() or not token.isprintable():
-            raise ConfigError(f"{source}: token {number} must be printable ASCII")
+        check_token(f"{source}: token {number}", token)
     return tuple(dict.fromkeys(tokens))
+
+
+def check_token(label: str, token: str) -> str:
+    """``token`` if a client can send it as ``Bearer <token>``; else an error naming ``label``.
+
+    Never echoes the token itself: ``label`` says which one, the message what is wrong.
+    """
+    if any(char.isspace() for char in token):
+        raise ConfigError(f"{label} contains whitespace")
+    if not token.isascii() or not token.isprintable():
+        raise ConfigError(f"{label} must be printable ASCII")
+    return token
 
 
 def parse_token_file(path: str) -> list[str]:

@@ -6,17 +6,17 @@ import sys
 
 import click
 
+from celeriac.api.settings import DEFAULT_PORT as DEFAULT_API_PORT
 from celeriac.cli.options import app_option, environ_with, setting
+from celeriac.exporter.settings import DEFAULT_PORT as DEFAULT_EXPORTER_PORT
 from celeriac.local.settings import (
-    DEFAULT_API_PORT,
     DEFAULT_CONCURRENCY,
-    DEFAULT_EXPORTER_PORT,
     DEFAULT_READY_TIMEOUT_SECONDS,
     DEFAULT_REDIS_PORT,
     DEFAULT_STATE_DIR,
-    DEFAULT_WORKER_METRICS_PORT,
     LocalSettings,
 )
+from celeriac.worker.settings import DEFAULT_METRICS_PORT as DEFAULT_WORKER_METRICS_PORT
 
 
 @click.command("up")

@@ -13,17 +13,14 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from celeriac.api.settings import DEFAULT_PORT as DEFAULT_API_PORT
 from celeriac.env import ConfigError
+from celeriac.exporter.settings import DEFAULT_PORT as DEFAULT_EXPORTER_PORT
 from celeriac.exporter.settings import ExporterSettings
 from celeriac.local.ports import choose_port
-from celeriac.local.settings import (
-    DEFAULT_API_PORT,
-    DEFAULT_EXPORTER_PORT,
-    DEFAULT_REDIS_PORT,
-    DEFAULT_WORKER_METRICS_PORT,
-    LocalSettings,
-)
+from celeriac.local.settings import DEFAULT_REDIS_PORT, LocalSettings
 from celeriac.settings import DEFAULT_APP, Settings
+from celeriac.worker.settings import DEFAULT_METRICS_PORT as DEFAULT_WORKER_METRICS_PORT
 
 COMPONENTS = ("api", "worker", "beat", "exporter")
 HOST = "127.0.0.1"
