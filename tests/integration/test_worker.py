@@ -144,7 +144,7 @@ def test_task_metrics_by_task_name(
         with urllib.request.urlopen(url, timeout=10) as response:
             text = response.read().decode()
         return {
-            (sample.name, sample.labels.get("task", "")): sample.value
+            (sample.name, sample.labels.get("task") or sample.labels.get("queue", "")): sample.value
             for family in text_string_to_metric_families(text)
             for sample in family.samples
             if "le" not in sample.labels
@@ -159,6 +159,8 @@ def test_task_metrics_by_task_name(
         ("celeriac_task_runtime_seconds_count", "tests.fail"): 1.0,
         # The first run raised Retry, the second succeeded: two runs.
         ("celeriac_task_runtime_seconds_count", "tests.retry_once"): 2.0,
+        # Publish to start, per queue: every run, the retry's included.
+        ("celeriac_task_queue_wait_seconds_count", QUEUE): 5.0,
     }
     # The signal handlers run in the pool processes after the result is stored: poll briefly.
     found = wait_until(

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from celery import signals
 
+from celeriac.transport import PUBLISHED_AT_HEADER, parse_eta
+
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
@@ -86,6 +88,15 @@ class TaskMetrics:
             buckets=RUNTIME_BUCKETS_SECONDS,
             registry=None,
         )
+        self.queue_wait = Histogram(
+            "celeriac_task_queue_wait_seconds",
+            "Time from publish to the start of the task (requeued tasks count from their first "
+            "publish; ETA tasks from their ETA). Only tasks sent through celeriac's transport "
+            "carry a publish time.",
+            ["queue"],
+            buckets=RUNTIME_BUCKETS_SECONDS,
+            registry=None,
+        )
         self.started: dict[str, float] = {}
 
 
@@ -96,8 +107,14 @@ class TaskSignalRecorder:
     get their own ``TaskMetrics`` (and files) on first use.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._clock = clock
+        # Publish times come from the producer's wall clock, so waits are measured on one too.
+        self._wall_clock = wall_clock
         self._pid = -1
         self._metrics: TaskMetrics | None = None
 
@@ -123,9 +140,15 @@ class TaskSignalRecorder:
         signals.task_retry.disconnect(self._on_retry)
         signals.worker_process_shutdown.disconnect(self._on_process_shutdown)
 
-    def _on_prerun(self, task_id: str | None = None, **_: Any) -> None:
+    def _on_prerun(
+        self, sender: Any = None, task_id: str | None = None, task: Any = None, **_: Any
+    ) -> None:
         if task_id is not None:
             self.metrics().started[task_id] = self._clock()
+        wait = queue_wait(getattr(task or sender, "request", None), self._wall_clock())
+        if wait is not None:
+            queue, seconds = wait
+            self.metrics().queue_wait.labels(queue).observe(seconds)
 
     def _on_postrun(self, sender: Any = None, task_id: str | None = None, **_: Any) -> None:
         started = self.metrics().started.pop(task_id or "", None)
@@ -147,6 +170,21 @@ class TaskSignalRecorder:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid or os.getpid())  # type: ignore[no-untyped-call]
+
+
+def queue_wait(request: Any, now: float) -> tuple[str, float] | None:
+    """(queue, seconds waited) of a task about to start; None without a publish time.
+
+    An ETA task waits on purpose until its ETA, so its wait counts from then.
+    """
+    published = getattr(request, PUBLISHED_AT_HEADER, None)
+    if not isinstance(published, int | float):
+        return None
+    eta = parse_eta(getattr(request, "eta", None))
+    since = max(float(published), eta.timestamp()) if eta is not None else float(published)
+    delivery = getattr(request, "delivery_info", None) or {}
+    queue = str(delivery.get("routing_key") or "unknown")
+    return queue, max(0.0, now - since)
 
 
 def _name(task: Any) -> str:
