@@ -10,7 +10,7 @@ from celeriac.worker.metrics import queue_wait
 
 
 def request(**fields: object) -> SimpleNamespace:
-    return SimpleNamespace(delivery_info={"routing_key": "cpu"}, eta=None, **fields)
+    return SimpleNamespace(**{"delivery_info": {"routing_key": "cpu"}, "eta": None, **fields})
 
 
 def test_wait_from_publish_to_start() -> None:
