@@ -8,7 +8,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from celeriac.api.settings import DEFAULT_PORT as API_PORT
 from celeriac.cli import main
+from celeriac.exporter.settings import DEFAULT_PORT as EXPORTER_PORT
+from celeriac.worker.settings import DEFAULT_METRICS_PORT as WORKER_METRICS_PORT
 from tests.unit.test_docs import variables_in_code
 
 WORKER = ("worker", "--check")
@@ -179,3 +182,22 @@ def test_an_option_wins_over_its_variable(
     clean_environment.setenv("CELERIAC_EXPORTER_PORT", "abc")
     main(["exporter", "--check", "--port", "9999", "--host", "127.0.0.1"])
     assert "listening on 127.0.0.1:9999" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        (("worker",), f"[default: {WORKER_METRICS_PORT}]"),
+        (("api",), f"[default: {API_PORT}]"),
+        (("exporter",), f"[default: {EXPORTER_PORT}]"),
+        (("up",), f"API port [default: {API_PORT}]"),
+        (("up",), f"Exporter port [default: {EXPORTER_PORT}]"),
+        (("up",), f"Worker metrics port [default: {WORKER_METRICS_PORT}]"),
+    ],
+)
+def test_help_shows_the_default_port_the_settings_use(
+    command: tuple[str, ...], shown: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*command, "--help"]) == 0
+    # Click wraps help text; compare it as one line.
+    assert shown in " ".join(capsys.readouterr().out.split())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from celeriac.cli.options import app_option, check_option, environ_with, setting
+from celeriac.cli.options import app_option, check_option, environ_with, loglevel_option, setting
 
 
 @click.command("beat")
@@ -16,12 +16,7 @@ from celeriac.cli.options import app_option, check_option, environ_with, setting
     help="The YAML schedule file [default: none, an empty schedule].",
     metavar="FILE",
 )
-@setting(
-    "--loglevel",
-    variable="CELERIAC_LOG_LEVEL",
-    help="DEBUG, INFO (default) ... CRITICAL.",
-    metavar="LEVEL",
-)
+@loglevel_option
 @check_option("the settings and the schedule against the app")
 def command(check: bool, **options: object) -> None:
     """Run the periodic scheduler: fires the schedule file's entries from Redis.

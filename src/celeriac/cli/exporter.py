@@ -4,26 +4,21 @@ from __future__ import annotations
 
 import click
 
-from celeriac.cli.options import check_option, environ_with, setting
+from celeriac.cli.options import check_option, environ_with, host_option, port_option, setting
+from celeriac.exporter.groups import DEFAULT_GROUP
+from celeriac.exporter.settings import DEFAULT_HOST, DEFAULT_PORT
 
 
 @click.command("exporter")
-@setting(
-    "--host",
-    variable="CELERIAC_EXPORTER_HOST",
-    help="Address to bind [default: 0.0.0.0].",
-    metavar="HOST",
-)
-@setting(
-    "--port",
-    variable="CELERIAC_EXPORTER_PORT",
-    help="Port for /metrics and /healthz [default: 9540].",
-    metavar="PORT",
-)
+@host_option("CELERIAC_EXPORTER_HOST", DEFAULT_HOST)
+@port_option("CELERIAC_EXPORTER_PORT", DEFAULT_PORT, "Port for /metrics and /healthz")
 @setting(
     "--worker-groups-file",
     variable="CELERIAC_WORKER_GROUPS_FILE",
-    help="YAML: group name -> {queues: [...]}; unset: one group 'default' over CELERIAC_QUEUES.",
+    help=(
+        f"YAML: group name -> {{queues: [...]}}; unset: one group {DEFAULT_GROUP!r} "
+        "over CELERIAC_QUEUES."
+    ),
     metavar="FILE",
 )
 @check_option("the settings and the groups file")

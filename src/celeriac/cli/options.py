@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import click
 
+from celeriac.settings import DEFAULT_APP, DEFAULT_LOG_LEVEL, LOG_LEVELS
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -51,9 +53,31 @@ app_option = setting(
     "--app",
     "app_path",
     variable="CELERIAC_APP",
-    help="Your Celery app [default: celeriac.demo:app].",
+    help=f"Your Celery app [default: {DEFAULT_APP}].",
     metavar="MODULE:ATTR",
 )
+
+# Every component that logs (worker, beat) takes its level the same way.
+loglevel_option = setting(
+    "--loglevel",
+    variable="CELERIAC_LOG_LEVEL",
+    help=f"{', '.join(LOG_LEVELS)} [default: {DEFAULT_LOG_LEVEL}].",
+    metavar="LEVEL",
+)
+
+
+def host_option(variable: str, default: str) -> Callable[[_F], _F]:
+    """``--host``: the address a server binds."""
+    return setting(
+        "--host", variable=variable, help=f"Address to bind [default: {default}].", metavar="HOST"
+    )
+
+
+def port_option(
+    variable: str, default: int, what: str = "Port", decl: str = "--port"
+) -> Callable[[_F], _F]:
+    """``--port`` (or ``decl``): a port to listen on, its default taken from the settings."""
+    return setting(decl, variable=variable, help=f"{what} [default: {default}].", metavar="PORT")
 
 
 def check_option(what: str) -> Callable[[_F], _F]:

@@ -7,7 +7,7 @@ import sys
 import click
 
 from celeriac.api.settings import DEFAULT_PORT as DEFAULT_API_PORT
-from celeriac.cli.options import app_option, environ_with, setting
+from celeriac.cli.options import app_option, environ_with, port_option, setting
 from celeriac.exporter.settings import DEFAULT_PORT as DEFAULT_EXPORTER_PORT
 from celeriac.local.settings import (
     DEFAULT_CONCURRENCY,
@@ -21,30 +21,15 @@ from celeriac.worker.settings import DEFAULT_METRICS_PORT as DEFAULT_WORKER_METR
 
 @click.command("up")
 @app_option
-@setting(
-    "--api-port",
-    variable="CELERIAC_UP_API_PORT",
-    help=f"[default: {DEFAULT_API_PORT}]",
-    metavar="PORT",
-)
-@setting(
-    "--exporter-port",
-    variable="CELERIAC_UP_EXPORTER_PORT",
-    help=f"[default: {DEFAULT_EXPORTER_PORT}]",
-    metavar="PORT",
-)
-@setting(
+@port_option("CELERIAC_UP_API_PORT", DEFAULT_API_PORT, "API port", "--api-port")
+@port_option("CELERIAC_UP_EXPORTER_PORT", DEFAULT_EXPORTER_PORT, "Exporter port", "--exporter-port")
+@port_option(
+    "CELERIAC_UP_WORKER_METRICS_PORT",
+    DEFAULT_WORKER_METRICS_PORT,
+    "Worker metrics port",
     "--worker-metrics-port",
-    variable="CELERIAC_UP_WORKER_METRICS_PORT",
-    help=f"[default: {DEFAULT_WORKER_METRICS_PORT}]",
-    metavar="PORT",
 )
-@setting(
-    "--redis-port",
-    variable="CELERIAC_UP_REDIS_PORT",
-    help=f"[default: {DEFAULT_REDIS_PORT}]",
-    metavar="PORT",
-)
+@port_option("CELERIAC_UP_REDIS_PORT", DEFAULT_REDIS_PORT, "Redis port", "--redis-port")
 @setting(
     "--state-dir",
     variable="CELERIAC_UP_STATE_DIR",

@@ -6,7 +6,21 @@ import sys
 
 import click
 
-from celeriac.cli.options import app_option, check_option, environ_with, setting
+from celeriac.cli.options import (
+    app_option,
+    check_option,
+    environ_with,
+    loglevel_option,
+    port_option,
+    setting,
+)
+from celeriac.settings import DEFAULT_QUEUE
+from celeriac.worker.settings import (
+    DEFAULT_METRICS_PORT,
+    DEFAULT_POOL,
+    DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
+    POOLS,
+)
 
 
 @click.command("worker")
@@ -14,7 +28,7 @@ from celeriac.cli.options import app_option, check_option, environ_with, setting
 @setting(
     "--queues",
     variable="CELERIAC_QUEUES",
-    help="Queues to consume [default: default].",
+    help=f"Queues to consume [default: CELERIAC_DEFAULT_QUEUE ({DEFAULT_QUEUE})].",
     metavar="A,B",
 )
 @setting(
@@ -24,14 +38,12 @@ from celeriac.cli.options import app_option, check_option, environ_with, setting
     metavar="N",
 )
 @setting(
-    "--pool", variable="CELERIAC_WORKER_POOL", help="prefork (default) or threads.", metavar="POOL"
+    "--pool",
+    variable="CELERIAC_WORKER_POOL",
+    help=f"{', '.join(POOLS)} [default: {DEFAULT_POOL}].",
+    metavar="POOL",
 )
-@setting(
-    "--loglevel",
-    variable="CELERIAC_LOG_LEVEL",
-    help="DEBUG, INFO (default) ... CRITICAL.",
-    metavar="LEVEL",
-)
+@loglevel_option
 @setting(
     "--hostname",
     variable="CELERIAC_WORKER_HOSTNAME",
@@ -41,14 +53,14 @@ from celeriac.cli.options import app_option, check_option, environ_with, setting
 @setting(
     "--shutdown-timeout",
     variable="CELERIAC_WORKER_SHUTDOWN_TIMEOUT_SECONDS",
-    help="Seconds running tasks get after SIGTERM before they are requeued [default: 25].",
+    help=(
+        "Seconds running tasks get after SIGTERM before they are requeued "
+        f"[default: {DEFAULT_SHUTDOWN_TIMEOUT_SECONDS:g}]."
+    ),
     metavar="SECONDS",
 )
-@setting(
-    "--metrics-port",
-    variable="CELERIAC_WORKER_METRICS_PORT",
-    help="Task metrics; 0: off [default: 9541].",
-    metavar="PORT",
+@port_option(
+    "CELERIAC_WORKER_METRICS_PORT", DEFAULT_METRICS_PORT, "Task metrics; 0: off", "--metrics-port"
 )
 @setting(
     "--mingle/--no-mingle",
