@@ -32,7 +32,11 @@ MULTIPLE_GROUPS: dict[str, Any] = {
             "autoscaling": {
                 "minReplicas": 0,
                 "maxReplicas": 30,
-                "keda": {"targetTasksPerProcess": 2, "pollingIntervalSeconds": 5},
+                "keda": {
+                    "targetTasksPerProcess": 2,
+                    "pollingIntervalSeconds": 5,
+                    "oldestAge": {"enabled": True, "targetSeconds": 30},
+                },
             },
             "topologySpreadConstraints": [
                 {

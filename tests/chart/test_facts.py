@@ -19,7 +19,7 @@ import yaml
 
 from celeriac.api.settings import DEFAULT_PORT as API_PORT
 from celeriac.beat.settings import DEFAULT_HEARTBEAT_FILE as BEAT_HEARTBEAT_FILE
-from celeriac.exporter.collector import GROUP_BACKLOG, create_registry
+from celeriac.exporter.collector import GROUP_BACKLOG, GROUP_OLDEST_AGE, create_registry
 from celeriac.exporter.groups import GROUP_NAME, WorkerGroup, all_queues, parse_groups
 from celeriac.exporter.settings import DEFAULT_PORT as EXPORTER_PORT
 from celeriac.exporter.settings import ExporterSettings
@@ -86,8 +86,8 @@ def test_ports_are_the_components_defaults(renders: dict[str, Rendered], case: s
         if component in expected:
             assert [p["port"] for p in service["spec"]["ports"]] == [expected[component]]
     for scaled in rendered.of_kind("ScaledObject"):
-        (trigger,) = scaled["spec"]["triggers"]
-        assert urlsplit(trigger["metadata"]["url"]).port == EXPORTER_PORT
+        for trigger in scaled["spec"]["triggers"]:
+            assert urlsplit(trigger["metadata"]["url"]).port == EXPORTER_PORT
 
 
 def test_the_helm_test_and_notes_reach_the_exporter_on_its_port(defaults: Rendered) -> None:
@@ -122,13 +122,17 @@ def test_keda_selects_a_series_the_exporter_serves(
     }
     scaled = rendered.of_kind("ScaledObject")
     assert scaled
+    # The backlog trigger always; the age trigger where a group switches it on.
+    expected = {"backlog": GROUP_BACKLOG, "oldest-age": GROUP_OLDEST_AGE}
     for so in scaled:
-        (trigger,) = so["spec"]["triggers"]
-        found = SELECTOR.match(trigger["metadata"]["valueLocation"])
-        assert found, trigger["metadata"]["valueLocation"]
-        assert found["name"] == GROUP_BACKLOG
-        series = (found["name"], ((found["label"], found["value"]),))
-        assert series in served, f"{so['metadata']['name']}: {series} not in {sorted(served)}"
+        triggers = so["spec"]["triggers"]
+        assert triggers[0]["name"] == "backlog"
+        for trigger in triggers:
+            found = SELECTOR.match(trigger["metadata"]["valueLocation"])
+            assert found, trigger["metadata"]["valueLocation"]
+            assert found["name"] == expected[trigger["name"]]
+            series = (found["name"], ((found["label"], found["value"]),))
+            assert series in served, f"{so['metadata']['name']}: {series} not in {sorted(served)}"
 
 
 def test_rules_and_dashboard_read_only_metrics_celeriac_serves(

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import jsonschema
 import pytest
 
-from celeriac.exporter.collector import GROUP_BACKLOG, GROUP_LABEL
+from celeriac.exporter.collector import GROUP_BACKLOG, GROUP_LABEL, GROUP_OLDEST_AGE
 from celeriac.exporter.settings import DEFAULT_PORT as EXPORTER_PORT
 from tests.chart import crds
 from tests.chart.matrix import MATRIX
@@ -102,7 +102,7 @@ def test_target_is_pool_size_times_tasks_per_process(
             assert not rendered.has("ScaledObject", f"celeriac-worker-{name}")
             continue
         so = rendered.get("ScaledObject", f"celeriac-worker-{name}")
-        (trigger,) = so["spec"]["triggers"]
+        trigger, *others = so["spec"]["triggers"]
         expected = pool_size(limit, per_cpu) * group["autoscaling"]["keda"]["targetTasksPerProcess"]
         assert float(trigger["metadata"]["targetValue"]) == pytest.approx(expected)
         assert trigger["type"] == "metrics-api"
@@ -115,6 +115,26 @@ def test_target_is_pool_size_times_tasks_per_process(
             "activationTargetValue": "0",
         }
         assert all(isinstance(value, str) for value in trigger["metadata"].values())
+        age = group["autoscaling"]["keda"].get("oldestAge", {})
+        if not age.get("enabled"):
+            assert others == []
+            continue
+        # The latency trigger: Value, so replicas grow with how far the age is over target.
+        (age_trigger,) = others
+        assert age_trigger["name"] == "oldest-age"
+        assert age_trigger["metricType"] == "Value"
+        assert age_trigger["metadata"] == {
+            "format": "prometheus",
+            "url": trigger["metadata"]["url"],
+            "valueLocation": f'{GROUP_OLDEST_AGE}{{{GROUP_LABEL}="{name}"}}',
+            "targetValue": str(age["targetSeconds"]),
+            "activationTargetValue": "0",
+        }
+
+
+def test_the_age_trigger_is_off_by_default(renders: dict[str, Rendered]) -> None:
+    for so in renders["defaults"].of_kind("ScaledObject"):
+        assert [t["name"] for t in so["spec"]["triggers"]] == ["backlog"]
 
 
 def test_pool_examples(renders: dict[str, Rendered]) -> None:

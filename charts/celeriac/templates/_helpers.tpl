@@ -29,6 +29,7 @@ metric KEDA scales on (celeriac.exporter.collector.GROUP_BACKLOG).
 {{- define "celeriac.exporterPort" -}}9540{{- end -}}
 {{- define "celeriac.workerMetricsPort" -}}9541{{- end -}}
 {{- define "celeriac.groupBacklogMetric" -}}celeriac_group_backlog_messages{{- end -}}
+{{- define "celeriac.groupOldestAgeMetric" -}}celeriac_group_oldest_age_seconds{{- end -}}
 
 {{- define "celeriac.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
