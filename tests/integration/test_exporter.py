@@ -20,7 +20,18 @@ from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
 from celeriac.app import create_app
-from celeriac.exporter.collector import GROUP_OLDEST_AGE, QUEUE_OLDEST_AGE
+from celeriac.exporter.collector import (
+    GROUP_BACKLOG,
+    GROUP_OLDEST_AGE,
+    QUEUE_BACKLOG,
+    QUEUE_IN_FLIGHT,
+    QUEUE_OLDEST_AGE,
+    QUEUE_SCHEDULED,
+    QUEUE_WAITING,
+    REDIS_UP,
+    SCRAPE_DURATION,
+    SCRAPE_ERRORS,
+)
 from celeriac.keys import UNACKED_KEY, priority_list_keys
 from celeriac.settings import Settings
 from celeriac.testing import Child, RedisServer, celeriac_command, free_port, wait_until
@@ -34,10 +45,10 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 STEPS = (0, 3, 6, 9)
 QUEUE_GAUGES = (
-    "celeriac_queue_waiting_messages",
-    "celeriac_queue_in_flight_messages",
-    "celeriac_queue_scheduled_messages",
-    "celeriac_queue_backlog_messages",
+    QUEUE_WAITING,
+    QUEUE_IN_FLIGHT,
+    QUEUE_SCHEDULED,
+    QUEUE_BACKLOG,
 )
 
 
@@ -170,7 +181,7 @@ def test_exact_counts_from_real_producers_and_a_real_worker(
         # The worker may still be taking its last message: wait for the numbers to settle.
         def settled() -> Samples | None:
             found = samples(scrape(port)[2])
-            actual = value(found, "celeriac_queue_waiting_messages", queue="slow")
+            actual = value(found, QUEUE_WAITING, queue="slow")
             return found if actual == 4 else None
 
         found = wait_until(settled, timeout=30, message="slow queue settled at 4 waiting")
@@ -185,16 +196,14 @@ def test_exact_counts_from_real_producers_and_a_real_worker(
         assert actual == numbers, queue
     expected_groups = {"ab": 75, "work": 6, "everything": 81, "idle": 0}
     for group, backlog in expected_groups.items():
-        assert value(found, "celeriac_group_backlog_messages", group=group) == backlog, group
+        assert value(found, GROUP_BACKLOG, group=group) == backlog, group
     # Only configured queues and groups appear, nothing else.
     queue_labels = {dict(labels)["queue"] for name, labels in found if name in QUEUE_GAUGES}
     assert queue_labels == set(expected_queues)
-    group_labels = {
-        dict(labels)["group"] for name, labels in found if name == "celeriac_group_backlog_messages"
-    }
+    group_labels = {dict(labels)["group"] for name, labels in found if name == GROUP_BACKLOG}
     assert group_labels == set(expected_groups)
-    assert value(found, "celeriac_redis_up") == 1
-    duration = value(found, "celeriac_scrape_duration_seconds")
+    assert value(found, REDIS_UP) == 1
+    duration = value(found, SCRAPE_DURATION)
     assert duration is not None
     assert 0 < duration < 1
 
@@ -209,8 +218,8 @@ def test_configured_queues_read_zero_before_anything_exists(
         for name in QUEUE_GAUGES:
             assert value(found, name, queue=queue) == 0, (name, queue)
     # Unset groups file: one group "default" over CELERIAC_QUEUES.
-    assert value(found, "celeriac_group_backlog_messages", group="default") == 0
-    assert value(found, "celeriac_redis_up") == 1
+    assert value(found, GROUP_BACKLOG, group="default") == 0
+    assert value(found, REDIS_UP) == 1
 
 
 def test_an_empty_groups_file_reports_queues_only(
@@ -222,8 +231,8 @@ def test_an_empty_groups_file_reports_queues_only(
         spawn, redis_url, {"CELERIAC_QUEUES": "a", "CELERIAC_WORKER_GROUPS_FILE": str(groups)}
     ).port
     text = scrape(port)[2]
-    assert value(samples(text), "celeriac_queue_backlog_messages", queue="a") == 0
-    assert "celeriac_group_backlog_messages" not in text
+    assert value(samples(text), QUEUE_BACKLOG, queue="a") == 0
+    assert GROUP_BACKLOG not in text
 
 
 def test_one_transaction_per_scrape(
@@ -290,7 +299,7 @@ def test_redis_down_reports_up_0_and_no_backlog_then_recovers(
     port = start_exporter(spawn, own_redis.url(), {"CELERIAC_QUEUES": "default,cpu"}).port
     own_client.lpush("default", "m1", "m2")
     _, _, text = scrape(port)
-    assert keda_value(text, "celeriac_group_backlog_messages", {"group": "default"}) == 2
+    assert keda_value(text, GROUP_BACKLOG, {"group": "default"}) == 2
 
     own_redis.stop()
     started = time.monotonic()
@@ -298,30 +307,30 @@ def test_redis_down_reports_up_0_and_no_backlog_then_recovers(
     assert status == 200
     assert time.monotonic() - started < 5
     found = samples(text)
-    assert value(found, "celeriac_redis_up") == 0
-    assert value(found, "celeriac_scrape_duration_seconds") is not None
+    assert value(found, REDIS_UP) == 0
+    assert value(found, SCRAPE_DURATION) is not None
     # Absent, not 0: a false 0 would let KEDA scale the workers away; the failure is counted.
     assert set(found) == {
-        ("celeriac_redis_up", ()),
-        ("celeriac_scrape_duration_seconds", ()),
-        ("celeriac_scrape_errors_total", ()),
+        (REDIS_UP, ()),
+        (SCRAPE_DURATION, ()),
+        (SCRAPE_ERRORS, ()),
     }
-    assert value(found, "celeriac_scrape_errors_total") == 1
+    assert value(found, SCRAPE_ERRORS) == 1
     assert "celeriac_queue_" not in text
     assert "celeriac_group_" not in text
     with pytest.raises(LookupError, match="not found"):
-        keda_value(text, "celeriac_group_backlog_messages", {"group": "default"})
+        keda_value(text, GROUP_BACKLOG, {"group": "default"})
 
     own_redis.start()  # same port, empty database
     own_client.lpush("cpu\x06\x169", "m3")
 
     def recovered() -> Samples | None:
         found = samples(scrape(port)[2])
-        return found if value(found, "celeriac_redis_up") == 1 else None
+        return found if value(found, REDIS_UP) == 1 else None
 
     found = wait_until(recovered, timeout=30, message="exporter reconnects")
-    assert value(found, "celeriac_queue_waiting_messages", queue="cpu") == 1
-    assert value(found, "celeriac_group_backlog_messages", group="default") == 1
+    assert value(found, QUEUE_WAITING, queue="cpu") == 1
+    assert value(found, GROUP_BACKLOG, group="default") == 1
 
 
 def test_a_redis_that_never_answers_costs_at_most_the_timeout(spawn: Spawn) -> None:
@@ -336,7 +345,7 @@ def test_a_redis_that_never_answers_costs_at_most_the_timeout(spawn: Spawn) -> N
             status, _, text = scrape(port)
             elapsed = time.monotonic() - started
             assert status == 200
-            assert value(samples(text), "celeriac_redis_up") == 0
+            assert value(samples(text), REDIS_UP) == 0
             # 0.3 s socket timeout, no retries; generous margin for a loaded machine.
             assert 0.25 < elapsed < 2.5
 
@@ -375,7 +384,7 @@ def test_a_real_prometheus_scrapes_the_exporter(
         ],
         name="prometheus",
     )
-    query = urllib.parse.quote('celeriac_group_backlog_messages{group="default"}')
+    query = urllib.parse.quote(f'{GROUP_BACKLOG}{{group="default"}}')
 
     def scraped() -> str | None:
         if prometheus.process.poll() is not None:
@@ -404,10 +413,10 @@ def test_password_from_file_is_used_and_never_logged(spawn: Spawn, tmp_path: Pat
             spawn, url_without_password, {"CELERIAC_REDIS_PASSWORD_FILE": str(wrong_file)}
         )
         inline = start_exporter(spawn, f"redis://:{secret}@127.0.0.1:{server.port}/0")
-        assert value(samples(scrape(good.port)[2]), "celeriac_redis_up") == 1
-        assert value(samples(scrape(inline.port)[2]), "celeriac_redis_up") == 1
+        assert value(samples(scrape(good.port)[2]), REDIS_UP) == 1
+        assert value(samples(scrape(inline.port)[2]), REDIS_UP) == 1
         for _ in range(3):
-            assert value(samples(scrape(wrong.port)[2]), "celeriac_redis_up") == 0
+            assert value(samples(scrape(wrong.port)[2]), REDIS_UP) == 0
         wrong_log = wrong.child.output()
         # One warning for the outage, not one per scrape.
         assert wrong_log.count("cannot read Redis") == 1, wrong_log

@@ -27,7 +27,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from celeriac.app import create_app
-from celeriac.exporter.collector import GROUP_BACKLOG, QUEUE_BACKLOG
+from celeriac.exporter.collector import GROUP_BACKLOG, QUEUE_BACKLOG, REDIS_UP
 from celeriac.local.banner import READY_LINE
 from celeriac.local.process import group_members
 from celeriac.settings import Settings
@@ -214,8 +214,8 @@ def test_up_runs_a_task_end_to_end_and_sigterm_leaves_nothing(
     with httpx.Client(timeout=10) as client:
         metrics = client.get(stack.exporter_url)
         assert metrics.status_code == 200
-        assert 'celeriac_group_backlog_messages{group="default"}' in metrics.text
-        assert "celeriac_redis_up 1.0" in metrics.text
+        assert f'{GROUP_BACKLOG}{{group="default"}}' in metrics.text
+        assert f"{REDIS_UP} 1.0" in metrics.text
 
         worker_metrics = wait_until(
             lambda: client.get(stack.worker_metrics_url), timeout=30, message="worker metrics"

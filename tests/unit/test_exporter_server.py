@@ -13,12 +13,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from celeriac.cli import main
+from celeriac.exporter.collector import GROUP_BACKLOG
 from celeriac.exporter.server import create_server, create_wsgi_app
 
 
 class FixedCollector(Collector):
     def collect(self) -> Iterable[Metric]:
-        family = GaugeMetricFamily("celeriac_group_backlog_messages", "x", labels=["group"])
+        family = GaugeMetricFamily(GROUP_BACKLOG, "x", labels=["group"])
         family.add_metric(["default"], 7)
         yield family
 
@@ -49,9 +50,9 @@ def test_metrics_are_text_format_0_0_4_even_when_openmetrics_is_asked_for() -> N
     text = body.decode()
     assert "# EOF" not in text
     assert text.endswith("\n")
-    assert 'celeriac_group_backlog_messages{group="default"} 7.0\n' in text
+    assert f'{GROUP_BACKLOG}{{group="default"}} 7.0\n' in text
     families = {family.name: family for family in text_string_to_metric_families(text)}
-    assert families["celeriac_group_backlog_messages"].type == "gauge"
+    assert families[GROUP_BACKLOG].type == "gauge"
 
 
 def test_healthz_index_head_and_errors() -> None:
