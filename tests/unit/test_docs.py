@@ -22,6 +22,14 @@ def variables_in_code() -> set[str]:
     return names
 
 
+def documented_default(component: str, variable: str) -> str:
+    """The default ``services/<component>/README.md`` gives ``variable`` in its table."""
+    readme = REPO_ROOT / "services" / component / "README.md"
+    row = re.search(rf"^\| `{variable}` \| `([^`]*)` \|", readme.read_text("utf-8"), re.M)
+    assert row, f"{readme} documents no default for {variable}"
+    return row.group(1)
+
+
 def _documentation() -> str:
     readmes = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "services").glob("*/README.md"))]
     return "\n".join(path.read_text(encoding="utf-8") for path in readmes)

@@ -7,16 +7,44 @@ from pathlib import Path
 import pytest
 
 from celeriac.env import ConfigError
-from celeriac.exporter.groups import WorkerGroup, load_groups, parse_groups
-from celeriac.exporter.settings import ExporterSettings
+from celeriac.exporter.groups import DEFAULT_GROUP, WorkerGroup, load_groups, parse_groups
+from celeriac.exporter.settings import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    DEFAULT_REDIS_TIMEOUT_SECONDS,
+    ExporterSettings,
+)
 from celeriac.settings import Settings
+from tests.unit.test_docs import documented_default
 
 
 def test_defaults_one_group_over_the_configured_queues() -> None:
     settings = ExporterSettings.from_env({"CELERIAC_QUEUES": "default,cpu"})
-    assert (settings.host, settings.port, settings.redis_timeout_seconds) == ("0.0.0.0", 9540, 1.0)
-    assert settings.groups == (WorkerGroup("default", ("default", "cpu")),)
+    assert (settings.host, settings.port, settings.redis_timeout_seconds) == (
+        DEFAULT_HOST,
+        DEFAULT_PORT,
+        DEFAULT_REDIS_TIMEOUT_SECONDS,
+    )
+    assert settings.groups == (WorkerGroup(DEFAULT_GROUP, ("default", "cpu")),)
     assert settings.queues == ("default", "cpu")
+
+
+@pytest.mark.parametrize(
+    ("variable", "default"),
+    [
+        ("CELERIAC_EXPORTER_HOST", DEFAULT_HOST),
+        ("CELERIAC_EXPORTER_PORT", str(DEFAULT_PORT)),
+        ("CELERIAC_EXPORTER_REDIS_TIMEOUT_SECONDS", f"{DEFAULT_REDIS_TIMEOUT_SECONDS:g}"),
+    ],
+)
+def test_the_exporter_readme_documents_the_defaults(variable: str, default: str) -> None:
+    assert documented_default("exporter", variable) == default
+
+
+def test_the_redis_timeout_stays_under_kedas_metrics_timeout() -> None:
+    # Pinned on purpose: KEDA's metrics-api scaler gives up after 3 s by default; a hung Redis
+    # must fail the scrape well before that, not KEDA's request.
+    assert DEFAULT_REDIS_TIMEOUT_SECONDS < 3
 
 
 def test_direct_construction_has_no_groups_unless_given() -> None:

@@ -8,21 +8,57 @@ import pytest
 
 from celeriac.cli import main
 from celeriac.env import ConfigError
-from celeriac.worker.settings import WorkerSettings
+from celeriac.settings import DEFAULT_QUEUE
+from celeriac.worker.settings import (
+    DEFAULT_HEARTBEAT_FILE,
+    DEFAULT_METRICS_DIR,
+    DEFAULT_METRICS_HOST,
+    DEFAULT_METRICS_PORT,
+    DEFAULT_POOL,
+    DEFAULT_READY_FILE,
+    DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
+    WorkerSettings,
+)
+from tests.unit.test_docs import documented_default
 
 
 def test_defaults() -> None:
     settings = WorkerSettings.from_env({})
     assert settings.concurrency is None
     assert settings.cpu_limit is None
-    assert settings.pool == "prefork"
-    assert settings.shutdown_timeout_seconds == 25.0
-    assert settings.heartbeat_file == Path("/tmp/celeriac/worker.heartbeat")
-    assert settings.ready_file == Path("/tmp/celeriac/worker.ready")
-    assert settings.metrics_port == 9541
-    assert settings.metrics_dir == Path("/tmp/celeriac/metrics")
+    assert settings.pool == DEFAULT_POOL
+    assert settings.shutdown_timeout_seconds == DEFAULT_SHUTDOWN_TIMEOUT_SECONDS
+    assert settings.heartbeat_file == DEFAULT_HEARTBEAT_FILE
+    assert settings.ready_file == DEFAULT_READY_FILE
+    assert (settings.metrics_host, settings.metrics_port) == (
+        DEFAULT_METRICS_HOST,
+        DEFAULT_METRICS_PORT,
+    )
+    assert settings.metrics_dir == DEFAULT_METRICS_DIR
     assert (settings.mingle, settings.gossip, settings.event_heartbeats) == (False, False, False)
-    assert settings.common.queues == ("default",)
+    assert settings.common.queues == (DEFAULT_QUEUE,)
+
+
+@pytest.mark.parametrize(
+    ("variable", "default"),
+    [
+        ("CELERIAC_WORKER_POOL", DEFAULT_POOL),
+        ("CELERIAC_WORKER_SHUTDOWN_TIMEOUT_SECONDS", f"{DEFAULT_SHUTDOWN_TIMEOUT_SECONDS:g}"),
+        ("CELERIAC_WORKER_HEARTBEAT_FILE", str(DEFAULT_HEARTBEAT_FILE)),
+        ("CELERIAC_WORKER_READY_FILE", str(DEFAULT_READY_FILE)),
+        ("CELERIAC_WORKER_METRICS_PORT", str(DEFAULT_METRICS_PORT)),
+        ("CELERIAC_WORKER_METRICS_HOST", DEFAULT_METRICS_HOST),
+        ("CELERIAC_WORKER_METRICS_DIR", str(DEFAULT_METRICS_DIR)),
+    ],
+)
+def test_the_worker_readme_documents_the_defaults(variable: str, default: str) -> None:
+    assert documented_default("worker", variable) == default
+
+
+def test_the_default_drain_fits_kubernetes_default_grace_period() -> None:
+    # Pinned on purpose: Kubernetes' default terminationGracePeriodSeconds is 30, and the worker
+    # needs a few seconds after its drain to requeue what is left and exit.
+    assert DEFAULT_SHUTDOWN_TIMEOUT_SECONDS <= 30 - 5
 
 
 def test_every_variable() -> None:
