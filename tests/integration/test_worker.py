@@ -21,7 +21,7 @@ from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
 from celeriac.app import create_app
-from celeriac.keys import UNACKED_KEY, priority_list_keys
+from celeriac.keys import UNACKED_KEY, in_flight_key, priority_list_keys
 from celeriac.settings import DEFAULT_PRIORITY_STEPS, Settings
 from celeriac.testing import Child, RedisServer, celeriac_command, free_port, wait_until
 from tests.integration import workers
@@ -208,11 +208,19 @@ def test_killed_worker_task_completes_on_another_worker(
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=10)
     assert redis_client.hlen(UNACKED_KEY) == 1  # stranded until the visibility timeout
+    # ... and still counted as in flight, so the group is not scaled away meanwhile.
+    assert redis_client.zcard(in_flight_key(QUEUE)) == 1
 
     start_worker(spawn, worker_env(redis_url, tmp_path, "k2", **visibility), "k2")
     # kombu's sweep (every max(1, timeout / 4) s here) restores it after 3 s; k2 runs it.
     wait_until(lambda: counter(redis_client, f"done:{task_id}") == 1, timeout=30, message="done")
     assert counter(redis_client, f"runs:{task_id}") == 2
+    # The restore by another worker and its ack left nothing counted as held.
+    wait_until(
+        lambda: redis_client.zcard(in_flight_key(QUEUE)) == 0 == redis_client.hlen(UNACKED_KEY),
+        timeout=10,
+        message="no message held",
+    )
 
 
 def test_sigterm_exits_as_soon_as_running_tasks_finish(
@@ -239,6 +247,7 @@ def test_sigterm_exits_as_soon_as_running_tasks_finish(
     assert counter(redis_client, f"runs:{late}") == 0
     assert waiting(redis_client) == 1
     assert redis_client.hlen(UNACKED_KEY) == 0
+    assert redis_client.zcard(in_flight_key(QUEUE)) == 0
 
 
 def last_finished_at(client: redis.Redis, ids: list[str]) -> float:
@@ -279,6 +288,7 @@ def test_sigterm_requeues_tasks_still_running_at_the_deadline(
     # Requeued at once: back in its list, not stranded in unacked for the visibility timeout.
     assert waiting(redis_client) == 1
     assert redis_client.hlen(UNACKED_KEY) == 0
+    assert redis_client.zcard(in_flight_key(QUEUE)) == 0
     for task_id in short:
         assert counter(redis_client, f"runs:{task_id}") == 1
         assert counter(redis_client, f"done:{task_id}") == 1
