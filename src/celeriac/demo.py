@@ -15,10 +15,16 @@ from celeriac.app import create_app
 
 app = create_app("celeriac.demo")
 
+# Every task here is shared=False: importing this module (the `celeriac up` banner, a test) must
+# not add the demo's tasks to an app of your own, whose API would then accept them.
+
 MAX_SLEEP_SECONDS = 3600.0
+# The smallest task: the first request `celeriac up` prints and the chart's NOTES.txt repeats
+# (tests/chart/test_notes.py compares the two).
+ADD_TASK = "celeriac.demo.add"
 
 
-@app.task(name="celeriac.demo.sleep")
+@app.task(name="celeriac.demo.sleep", shared=False)
 def sleep(seconds: float = 1.0) -> float:
     """Wait ``seconds`` (a stand-in for a long-running job); returns the time slept."""
     seconds = min(max(float(seconds), 0.0), MAX_SLEEP_SECONDS)
@@ -26,13 +32,13 @@ def sleep(seconds: float = 1.0) -> float:
     return seconds
 
 
-@app.task(name="celeriac.demo.add")
+@app.task(name=ADD_TASK, shared=False)
 def add(x: float, y: float) -> float:
     """Add two numbers: the smallest task there is."""
     return x + y
 
 
-@app.task(name="celeriac.demo.cpu")
+@app.task(name="celeriac.demo.cpu", shared=False)
 def cpu(rounds: int = 200_000) -> str:
     """CPU-bound: ``rounds`` chained SHA-256 hashes; returns the last digest."""
     digest = b"celeriac"
@@ -41,7 +47,7 @@ def cpu(rounds: int = 200_000) -> str:
     return digest.hex()
 
 
-@app.task(name="celeriac.demo.io")
+@app.task(name="celeriac.demo.io", shared=False)
 def io(calls: int = 10, latency_seconds: float = 0.05) -> int:
     """I/O-bound: ``calls`` waits of ``latency_seconds`` each, like sequential HTTP calls."""
     calls = max(int(calls), 0)
@@ -50,7 +56,7 @@ def io(calls: int = 10, latency_seconds: float = 0.05) -> int:
     return calls
 
 
-@app.task(name="celeriac.demo.flaky", bind=True, max_retries=3, default_retry_delay=1)
+@app.task(name="celeriac.demo.flaky", bind=True, max_retries=3, default_retry_delay=1, shared=False)
 def flaky(self: Task[Any, Any], fail_times: int = 2) -> int:
     """Fails ``fail_times`` times, retrying each time, then succeeds; returns the attempt count.
 

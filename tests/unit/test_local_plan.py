@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from celeriac.demo import ADD_TASK
 from celeriac.env import ConfigError
 from celeriac.local.banner import PLACEHOLDER_TASK, READY_LINE, banner, example_task
 from celeriac.local.plan import (
@@ -162,30 +163,32 @@ def test_producer_environment_file(tmp_path: Path) -> None:
 def test_banner_has_urls_token_and_a_first_request_but_not_the_redis_password(
     tmp_path: Path,
 ) -> None:
-    text = banner(plan(tmp_path), ["api: port 8000 is taken, using 8001"])
+    text = banner(plan(tmp_path), ["api: port 8000 is taken, using 8001"], ADD_TASK)
     assert READY_LINE in text
     assert "http://127.0.0.1:18000/docs" in text
     assert "http://127.0.0.1:19540/metrics" in text
     assert "http://127.0.0.1:19541/metrics" in text
     assert f"Authorization: Bearer {TOKEN}" in text
-    assert '"task": "celeriac.demo.add"' in text
+    assert f'"task": "{ADD_TASK}", "args": [2, 3]' in text
     assert "curl -s http://127.0.0.1:18000/v1/tasks/TASK_ID" in text
     assert "port 8000 is taken, using 8001" in text
     assert PASSWORD not in text
 
 
+# shared=False: a shared task joins every app finalized later in this process, such as the
+# demo app other tests load, whose task list would then depend on test order.
 SHOP_APP = """
 from celery import Celery
 
 app = Celery("shop")
 
 
-@app.task(name="shop.double")
+@app.task(name="shop.double", shared=False)
 def double(x):
     return 2 * x
 
 
-@app.task(name="shop.triple")
+@app.task(name="shop.triple", shared=False)
 def triple(x):
     return 3 * x
 """
@@ -211,7 +214,7 @@ def test_the_example_request_uses_a_task_of_your_own_app(tmp_path: Path, shop_ap
 
 
 def test_the_demo_app_submits_the_demo_task(tmp_path: Path) -> None:
-    assert example_task(plan(tmp_path), {}) == "celeriac.demo.add"
+    assert example_task(plan(tmp_path), {}) == ADD_TASK
 
 
 def test_an_app_that_cannot_be_loaded_gets_a_placeholder(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from celeriac.local.plan import StackPlan
 from celeriac.settings import Settings, redact_url, with_password
 
 READY_LINE = "celeriac is up"
-DEMO_TASK = "celeriac.demo.add"
+# Arguments for the demo's add task (celeriac.demo.ADD_TASK); any other task's are up to you.
 DEMO_ARGS = (2, 3)
 # Only when the app cannot be loaded here (the API loaded it, so this is rare).
 PLACEHOLDER_TASK = "YOUR.TASK.NAME"
@@ -43,15 +43,29 @@ def example_task(plan: StackPlan, inherited: Mapping[str, str]) -> str | None:
     except Exception:
         # Anything the user's module raises at import: a banner must not stop the stack.
         return None
-    return DEMO_TASK if DEMO_TASK in names else min(names, default=None)
+    demo = demo_task()
+    return demo if demo in names else min(names, default=None)
 
 
-def banner(plan: StackPlan, notes: list[str], task: str | None = DEMO_TASK) -> str:
+def demo_task() -> str | None:
+    """``celeriac.demo.ADD_TASK``; None when the demo app cannot be imported here.
+
+    Imported on use: importing the demo app configures Celery from this process's environment,
+    which an app of your own does not need.
+    """
+    try:
+        from celeriac.demo import ADD_TASK
+    except Exception:
+        return None
+    return ADD_TASK
+
+
+def banner(plan: StackPlan, notes: list[str], task: str | None) -> str:
     """``task``: the name the example request submits (None: a placeholder)."""
     token = plan.api_token
     task = task or PLACEHOLDER_TASK
     # The demo task's arguments are known; for any other task the user fills them in.
-    body = submit_body(task, DEMO_ARGS) if task == DEMO_TASK else json.dumps({"task": task})
+    body = submit_body(task, DEMO_ARGS) if task == demo_task() else json.dumps({"task": task})
     redis_url = redact_url(with_password(plan.broker_url, plan.redis_password))
     lines = [
         "",
