@@ -117,22 +117,19 @@ class Env:
 
     def input_file(self, name: str) -> Path | None:
         """A file celeriac reads (schedule, groups): must be a readable file when set."""
-        value = self.raw(name)
-        if value is None:
-            return None
-        path = Path(value)
-        if not path.is_file() or not os.access(path, os.R_OK):
-            raise ConfigError(f"{PREFIX}{name}={value!r} is not a readable file")
-        return path
+        return self._file(name, os.R_OK, "a readable file")
 
     def executable_file(self, name: str) -> Path | None:
         """A program celeriac runs (redis-server): must be an executable file when set."""
+        return self._file(name, os.X_OK, "an executable file")
+
+    def _file(self, name: str, mode: int, what: str) -> Path | None:
         value = self.raw(name)
         if value is None:
             return None
         path = Path(value)
-        if not path.is_file() or not os.access(path, os.X_OK):
-            raise ConfigError(f"{PREFIX}{name}={value!r} is not an executable file")
+        if not path.is_file() or not os.access(path, mode):
+            raise ConfigError(f"{PREFIX}{name}={value!r} is not {what}")
         return path
 
     def boolean(self, name: str, default: bool) -> bool:
