@@ -68,6 +68,8 @@ CASES = {
     "CELERIAC_API_TOKENS_FILE": Case(API, "/nonexistent/tokens", unset=("CELERIAC_API_TOKENS",)),
     "CELERIAC_API_ALLOWED_TASKS": Case(API, ","),
     "CELERIAC_API_MAX_BODY_BYTES": Case(API, "0"),
+    "CELERIAC_API_WORKERS": Case(API, "0"),
+    "CELERIAC_API_ACCESS_LOG": Case(API, "maybe"),
     "CELERIAC_BEAT_SCHEDULE_FILE": Case(BEAT, "/nonexistent/schedule.yaml"),
     "CELERIAC_BEAT_HEARTBEAT_FILE": Case(BEAT, "/"),
     "CELERIAC_BEAT_MAX_LOOP_INTERVAL_SECONDS": Case(BEAT, "0"),

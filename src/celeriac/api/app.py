@@ -38,8 +38,12 @@ def create_app(settings: Settings, api_settings: ApiSettings) -> FastAPI:
             redact_url(settings.broker_url),
             len(services.tokens),
         )
-        yield
-        services.close()
+        services.open()
+        try:
+            yield
+        finally:
+            await services.aclose()
+            services.close()
 
     app = FastAPI(
         title="celeriac API",

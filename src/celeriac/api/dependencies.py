@@ -10,7 +10,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from celeriac.api.services import Services
 
 
-def get_services(request: Request) -> Services:
+# Both are ``async def`` though they never await: FastAPI runs a plain ``def`` dependency in the
+# thread pool, two thread hops per request for a dictionary lookup and a digest comparison.
+async def get_services(request: Request) -> Services:
     return cast(Services, request.app.state.services)
 
 
@@ -20,7 +22,7 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 _bearer = HTTPBearer(auto_error=False, description="One of CELERIAC_API_TOKENS.")
 
 
-def require_token(
+async def require_token(
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:

@@ -1,10 +1,14 @@
-"""Start the API: build the app from settings and serve it with uvicorn."""
+"""Start the API: build the app from settings and serve it with uvicorn, in one or more
+processes."""
 
 from __future__ import annotations
 
 import signal
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
+
+from fastapi import FastAPI
 
 from celeriac.api.app import create_app
 from celeriac.api.services import allowed_tasks
@@ -21,29 +25,56 @@ def check_api(settings: Settings, api_settings: ApiSettings) -> str:
     return (
         f"celeriac: api settings are valid: app {settings.app} ({len(tasks)} tasks allowed: "
         f"{', '.join(tasks)}), {len(api_settings.tokens)} token(s), "
-        f"listening on {api_settings.host}:{api_settings.port}"
+        f"listening on {api_settings.host}:{api_settings.port}, "
+        f"{api_settings.workers} process(es)"
     )
 
 
+@dataclass(frozen=True)
+class AppFactory:
+    """Builds the app in each worker process; pickled to them (uvicorn spawns its workers)."""
+
+    settings: Settings
+    api_settings: ApiSettings
+
+    def __call__(self) -> FastAPI:
+        return create_app(self.settings, self.api_settings)
+
+
 def run_api(settings: Settings, api_settings: ApiSettings) -> None:
-    """Serve until SIGTERM or SIGINT; requests in progress get GRACEFUL_SHUTDOWN_SECONDS."""
+    """Serve until SIGTERM or SIGINT; requests in progress get GRACEFUL_SHUTDOWN_SECONDS.
+
+    With ``workers`` > 1 the process is uvicorn's supervisor: it binds the socket, starts the
+    workers (each builds the app), restarts one that dies, and on SIGTERM stops them all, each
+    draining its requests.
+    """
     # Imported here so `--check` does not pay for uvicorn.
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
-    application = create_app(settings, api_settings)
+    factory = AppFactory(settings, api_settings)
+    # Checked here, in the process that reports configuration errors with exit code 2.
+    application = factory()
+    config = uvicorn.Config(
+        factory if api_settings.workers > 1 else application,
+        factory=api_settings.workers > 1,
+        host=api_settings.host,
+        port=api_settings.port,
+        workers=api_settings.workers,
+        log_config=log_config(settings.log_level),
+        access_log=api_settings.access_log,
+        server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    if api_settings.workers > 1:
+        # The supervisor handles SIGTERM/SIGINT itself and returns: exit status 0.
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        return
     # uvicorn drains requests on SIGTERM/SIGINT, then re-raises the signal to the handler it
     # found; with this one a requested stop ends with status 0, not "killed by SIGTERM".
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _stop)
-    uvicorn.run(
-        application,
-        host=api_settings.host,
-        port=api_settings.port,
-        log_config=log_config(settings.log_level),
-        access_log=True,
-        server_header=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-    )
+    uvicorn.Server(config).run()
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
@@ -51,20 +82,17 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 
 def log_config(level: str) -> dict[str, Any]:
-    """One line per record on stderr. The access log holds method, path and status only:
-    uvicorn never logs headers, so tokens (always in ``Authorization``) stay out."""
+    """One line per record on stderr. The access log (``CELERIAC_API_ACCESS_LOG``) holds the
+    client, request line and status only: uvicorn never logs headers, so tokens (always in
+    ``Authorization``) stay out. A plain format, not uvicorn's colouring AccessFormatter."""
     line = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {
             "default": {"format": line},
-            "access": {
-                "()": "uvicorn.logging.AccessFormatter",
-                "fmt": '%(asctime)s %(levelname)s access: %(client_addr)s "%(request_line)s" '
-                "%(status_code)s",
-                "use_colors": False,
-            },
+            # uvicorn logs '%s - "%s %s HTTP/%s" %d' % (client, method, path, version, status).
+            "access": {"format": "%(asctime)s %(levelname)s access: %(message)s"},
         },
         "handlers": {
             "default": {"class": "logging.StreamHandler", "formatter": "default"},

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
+import redis.asyncio
 from celery import Celery
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from celeriac.api import publish
 from celeriac.api.auth import Tokens
 from celeriac.api.settings import ApiSettings
 from celeriac.app import celery_config, load_app
@@ -29,14 +32,73 @@ class Services:
     queues: tuple[str, ...]
     # Publishes tasks and revocations; has no result backend (see ``publisher``).
     publisher: Celery
+    # Builds task messages with ``publisher``; the request writes them (see ``publish``).
+    sender: publish.Publisher
+    # Blocking clients, used from the thread pool: backlog reads and readiness probes.
     broker: redis.Redis
     results: redis.Redis
     probes: tuple[redis.Redis, ...]
+    # Clients for the event loop, opened by ``open`` in the app's lifespan: their connections
+    # belong to the loop that made them.
+    aio: AsyncClients = field(default_factory=lambda: AsyncClients())
+
+    @property
+    def results_on_broker(self) -> bool:
+        """Results live in the broker's Redis: a record and a message go in one transaction."""
+        return self.settings.result_backend_connection_url == self.settings.broker_connection_url
+
+    def open(self) -> None:
+        timeout = self.settings.redis_socket_timeout_seconds
+        broker = _async_client(self.settings.broker_connection_url, timeout)
+        results = (
+            broker
+            if self.results_on_broker
+            else _async_client(self.settings.result_backend_connection_url, timeout)
+        )
+        self.aio.broker, self.aio.results = broker, results
+
+    async def aclose(self) -> None:
+        await self.aio.close()
 
     def close(self) -> None:
+        self.sender.close()
         self.publisher.close()
         for client in {id(c): c for c in (self.broker, self.results, *self.probes)}.values():
             client.close()
+
+
+class AsyncClients:
+    """The event loop's Redis clients (None outside the app's lifespan)."""
+
+    def __init__(self) -> None:
+        self._broker: redis.asyncio.Redis | None = None
+        self._results: redis.asyncio.Redis | None = None
+
+    @property
+    def broker(self) -> redis.asyncio.Redis:
+        if self._broker is None:
+            raise RuntimeError("the API's Redis clients are opened by the app's lifespan")
+        return self._broker
+
+    @broker.setter
+    def broker(self, client: redis.asyncio.Redis) -> None:
+        self._broker = client
+
+    @property
+    def results(self) -> redis.asyncio.Redis:
+        if self._results is None:
+            raise RuntimeError("the API's Redis clients are opened by the app's lifespan")
+        return self._results
+
+    @results.setter
+    def results(self, client: redis.asyncio.Redis) -> None:
+        self._results = client
+
+    async def close(self) -> None:
+        clients = {id(c): c for c in (self._broker, self._results) if c is not None}
+        self._broker = self._results = None
+        for client in clients.values():
+            await client.aclose()
 
 
 def build_services(settings: Settings, api_settings: ApiSettings) -> Services:
@@ -48,13 +110,16 @@ def build_services(settings: Settings, api_settings: ApiSettings) -> Services:
     results = broker if results_url == broker_url else _client(results_url, timeout)
     probe_timeout = min(READY_TIMEOUT_SECONDS, timeout)
     probes = tuple(_client(url, probe_timeout) for url in dict.fromkeys((broker_url, results_url)))
+    queues = tuple(dict.fromkeys((*settings.queues, settings.default_queue)))
+    sender_app = publisher(settings)
     return Services(
         settings=settings,
         api_settings=api_settings,
         tokens=Tokens(api_settings.tokens),
         allowed_tasks=allowed_tasks(settings, api_settings),
-        queues=tuple(dict.fromkeys((*settings.queues, settings.default_queue))),
-        publisher=publisher(settings),
+        queues=queues,
+        publisher=sender_app,
+        sender=publish.Publisher(sender_app, queues),
         broker=broker,
         results=results,
         probes=probes,
@@ -92,7 +157,14 @@ def publisher(settings: Settings) -> Celery:
     hang when Redis is away). The API reads results from Redis itself (``tracking``).
     """
     app = Celery("celeriac-api", set_as_current=False)
-    app.conf.update({**celery_config(settings), "result_backend": "disabled"})
+    # The celeriac transport, able to hand its publish commands over to the event loop.
+    app.conf.update(
+        {
+            **celery_config(settings),
+            "result_backend": "disabled",
+            "broker_transport": publish.TRANSPORT,
+        }
+    )
     return app
 
 
@@ -105,4 +177,15 @@ def _client(url: str, timeout: float) -> redis.Redis:
         socket_connect_timeout=timeout,
         health_check_interval=10,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
+    )
+
+
+def _async_client(url: str, timeout: float) -> redis.asyncio.Redis:
+    # The same bounds as ``_client``: one quick retry, then the request fails (503).
+    return redis.asyncio.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=10,
+        retry=AsyncRetry(ExponentialBackoff(cap=0.2, base=0.05), 1),
     )

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from celeriac.api import tracking
 from celeriac.api.dependencies import ServicesDep, require_token
@@ -56,7 +57,7 @@ _UNKNOWN: Responses = {
         **_UNAVAILABLE,
     },
 )
-def submit_task(
+async def submit_task(
     body: TaskRequest, request: Request, response: Response, services: ServicesDep
 ) -> TaskAccepted:
     """Queue a task. Answers 202 with its id; ``Location`` is where to poll its state."""
@@ -69,38 +70,44 @@ def submit_task(
         )
     delay = _delay_seconds(body, services)
     task_id = str(uuid.uuid4())
-    # Recorded first: when Redis cannot take the record, nothing is published that the client
-    # could not track. Kept as long as the result will be.
-    ttl = services.settings.result_expires_seconds + math.ceil(delay)
-    tracking.remember(services.results, task_id, body.task, queue, ttl_seconds=ttl)
-    try:
-        services.publisher.send_task(
-            body.task,
-            args=body.args,
-            kwargs=body.kwargs,
-            task_id=task_id,
-            queue=queue,
-            countdown=body.countdown,
-            eta=body.eta,
-            priority=body.priority,
-            retry=True,
-            retry_policy=PUBLISH_RETRY_POLICY,
-        )
-    except BaseException:
-        tracking.forget(services.results, task_id)
-        raise
+    sender = services.sender
+    if not sender.connected:
+        # Once per process: kombu sets up its channel with blocking calls.
+        await run_in_threadpool(sender.connect)
+    # Built on the event loop (no I/O), written below with the record in one round trip.
+    commands = sender.commands(
+        body.task,
+        args=body.args,
+        kwargs=body.kwargs,
+        task_id=task_id,
+        queue=queue,
+        countdown=body.countdown,
+        eta=body.eta,
+        priority=body.priority,
+        retry=True,
+        retry_policy=PUBLISH_RETRY_POLICY,
+    )
+    await tracking.submit(
+        services.aio.broker,
+        services.aio.results,
+        task_id,
+        {"task": body.task, "queue": queue},
+        commands,
+        # Kept as long as the result will be.
+        ttl_seconds=services.settings.result_expires_seconds + math.ceil(delay),
+    )
     response.headers["Location"] = f"{request.scope.get('root_path', '')}/v1/tasks/{task_id}"
     return TaskAccepted(id=task_id, task=body.task, queue=queue)
 
 
 @router.get("/{task_id}", responses={**_AUTH, **_UNKNOWN, **_UNAVAILABLE})
-def get_task(task_id: TaskId, services: ServicesDep) -> TaskStatus:
+async def get_task(task_id: TaskId, services: ServicesDep) -> TaskStatus:
     """State of a task; its result on SUCCESS, the error type and message on FAILURE.
 
     404 means the id was never submitted through this API (within the result expiry) and has
     no result: Celery itself cannot tell an unknown id from a waiting task.
     """
-    return _known(task_id, services)
+    return await _known(task_id, services)
 
 
 @router.delete(
@@ -114,7 +121,7 @@ def get_task(task_id: TaskId, services: ServicesDep) -> TaskStatus:
         **_UNAVAILABLE,
     },
 )
-def revoke_task(
+async def revoke_task(
     task_id: TaskId,
     services: ServicesDep,
     terminate: Annotated[
@@ -138,16 +145,23 @@ def revoke_task(
             "terminate=true is not supported: Celery signals whichever pool process runs the "
             "task, which may by then run another task; running tasks finish",
         )
-    status = _known(task_id, services)
+    status = await _known(task_id, services)
     if status.state in ("SUCCESS", "FAILURE"):
         raise HTTPException(409, f"task {task_id} already finished with {status.state}")
     if status.state != "REVOKED":
-        services.publisher.control.revoke(task_id)
+        # A broadcast through kombu's pidbox: blocking, and rare.
+        await run_in_threadpool(_revoke, services, task_id)
     return status
 
 
-def _known(task_id: str, services: Services) -> TaskStatus:
-    status = tracking.lookup(services.results, task_id)
+def _revoke(services: Services, task_id: str) -> None:
+    # kombu reconnects for seconds when its broadcast fails; a PING fails in one timeout.
+    services.broker.ping()
+    services.sender.revoke(task_id)
+
+
+async def _known(task_id: str, services: Services) -> TaskStatus:
+    status = await tracking.lookup(services.aio.results, task_id)
     if status is None:
         raise HTTPException(
             404, f"task {task_id} is unknown: never submitted here, or its result expired"

@@ -3,7 +3,8 @@
 Celery answers PENDING for any id it has no result for, so a typo looks like a task waiting
 forever. The API therefore records each id it submits (task name, queue) in the result
 backend's Redis, expiring with the result; an id with neither a record nor a result is unknown
-(404). Both are read with one pipelined round trip.
+(404). Both are read with one pipelined round trip; a submission writes its record and its
+message in one transaction when results and broker share a Redis.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import json
 from typing import Any
 
 import redis
+import redis.asyncio
 from celery.backends.base import KeyValueStoreBackend
 
 from celeriac.api.models import TaskError, TaskStatus
+from celeriac.api.publish import Command
 
 RECORD_PREFIX = "celeriac:api:task:"
 # Celery's Redis result backend key for a task id.
@@ -25,22 +28,54 @@ FINISHED_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 MAX_ERROR_MESSAGE_CHARS = 2000
 
 
-def remember(client: redis.Redis, task_id: str, task: str, queue: str, *, ttl_seconds: int) -> None:
-    client.set(RECORD_PREFIX + task_id, json.dumps({"task": task, "queue": queue}), ex=ttl_seconds)
+async def submit(
+    broker: redis.asyncio.Redis,
+    results: redis.asyncio.Redis,
+    task_id: str,
+    record: dict[str, str],
+    publish: list[Command],
+    *,
+    ttl_seconds: int,
+) -> None:
+    """Record the id, then send the commands that publish its message.
+
+    Recorded first: when Redis cannot take the record, nothing is published that the client
+    could not track. On one Redis both go in one MULTI/EXEC (both or neither).
+    """
+    key, value = RECORD_PREFIX + task_id, json.dumps(record)
+    if results is broker:
+        async with broker.pipeline(transaction=True) as pipe:
+            pipe.set(key, value, ex=ttl_seconds)
+            _queue(pipe, publish)
+            await pipe.execute()
+        return
+    await results.set(key, value, ex=ttl_seconds)
+    try:
+        async with broker.pipeline(transaction=True) as pipe:
+            _queue(pipe, publish)
+            await pipe.execute()
+    except BaseException:
+        await _forget(results, key)
+        raise
 
 
-def forget(client: redis.Redis, task_id: str) -> None:
+def _queue(pipe: redis.asyncio.client.Pipeline, commands: list[Command]) -> None:
+    for name, args in commands:
+        getattr(pipe, name)(*args)
+
+
+async def _forget(client: redis.asyncio.Redis, key: str) -> None:
     """Drop the record of a submission that failed; best effort, Redis is likely down."""
-    with contextlib.suppress(redis.RedisError):
-        client.delete(RECORD_PREFIX + task_id)
+    with contextlib.suppress(redis.RedisError, OSError):
+        await client.delete(key)
 
 
-def lookup(client: redis.Redis, task_id: str) -> TaskStatus | None:
+async def lookup(client: redis.asyncio.Redis, task_id: str) -> TaskStatus | None:
     """The task's status, or None when this id was never submitted here and has no result."""
-    with client.pipeline(transaction=False) as pipe:
+    async with client.pipeline(transaction=False) as pipe:
         pipe.get(RECORD_PREFIX + task_id)
         pipe.get(RESULT_PREFIX + task_id)
-        record_raw, meta_raw = pipe.execute()
+        record_raw, meta_raw = await pipe.execute()
     record = _json_object(record_raw)
     meta = _json_object(meta_raw)
     if record is None and meta is None:
