@@ -53,6 +53,8 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Child]]:
 
     yield start
     for child in children:
+        child.terminate()  # all at once: they shut down in parallel
+    for child in children:
         child.stop()
 
 

@@ -155,6 +155,7 @@ class Child:
             log_path = Path(name)
         self.log_path = log_path
         self._log = self.log_path.open("wb")
+        self._terminated = False
         full_env = {**os.environ, **(env or {})}
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
@@ -185,11 +186,22 @@ class Child:
         if self.process.poll() is not None:
             raise RuntimeError(f"{self.process.args!r} exited:\n{self.output()[-3000:]}")
 
+    def terminate(self) -> None:
+        """Send SIGTERM to the whole process group once, without waiting (``stop`` waits).
+
+        Terminating several children first and then stopping each lets them shut down in
+        parallel.
+        """
+        if self.process.poll() is None and not self._terminated:
+            self._terminated = True
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+
     def stop(self, timeout: float = CHILD_STOP_TIMEOUT_SECONDS) -> None:
         """Terminate the whole process group; kill it if it lingers."""
         if self.process.poll() is None:
             try:
-                os.killpg(self.process.pid, signal.SIGTERM)
+                self.terminate()
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
