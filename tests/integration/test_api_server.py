@@ -24,9 +24,12 @@ MAX_BODY = 1024
 DEADLINE = 30.0
 
 
-def _start_api(spawn: Callable[..., Child], broker_url: str) -> tuple[Child, httpx.Client]:
+def _start_api(
+    spawn: Callable[..., Child], broker_url: str, workers: int = 1
+) -> tuple[Child, httpx.Client]:
     port = free_port()
     env = {
+        "CELERIAC_API_WORKERS": str(workers),
         "CELERIAC_BROKER_URL": broker_url,
         "CELERIAC_API_TOKENS": TOKEN,
         "CELERIAC_API_MAX_BODY_BYTES": str(MAX_BODY),
@@ -182,4 +185,20 @@ def test_server_limits_outage_recovery_and_sigterm(
     assert "Finished server process" in log
     assert '"POST /v1/tasks HTTP/1.1" 202' in log  # the access log is on ...
     assert TOKEN not in log  # ... and never shows a token
+    assert "Traceback" not in log
+
+
+def test_several_processes_serve_one_port_and_stop_on_sigterm(
+    spawn: Callable[..., Child], redis_url: str, closing: list[httpx.Client]
+) -> None:
+    api, client = _start_api(spawn, redis_url, workers=2)
+    closing.append(client)
+    ids = {_submit(client, "celeriac.demo.add", args=[n, n]) for n in range(10)}
+    assert len(ids) == 10
+    for task_id in ids:
+        assert client.get(f"/v1/tasks/{task_id}", headers=AUTH).json()["state"] == "PENDING"
+    api.signal(signal.SIGTERM)
+    assert api.wait(timeout=DEADLINE) == 0
+    log = api.output()
+    assert log.count("Started server process") == 2
     assert "Traceback" not in log

@@ -74,6 +74,9 @@ def test_tokens_never_in_repr() -> None:
         ({"CELERIAC_API_TOKENS": "a", "CELERIAC_API_PORT": "http"}, "CELERIAC_API_PORT"),
         ({"CELERIAC_API_TOKENS": "a", "CELERIAC_API_PORT": "70000"}, "not a TCP port"),
         ({"CELERIAC_API_TOKENS": "a", "CELERIAC_API_MAX_BODY_BYTES": "0"}, "at least 1"),
+        ({"CELERIAC_API_TOKENS": "a", "CELERIAC_API_WORKERS": "0"}, "CELERIAC_API_WORKERS"),
+        ({"CELERIAC_API_TOKENS": "a", "CELERIAC_API_WORKERS": "65"}, "between 1 and 64"),
+        ({"CELERIAC_API_TOKENS": "a", "CELERIAC_API_ACCESS_LOG": "loud"}, "not a boolean"),
     ],
 )
 def test_bad_settings_name_the_problem(environ: dict[str, str], fragment: str) -> None:
