@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from celeriac.backend import backend_url
 from celeriac.env import ConfigError
 from celeriac.settings import Settings, check_app_path
 from celeriac.transport import TRANSPORT
@@ -34,7 +35,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # kombu's Redis transport plus a per-queue index of held messages, so the exporter
         # counts in-flight tasks in O(log n) instead of reading the whole `unacked` hash.
         "broker_transport": TRANSPORT,
-        "result_backend": settings.result_backend_connection_url,
+        # Celery's Redis result backend storing each state in one round trip, not two.
+        "result_backend": backend_url(settings.result_backend_connection_url),
         "result_expires": settings.result_expires_seconds,
         # Pickle lets anyone who can write to Redis run code in every worker.
         "task_serializer": "json",
@@ -48,8 +50,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # With acks late, multiplier 1 caps a worker's unacked messages at its pool size:
         # nothing waits inside a busy worker while a new replica idles.
         "worker_prefetch_multiplier": 1,
+        # STARTED and extended results (task name, queue, retries) are what the API reports
+        # for tasks other producers sent; with celeriac's backend a state is one round trip.
         "task_track_started": True,
         "result_extended": True,
+        # A task with ignore_result (or every task, with CELERIAC_TASK_IGNORE_RESULT) stores
+        # nothing, STARTED included: no result backend round trip at all.
+        "task_ignore_result": settings.task_ignore_result,
         "broker_connection_retry": True,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,

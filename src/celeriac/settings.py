@@ -50,6 +50,8 @@ class Settings:
     result_expires_seconds: int = DEFAULT_RESULT_EXPIRES_SECONDS
     redis_socket_timeout_seconds: float = DEFAULT_REDIS_SOCKET_TIMEOUT_SECONDS
     log_level: str = DEFAULT_LOG_LEVEL
+    # Celery's task_ignore_result: tasks store no result (nor STARTED) unless they ask to.
+    task_ignore_result: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -75,6 +77,7 @@ class Settings:
                 "REDIS_SOCKET_TIMEOUT_SECONDS", DEFAULT_REDIS_SOCKET_TIMEOUT_SECONDS, minimum=0.1
             ),
             log_level=env.choice("LOG_LEVEL", DEFAULT_LOG_LEVEL, LOG_LEVELS),
+            task_ignore_result=env.boolean("TASK_IGNORE_RESULT", False),
         )
 
     @property

@@ -7,6 +7,7 @@ Executions are counted in Redis by ``tests.integration.worker_tasks`` (``runs:<i
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -347,3 +348,60 @@ def test_bad_app_is_one_line_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "cannot import 'tests.integration.no_such_module'" in result.stderr
+
+
+def result_meta(client: redis.Redis, task_id: str) -> dict[str, object] | None:
+    raw = client.get(f"celery-task-meta-{task_id}")
+    return None if raw is None else dict(json.loads(raw))
+
+
+def finished(client: redis.Redis, task_id: str) -> bool:
+    # With acks late the ack comes after the result is stored: nothing more will be written.
+    return counter(client, f"done:{task_id}") == 1 and client.hlen(UNACKED_KEY) == 0
+
+
+def test_results_stored_with_task_and_queue_unless_ignored(
+    spawn: Spawn, redis_url: str, redis_client: redis.Redis, tmp_path: Path, producer: Celery
+) -> None:
+    start_worker(spawn, worker_env(redis_url, tmp_path, "r"), "r")
+    ignored = send(producer, "tests.no_result")
+    stored = send(producer)
+    wait_until(lambda: finished(redis_client, ignored), timeout=30, message="ignored task done")
+    wait_until(lambda: finished(redis_client, stored), timeout=30, message="stored task done")
+    assert result_meta(redis_client, ignored) is None
+    meta = result_meta(redis_client, stored)
+    assert meta is not None
+    assert (meta["status"], meta["result"]) == ("SUCCESS", 1)
+    # result_extended: what the API shows for tasks other producers sent.
+    assert (meta["name"], meta["queue"]) == ("tests.record", QUEUE)
+
+
+def test_task_ignore_result_setting_stores_no_result(
+    spawn: Spawn, redis_url: str, redis_client: redis.Redis, tmp_path: Path, producer: Celery
+) -> None:
+    env = worker_env(redis_url, tmp_path, "i", task_ignore_result="true")
+    start_worker(spawn, env, "i")
+    task_id = send(producer)
+    wait_until(lambda: finished(redis_client, task_id), timeout=30, message="task done")
+    assert result_meta(redis_client, task_id) is None
+
+
+@pytest.mark.parametrize("log_tasks", ["false", "true"])
+def test_per_task_log_lines_only_when_asked_failures_always(
+    spawn: Spawn,
+    redis_url: str,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    producer: Celery,
+    log_tasks: str,
+) -> None:
+    env = worker_env(redis_url, tmp_path, "l", log_level="INFO", worker_log_tasks=log_tasks)
+    worker = start_worker(spawn, env, "l")
+    task_id = send(producer)
+    failed = producer.send_task("tests.fail", queue=QUEUE)
+    failed.get(timeout=30, propagate=False)
+    wait_until(lambda: finished(redis_client, task_id), timeout=30, message="task done")
+    output = worker.output()
+    assert f"Task tests.fail[{failed.id}] raised unexpected" in output
+    assert (f"Task tests.record[{task_id}] received" in output) is (log_tasks == "true")
+    assert (f"Task tests.record[{task_id}] succeeded" in output) is (log_tasks == "true")

@@ -71,3 +71,22 @@ def test_queues_are_exactly_those_configured() -> None:
 def test_load_app_errors_name_the_path(path: str, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         load_app(path, Settings.from_env({}))
+
+
+def test_results_use_celeriacs_backend_and_are_stored_by_default() -> None:
+    config = celery_config(Settings.from_env({"CELERIAC_BROKER_URL": "redis://r:6379/0"}))
+    assert config["result_backend"] == "celeriac.backend:ResultBackend+redis://r:6379/0"
+    # The API reports STARTED, the task name and the queue from the stored result.
+    assert config["task_track_started"] is True
+    assert config["result_extended"] is True
+    assert config["task_ignore_result"] is False
+    assert config["result_serializer"] == "json"
+    assert config["result_accept_content"] == ["json"]
+
+
+def test_task_ignore_result_is_a_setting() -> None:
+    config = celery_config(Settings.from_env({"CELERIAC_TASK_IGNORE_RESULT": "true"}))
+    assert config["task_ignore_result"] is True
+    # Safety does not depend on results.
+    assert config["task_acks_late"] is True
+    assert config["task_reject_on_worker_lost"] is True

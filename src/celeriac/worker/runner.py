@@ -23,6 +23,9 @@ logger = logging.getLogger("celeriac.worker")
 # timeout rather than up to 100 s later. One ZRANGE per sweep per worker: cheap.
 MIN_RESTORE_SWEEP_SECONDS = 1.0
 MAX_RESTORE_SWEEP_SECONDS = 100.0
+# Celery's loggers of per-task INFO lines: "Task ... received" (main process) and "Task ...
+# succeeded in ...", "... retry: ..." (pool processes). Errors go through them too, at ERROR.
+PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
 
 
 def restore_sweep_seconds(visibility_timeout_seconds: float) -> float:
@@ -48,6 +51,8 @@ def run_worker(settings: WorkerSettings) -> int:
     app.steps["consumer"].add(Ready)
     worker = app.Worker(**worker_options(settings, sizing))
     # After app.Worker(): Celery has set up logging by now.
+    if not settings.log_tasks and settings.common.log_level != "DEBUG":
+        quiet_per_task_logs()
     logger.info("sizing: %s", sizing.describe())
     for warning in sizing.warnings:
         logger.warning("sizing: %s", warning)
@@ -97,6 +102,18 @@ def worker_options(settings: WorkerSettings, sizing: Sizing) -> dict[str, Any]:
         "consumer_cls": ProbedConsumer,
         "celeriac_settings": settings,
     }
+
+
+def quiet_per_task_logs() -> None:
+    """Drop Celery's per-task INFO lines; warnings and errors (failures) still show.
+
+    Before the pool forks and before the consumer starts: Celery decides once, when it builds
+    a task's tracer and the consumer's strategies, whether INFO is on (then skips the line
+    entirely, record and formatting included).
+    """
+    for name in PER_TASK_LOGGERS:
+        per_task = logging.getLogger(name)
+        per_task.setLevel(max(per_task.getEffectiveLevel(), logging.WARNING))
 
 
 def _start_metrics(settings: WorkerSettings) -> None:

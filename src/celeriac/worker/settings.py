@@ -50,6 +50,9 @@ class WorkerSettings:
     mingle: bool = False
     gossip: bool = False
     event_heartbeats: bool = False
+    # Celery's INFO lines for every task received, succeeded or retried (2+ lines per task);
+    # off unless asked for (or the log level is DEBUG). Failures are logged either way.
+    log_tasks: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -82,6 +85,7 @@ class WorkerSettings:
             mingle=env.boolean("WORKER_MINGLE", False),
             gossip=env.boolean("WORKER_GOSSIP", False),
             event_heartbeats=env.boolean("WORKER_EVENT_HEARTBEATS", False),
+            log_tasks=env.boolean("WORKER_LOG_TASKS", False),
         )
 
 
