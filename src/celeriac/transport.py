@@ -1,4 +1,20 @@
-"""kombu's Redis transport, plus a per-queue index of the messages workers hold.
+"""kombu's Redis transport with an atomic fetch and a per-queue index of held messages.
+
+Atomic fetch. kombu's worker takes a message with BRPOP and records it in the ``unacked`` hash
+in a second round trip; if Redis dies or the connection drops between the two, the message
+exists only in the worker's memory and is lost with it (a SIGKILLed worker loses it too). Here a
+worker fetches with one server-side script that pops the message and records it (``unacked``
+entry, its index score, the queue's in-flight set) in one step: at every moment a message is
+either on its queue or recorded as held, so a held message that nobody runs is restored by the
+visibility-timeout sweep. When the reply of a fetch is lost (the connection dropped after the
+script ran), the worker asks Redis on the next connection which message that fetch took (the
+script leaves its tag under a per-channel key) and puts it back on its queue at once.
+
+Waiting. A script cannot block, so an idle worker waits with BLPOP on a per-queue doorbell list
+(``celeriac:wake:<queue>``) for at most ``fetch_wait_seconds`` between fetches. celeriac's
+producers push a doorbell token with every message, so idle workers wake at once; a message
+from a plain Celery producer (no token) is found by the next fetch, within the wait. A fetch
+that finds every list empty deletes the doorbells: their messages are taken already.
 
 kombu keeps every delivered, unacknowledged message in one ``unacked`` hash for the whole
 database. Counting a queue's in-flight messages from it means reading and parsing every entry
@@ -17,8 +33,11 @@ age). Processes that consume (celeriac's workers) must use this transport, which
 
 from __future__ import annotations
 
+import itertools
+import logging
+import uuid
 from datetime import UTC, datetime
-from time import time
+from time import monotonic, time
 from typing import Any, cast
 
 from kombu.transport import redis as kombu_redis
@@ -26,7 +45,15 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
-from celeriac.keys import in_flight_key
+from celeriac.keys import (
+    FETCH_PREFIX,
+    IN_FLIGHT_PREFIX,
+    UNDELIVERABLE_KEY,
+    in_flight_key,
+    wake_key,
+)
+
+log = logging.getLogger(__name__)
 
 # How Celery's ``broker_transport`` names this module's transport.
 TRANSPORT = "celeriac.transport:Transport"
@@ -34,6 +61,60 @@ TRANSPORT = "celeriac.transport:Transport"
 # (exporter) and the time a task waited before it started (worker metrics) are read from it.
 # Celery's message protocol has no publish time of its own.
 PUBLISHED_AT_HEADER = "celeriac_published_at"
+# Doorbell tokens kept per queue: enough to wake every idle worker of a burst, bounded so that
+# tokens piling up while every worker is busy cost little.
+WAKE_TOKENS_MAX = 1000
+# How long Redis keeps a channel's last fetched tag: longer than any reconnect takes.
+FETCH_KEY_TTL_SECONDS = 3600
+
+# KEYS: the lists in fetch order (n of them), unacked, unacked_index, this channel's fetch key,
+# then the doorbells of the queues fetched from. ARGV: n, now, the in-flight key prefix, this
+# fetch's nonce, the fetch key's TTL, the key for messages that are not kombu's.
+# Pops the first message and records it as held in the same step (kombu's unacked entry
+# ``[message, exchange, routing_key]``, its index score, celeriac's in-flight set), so it is
+# never only in a worker's memory. Finding nothing, it deletes the doorbells: their messages
+# have been taken.
+FETCH_SCRIPT = """
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  local item = redis.call('RPOP', KEYS[i])
+  while item do
+    local ok, message = pcall(cjson.decode, item)
+    local tag, exchange, routing_key
+    if ok and type(message) == 'table' and type(message['properties']) == 'table' then
+      local properties = message['properties']
+      tag = properties['delivery_tag']
+      local info = properties['delivery_info']
+      if type(info) == 'table' then
+        exchange = info['exchange']
+        routing_key = info['routing_key']
+      end
+    end
+    if type(tag) == 'string' and type(exchange) == 'string' and type(routing_key) == 'string' then
+      redis.call('HSET', KEYS[n + 1], tag,
+        '[' .. item .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(routing_key) .. ']')
+      redis.call('ZADD', KEYS[n + 2], ARGV[2], tag)
+      redis.call('ZADD', ARGV[3] .. routing_key, 0, tag)
+      redis.call('SET', KEYS[n + 3], ARGV[4] .. ':' .. tag, 'EX', ARGV[5])
+      return {KEYS[i], item}
+    end
+    redis.call('LPUSH', ARGV[6], item)
+    item = redis.call('RPOP', KEYS[i])
+  end
+end
+for i = n + 4, #KEYS do
+  redis.call('DEL', KEYS[i])
+end
+return false
+"""
+
+# (fetch key, nonce) of fetches whose reply was lost with the connection, in this process;
+# the next fetch on a working connection puts their message back (Celery replaces the channel
+# after a connection error, so the channel itself cannot keep this).
+_lost_fetches: list[tuple[str, str]] = []
+# Tags of held messages a closing channel could not put back (its connection was gone); the
+# next fetch on a working connection does, instead of the visibility timeout an hour later.
+_unrestored: list[str] = []
 
 
 def eta_score(raw_message: dict[str, Any]) -> float:
@@ -59,9 +140,25 @@ def parse_eta(value: object) -> datetime | None:
 class QoS(kombu_redis.QoS):
     """kombu's ack emulation with the per-queue index kept in the same transactions."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Tags the fetch script recorded already: append keeps only the in-memory bookkeeping.
+        self.recorded: set[str] = set()
+
     def append(self, message: Any, delivery_tag: str) -> None:
         delivery = message.delivery_info
         exchange, routing_key = delivery["exchange"], delivery["routing_key"]
+        if delivery_tag in self.recorded:
+            self.recorded.discard(delivery_tag)
+            score = eta_score(message._raw)
+            if score:
+                # The script scores every message 0 (parsing ISO dates in Lua is not worth
+                # it); an ETA task is scheduled, not in flight: set its real score.
+                channel: Any = self.channel
+                with channel.conn_or_acquire() as client:
+                    client.zadd(in_flight_key(routing_key), {delivery_tag: score}, xx=True)
+            virtual.QoS.append(self, message, delivery_tag)
+            return
         with self.pipe_or_acquire() as pipe:
             pipe.zadd(self.unacked_index_key, {delivery_tag: time()})
             pipe.hset(self.unacked_key, delivery_tag, dumps([message._raw, exchange, routing_key]))
@@ -69,6 +166,27 @@ class QoS(kombu_redis.QoS):
             pipe.execute()
         # kombu's Redis QoS.append would write the entry again: only the bookkeeping here.
         virtual.QoS.append(self, message, delivery_tag)
+
+    def restore_unacked(self, client: Any = None) -> None:
+        """Put this channel's held messages back on their queues (kombu does so on close).
+
+        When Celery closes a channel after a connection error, kombu can no longer open a
+        connection for this (its transport has no connection parameters left: the
+        ``'NoneType' object has no attribute 'hostname'`` that made Celery's consumer exit for
+        good), or Redis is still down. The messages stay recorded as held; their tags are
+        handed to the next fetch on a working connection, which puts them back.
+        """
+        channel: Any = self.channel
+        delivered: dict[str, Any] = self._delivered or {}
+        if client is None and channel.connection.client is None:
+            _unrestored.extend(delivered)
+            delivered.clear()
+            return
+        try:
+            super().restore_unacked(client)
+        except channel.connection_errors:
+            _unrestored.extend(delivered)
+            delivered.clear()
 
     def _remove_from_indices(
         self, delivery_tag: str, pipe: Any = None, queue: str | None = None
@@ -114,13 +232,130 @@ class QoS(kombu_redis.QoS):
 
 class Channel(kombu_redis.Channel):
     QoS = QoS
+    # kombu's Redis channel has these; its type stubs do not declare them.
+    _q_for_pri: Any
+    _expires: dict[str, int]
+    _queue_cycle: Any
+    _flush_brpop_reauth: Any
+    connection_errors: tuple[type[BaseException], ...]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fetch_key = f"{FETCH_PREFIX}{uuid.uuid4().hex}"
+        self._fetch_nonces = itertools.count(1)
+        self._fetch_nonce = ""
+        # After a fetch that found nothing, the next one first waits on the doorbells.
+        self._fetch_waits = False
+        self._fetch_replies = 0
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         headers = message.setdefault("headers", {})
         if isinstance(headers, dict):
             # setdefault: a requeued or re-sent message keeps the time it was first published.
             headers.setdefault(PUBLISHED_AT_HEADER, time())
-        super()._put(queue, message, **kwargs)
+        batch = kwargs.get("_publish_batch")
+        if batch is not None:
+            super()._put(queue, message, **kwargs)
+            batch.add("lpush", wake_key(queue), 1)
+            batch.add("ltrim", wake_key(queue), 0, WAKE_TOKENS_MAX - 1)
+            return
+        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+            pipe.lpush(key, dumps(message))
+            if self._expires and queue in self._expires:
+                for step in self.priority_steps:
+                    pipe.pexpire(self._q_for_pri(queue, step), self._expires[queue])
+            # The doorbell is a hint, not part of the message: no transaction needed.
+            pipe.lpush(wake_key(queue), 1)
+            pipe.ltrim(wake_key(queue), 0, WAKE_TOKENS_MAX - 1)
+            pipe.execute()
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        """Send a fetch (after a wait on the doorbells when the last one found nothing)."""
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        if self.global_keyprefix:
+            raise NotImplementedError("celeriac's transport does not support global_keyprefix")
+        self._recover_lost_fetches()
+        keys = [self._q_for_pri(queue, step) for step in self.priority_steps for queue in queues]
+        doorbells = [wake_key(queue) for queue in queues]
+        self._fetch_nonce = f"{next(self._fetch_nonces)}"
+        commands: list[tuple[Any, ...]] = []
+        if self._fetch_waits:
+            wait = self.brpop_timeout if timeout is None else timeout
+            commands.append(("BLPOP", *doorbells, wait or 0))
+        commands.append(
+            (
+                "EVAL",
+                FETCH_SCRIPT,
+                len(keys) + 3 + len(doorbells),
+                *keys,
+                self.unacked_key,
+                self.unacked_index_key,
+                self._fetch_key,
+                *doorbells,
+                len(keys),
+                time(),
+                IN_FLIGHT_PREFIX,
+                self._fetch_nonce,
+                FETCH_KEY_TTL_SECONDS,
+                UNDELIVERABLE_KEY,
+            )
+        )
+        connection = self.client.connection
+        self._in_poll = connection
+        self._brpop_sent_at = monotonic()
+        connection.send_packed_command(connection.pack_commands(commands))
+        self._fetch_replies = len(commands)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        try:
+            connection = self.client.connection
+            try:
+                if self._fetch_replies == 2:
+                    self.client.parse_response(connection, "BLPOP", **options)
+                reply = self.client.parse_response(connection, "EVAL", **options)
+            except self.connection_errors:
+                # The script may have run: find out on the next connection (see module doc).
+                _lost_fetches.append((self._fetch_key, self._fetch_nonce))
+                connection.disconnect()
+                raise
+            if not reply:
+                self._fetch_waits = True
+                raise virtual.Empty()
+            self._fetch_waits = False
+            list_key, item = reply
+            queue = bytes_to_str(list_key).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(queue)
+            payload = loads(bytes_to_str(item))
+            cast(QoS, self.qos).recorded.add(payload["properties"]["delivery_tag"])
+            self.connection._deliver(payload, queue)
+            return True
+        finally:
+            self._in_poll = None
+            self._fetch_replies = 0
+            self._flush_brpop_reauth()
+
+    def _recover_lost_fetches(self) -> None:
+        """Put back on their queues the messages of lost fetch replies and closed channels."""
+        qos = cast(QoS, self.qos)
+        while _unrestored:
+            tag = _unrestored[0]
+            with self.conn_or_acquire() as client:
+                # Only a message still held is put back (restore_by_tag checks unacked).
+                qos.restore_by_tag(tag, client=client)
+            _unrestored.pop(0)
+        while _lost_fetches:
+            fetch_key, nonce = _lost_fetches[0]
+            with self.conn_or_acquire() as client:
+                value = client.get(fetch_key)
+                if value is not None:
+                    taken_by, _, tag = bytes_to_str(value).partition(":")
+                    if taken_by == nonce:
+                        qos.restore_by_tag(tag, client=client)
+                        log.warning("requeued message %s: its fetch's reply was lost", tag)
+            _lost_fetches.pop(0)
 
     def _restore(self, message: Any, leftmost: bool = False) -> None:
         if not self.ack_emulation:

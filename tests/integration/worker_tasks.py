@@ -70,3 +70,16 @@ def no_result(self: Task[Any, Any]) -> str:
     client = _redis()
     client.incr(f"done:{self.request.id}")
     return "not stored"
+
+
+@app.task(name="tests.log_run", bind=True, ignore_result=True)
+def log_run(self: Task[Any, Any], path: str, seconds: float = 0.0) -> None:
+    """Append this task's id to ``path`` (a record of runs that does not depend on Redis) after
+    sleeping ``seconds``."""
+    time.sleep(seconds)
+    line = f"{self.request.id}\n".encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line)  # one small O_APPEND write: whole lines from every process
+    finally:
+        os.close(fd)

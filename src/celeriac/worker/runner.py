@@ -11,6 +11,7 @@ from celeriac import heartbeat
 from celeriac.app import load_app
 from celeriac.env import ConfigError
 from celeriac.worker.metrics import TaskSignalRecorder, enable_multiprocess, serve_metrics
+from celeriac.worker.pool import POOL_CLASSES
 from celeriac.worker.settings import WorkerSettings
 from celeriac.worker.sizing import Sizing, size_worker
 from celeriac.worker.steps import Drain, Heartbeat, ProbedConsumer, Ready
@@ -89,7 +90,7 @@ def worker_options(settings: WorkerSettings, sizing: Sizing) -> dict[str, Any]:
     """Keyword arguments for ``app.Worker``; ``celeriac_settings`` reaches celeriac's steps."""
     return {
         "hostname": settings.hostname,
-        "pool_cls": settings.pool,
+        "pool_cls": POOL_CLASSES[settings.pool],
         "loglevel": settings.common.log_level,
         "concurrency": sizing.pool,
         "queues": list(settings.common.queues),

@@ -1,0 +1,176 @@
+"""celeriac's transport against a real Redis: the atomic fetch, doorbells, lost replies."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from kombu import Connection, Consumer, Message, Queue
+
+from celeriac.app import create_app
+from celeriac.backlog import QueueBacklog, read_backlog
+from celeriac.keys import UNACKED_KEY, UNDELIVERABLE_KEY, in_flight_key, wake_key
+from celeriac.settings import Settings
+from celeriac.testing import wait_until
+from celeriac.transport import Channel
+
+pytestmark = pytest.mark.integration
+
+STEPS = (0, 3, 6, 9)
+QUEUE = "default"
+
+
+@pytest.fixture
+def app(redis_url: str) -> Iterator[Celery]:
+    celery = create_app("test-transport", Settings(broker_url=redis_url))
+    yield celery
+    celery.close()
+
+
+class Received:
+    """Messages a consumer got, not acknowledged until the test says so."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    def __call__(self, body: Any, message: Message) -> None:
+        self.messages.append(message)
+
+
+def consume(app: Celery, received: Received, wait_seconds: float = 1.0) -> Any:
+    """A kombu consumer of QUEUE on celeriac's transport (as a worker's), prefetch 1."""
+    connection = app.connection_for_read(transport_options={"polling_interval": wait_seconds})
+    channel = connection.channel()
+    channel.basic_qos(0, 1, False)
+    consumer = Consumer(channel, [Queue(QUEUE, routing_key=QUEUE)], callbacks=[received])
+    consumer.consume()
+    return connection, channel
+
+
+def drain_one(connection: Connection, received: Received, timeout: float) -> Message:
+    before = len(received.messages)
+    connection.drain_events(timeout=timeout)
+    assert len(received.messages) == before + 1
+    return received.messages[-1]
+
+
+def test_a_fetch_records_the_message_as_held_in_the_same_step(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    app.send_task("t.a", queue=QUEUE)
+    received = Received()
+    connection, channel = consume(app, received)
+    try:
+        assert isinstance(channel, Channel)
+        redis_client.config_resetstat()
+        message = drain_one(connection, received, timeout=5)
+        stats = redis_client.info("commandstats")
+        # One script pops and records (commandstats counts the commands a script runs too):
+        # no BRPOP, and no HSET but the script's own.
+        assert "cmdstat_brpop" not in stats
+        assert stats["cmdstat_eval"]["calls"] == 1
+        assert stats["cmdstat_hset"]["calls"] == 1
+        assert redis_client.hexists(UNACKED_KEY, message.delivery_tag)
+        assert redis_client.zscore(in_flight_key(QUEUE), message.delivery_tag) == 0
+        assert read_backlog(redis_client, [QUEUE], STEPS)[QUEUE] == QueueBacklog(0, 1, 0)
+        message.ack()
+        assert read_backlog(redis_client, [QUEUE], STEPS)[QUEUE] == QueueBacklog(0, 0, 0)
+        assert redis_client.hlen(UNACKED_KEY) == 0
+    finally:
+        connection.close()
+
+
+def test_an_eta_task_fetched_is_scheduled_not_in_flight(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    app.send_task("t.later", queue=QUEUE, countdown=600)
+    received = Received()
+    connection, _channel = consume(app, received)
+    try:
+        drain_one(connection, received, timeout=5)
+        assert read_backlog(redis_client, [QUEUE], STEPS)[QUEUE] == QueueBacklog(0, 0, 1)
+    finally:
+        connection.close()
+
+
+def test_an_idle_consumer_wakes_on_the_doorbell_not_its_poll(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    received = Received()
+    # A 30 s wait between fetches: only the doorbell can deliver within the deadline below.
+    connection, _channel = consume(app, received, wait_seconds=30)
+    try:
+        with pytest.raises(TimeoutError):
+            connection.drain_events(timeout=0.5)  # nothing there: the next fetch waits
+        app.send_task("t.a", queue=QUEUE)
+        drain_one(connection, received, timeout=10)
+    finally:
+        connection.close()
+    # The fetch that found nothing deleted the doorbell tokens of taken messages.
+    assert redis_client.llen(wake_key(QUEUE)) <= 1
+
+
+def test_a_plain_kombu_producer_is_served_within_the_wait(
+    app: Celery, redis_url: str, redis_client: redis.Redis
+) -> None:
+    received = Received()
+    connection, _channel = consume(app, received, wait_seconds=0.2)
+    try:
+        with pytest.raises(TimeoutError):
+            connection.drain_events(timeout=0.5)
+        # Stock Celery publishing (kombu's own transport): no doorbell, no publish time.
+        plain = Celery("plain", broker=redis_url)
+        plain.conf.broker_transport_options = {"priority_steps": list(STEPS)}
+        plain.send_task("t.plain", queue=QUEUE)
+        plain.close()
+        assert redis_client.llen(wake_key(QUEUE)) == 0
+        drain_one(connection, received, timeout=5)
+    finally:
+        connection.close()
+
+
+def test_a_lost_reply_puts_the_message_back(app: Celery, redis_client: redis.Redis) -> None:
+    app.send_task("t.a", queue=QUEUE)
+    received = Received()
+    connection, channel = consume(app, received)
+    try:
+        # Send the fetch, let Redis run it, then lose the connection with the reply unread (as
+        # when Redis dies or the network drops between running the script and the reply).
+        channel.connection.cycle._register_BRPOP(channel)  # sends the fetch, as a worker's loop
+        wait_until(lambda: redis_client.hlen(UNACKED_KEY) == 1, message="the fetch to run")
+        channel.client.connection.disconnect()
+        with pytest.raises(channel.connection_errors):
+            channel._brpop_read()
+        # Never lost: Redis holds it as in flight until someone puts it back ...
+        assert redis_client.hlen(UNACKED_KEY) == 1
+        assert not received.messages
+        # ... which the next fetch, on a new connection, does before it fetches.
+        message = drain_one(connection, received, timeout=5)
+        assert message.delivery_info["redelivered"]
+        message.ack()
+        assert redis_client.hlen(UNACKED_KEY) == 0
+        assert redis_client.zcard(in_flight_key(QUEUE)) == 0
+    finally:
+        connection.close()
+
+
+def test_a_message_that_is_not_kombus_is_set_aside_not_lost(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    redis_client.rpush(QUEUE, b'{"not": "a kombu message"}', b"not json at all")
+    app.send_task("t.a", queue=QUEUE)
+    received = Received()
+    connection, _channel = consume(app, received)
+    try:
+        message = drain_one(connection, received, timeout=5)
+        assert message.headers["task"] == "t.a"
+    finally:
+        connection.close()
+    # Both kept, in the order they were taken.
+    assert redis_client.lrange(UNDELIVERABLE_KEY, 0, -1) == [
+        b'{"not": "a kombu message"}',
+        b"not json at all",
+    ]
