@@ -7,7 +7,7 @@ Component-specific settings live beside their component (``celeriac.worker.setti
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -81,6 +81,11 @@ class Settings:
         )
 
     @property
+    def served_queues(self) -> tuple[str, ...]:
+        """The queues plus the default queue (where tasks sent without one go), each once."""
+        return union_of_queues(self.queues, (self.default_queue,))
+
+    @property
     def broker_connection_url(self) -> str:
         """The broker URL with the password filled in; for connecting only, never for logs."""
         return with_password(self.broker_url, self.redis_password)
@@ -88,6 +93,11 @@ class Settings:
     @property
     def result_backend_connection_url(self) -> str:
         return with_password(self.result_backend_url or self.broker_url, self.redis_password)
+
+
+def union_of_queues(*lists: Iterable[str]) -> tuple[str, ...]:
+    """Every queue of ``lists``, each once, in the order first seen."""
+    return tuple(dict.fromkeys(queue for queues in lists for queue in queues))
 
 
 def _redis_url(name: str, value: str) -> str:

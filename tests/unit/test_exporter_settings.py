@@ -29,6 +29,14 @@ def test_defaults_one_group_over_the_configured_queues() -> None:
     assert settings.queues == ("default", "cpu")
 
 
+def test_the_default_queue_is_measured_even_when_not_listed() -> None:
+    # The API accepts tasks without a queue onto the default queue: its backlog must count.
+    environ = {"CELERIAC_QUEUES": "cpu", "CELERIAC_DEFAULT_QUEUE": "jobs"}
+    settings = ExporterSettings.from_env(environ)
+    assert settings.queues == ("cpu", "jobs")
+    assert settings.queues == Settings.from_env(environ).served_queues
+
+
 @pytest.mark.parametrize(
     ("variable", "default"),
     [

@@ -110,7 +110,7 @@ def build_services(settings: Settings, api_settings: ApiSettings) -> Services:
     results = broker if results_url == broker_url else _client(results_url, timeout)
     probe_timeout = min(READY_TIMEOUT_SECONDS, timeout)
     probes = tuple(_client(url, probe_timeout) for url in dict.fromkeys((broker_url, results_url)))
-    queues = tuple(dict.fromkeys((*settings.queues, settings.default_queue)))
+    queues = settings.served_queues
     sender_app = publisher(settings)
     return Services(
         settings=settings,

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from celeriac.env import ConfigError
-from celeriac.settings import QUEUE_NAME
+from celeriac.settings import QUEUE_NAME, union_of_queues
 
 DEFAULT_GROUP = "default"
 GROUP_FIELDS = ("queues",)
@@ -45,7 +45,7 @@ def default_groups(queues: tuple[str, ...]) -> tuple[WorkerGroup, ...]:
 
 def all_queues(queues: Iterable[str], groups: Iterable[WorkerGroup]) -> tuple[str, ...]:
     """``queues``, then every group's queues, each once, in order: what the exporter measures."""
-    return tuple(dict.fromkeys([*queues, *(queue for group in groups for queue in group.queues)]))
+    return union_of_queues(queues, *(group.queues for group in groups))
 
 
 def load_groups(path: Path) -> tuple[WorkerGroup, ...]:

@@ -43,5 +43,5 @@ class ExporterSettings:
 
     @property
     def queues(self) -> tuple[str, ...]:
-        """Queues measured: the configured ones, then every group's, each once, in order."""
-        return all_queues(self.common.queues, self.groups)
+        """Queues measured: the configured ones and the default, then every group's, each once."""
+        return all_queues(self.common.served_queues, self.groups)
