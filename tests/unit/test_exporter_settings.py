@@ -58,7 +58,7 @@ def test_the_redis_timeout_stays_under_kedas_metrics_timeout() -> None:
 def test_direct_construction_has_no_groups_unless_given() -> None:
     settings = ExporterSettings(common=Settings(queues=("a", "b")))
     assert settings.groups == ()
-    assert settings.queues == ("a", "b")
+    assert settings.queues == ("a", "b", "default")  # the default queue is always measured
 
 
 def test_an_empty_mapping_is_no_groups(tmp_path: Path) -> None:
@@ -69,7 +69,7 @@ def test_an_empty_mapping_is_no_groups(tmp_path: Path) -> None:
         {"CELERIAC_QUEUES": "a", "CELERIAC_WORKER_GROUPS_FILE": str(path)}
     )
     assert settings.groups == ()
-    assert settings.queues == ("a",)
+    assert settings.queues == ("a", "default")
 
 
 def test_environment_overrides(tmp_path: Path) -> None:
