@@ -28,6 +28,7 @@ def test_bundled_redis(defaults: Rendered) -> None:
     assert claim["spec"]["resources"]["requests"]["storage"] == "8Gi"
     config = defaults.get("ConfigMap", "celeriac-redis")["data"]["redis.conf"]
     assert "appendonly yes" in config.splitlines()
+    assert "appendfsync everysec" in config.splitlines()
     assert "maxmemory-policy noeviction" in config.splitlines()
     (container,) = pod_spec(statefulset)["containers"]
     assert "--include /tmp/auth.conf" in container["args"][0]
@@ -91,6 +92,14 @@ def test_existing_redis_secret(renders: dict[str, Rendered]) -> None:
     volume = next(v for v in pod_spec(statefulset)["volumes"] if v["name"] == "password")
     assert volume["secret"]["secretName"] == "redis-auth"
     assert volume["secret"]["items"] == [{"key": "pw", "path": "password"}]
+
+
+def test_appendfsync_always() -> None:
+    from tests.chart.render import render
+
+    rendered = render({"redis": {"persistence": {"appendfsync": "always"}}})
+    lines = rendered.get("ConfigMap", "celeriac-redis")["data"]["redis.conf"].splitlines()
+    assert [line for line in lines if line.startswith("appendfsync")] == ["appendfsync always"]
 
 
 def test_a_config_change_rolls_redis() -> None:
