@@ -9,7 +9,7 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 
-ORDER = ("scrape", "throughput", "coldstart", "api", "durability")
+ORDER = ("scrape", "throughput", "throughput_settings", "coldstart", "api", "durability")
 
 HEADER = """# Benchmark results
 
