@@ -69,7 +69,9 @@ FETCH_KEY_TTL_SECONDS = 3600
 
 # KEYS: the lists in fetch order (n of them), unacked, unacked_index, this channel's fetch key,
 # then the doorbells of the queues fetched from. ARGV: n, now, the in-flight key prefix, this
-# fetch's nonce, the fetch key's TTL, the key for messages that are not kombu's.
+# fetch's nonce, the fetch key's TTL, the key for messages that are not kombu's, and one
+# character per list: "1" to record its message as held, "0" for a list consumed without
+# acknowledgements (Celery's reply queues), whose message is only popped, as kombu does.
 # Pops the first message and records it as held in the same step (kombu's unacked entry
 # ``[message, exchange, routing_key]``, its index score, celeriac's in-flight set), so it is
 # never only in a worker's memory. Finding nothing, it deletes the doorbells: their messages
@@ -78,6 +80,9 @@ FETCH_SCRIPT = """
 local n = tonumber(ARGV[1])
 for i = 1, n do
   local item = redis.call('RPOP', KEYS[i])
+  if item and string.sub(ARGV[7], i, i) == '0' then
+    return {KEYS[i], item}
+  end
   while item do
     local ok, message = pcall(cjson.decode, item)
     local tag, exchange, routing_key
@@ -247,6 +252,15 @@ class Channel(kombu_redis.Channel):
         # After a fetch that found nothing, the next one first waits on the doorbells.
         self._fetch_waits = False
         self._fetch_replies = 0
+        # Queues consumed without acknowledgements: their messages are never recorded as held.
+        self._no_ack_queues: set[str] = set()
+
+    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
+        if no_ack:
+            self._no_ack_queues.add(queue)
+        else:
+            self._no_ack_queues.discard(queue)
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         headers = message.setdefault("headers", {})
@@ -278,7 +292,13 @@ class Channel(kombu_redis.Channel):
         if self.global_keyprefix:
             raise NotImplementedError("celeriac's transport does not support global_keyprefix")
         self._recover_lost_fetches()
-        keys = [self._q_for_pri(queue, step) for step in self.priority_steps for queue in queues]
+        pairs = [
+            (queue, self._q_for_pri(queue, step))
+            for step in self.priority_steps
+            for queue in queues
+        ]
+        keys = [key for _queue, key in pairs]
+        records = "".join("0" if queue in self._no_ack_queues else "1" for queue, _key in pairs)
         doorbells = [wake_key(queue) for queue in queues]
         self._fetch_nonce = f"{next(self._fetch_nonces)}"
         commands: list[tuple[Any, ...]] = []
@@ -301,6 +321,7 @@ class Channel(kombu_redis.Channel):
                 self._fetch_nonce,
                 FETCH_KEY_TTL_SECONDS,
                 UNDELIVERABLE_KEY,
+                records,
             )
         )
         connection = self.client.connection
@@ -329,7 +350,8 @@ class Channel(kombu_redis.Channel):
             queue = bytes_to_str(list_key).rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(queue)
             payload = loads(bytes_to_str(item))
-            cast(QoS, self.qos).recorded.add(payload["properties"]["delivery_tag"])
+            if queue not in self._no_ack_queues:
+                cast(QoS, self.qos).recorded.add(payload["properties"]["delivery_tag"])
             self.connection._deliver(payload, queue)
             return True
         finally:

@@ -174,3 +174,23 @@ def test_a_message_that_is_not_kombus_is_set_aside_not_lost(
         b'{"not": "a kombu message"}',
         b"not json at all",
     ]
+
+
+def test_a_queue_consumed_without_acks_is_never_recorded_as_held(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    # As Celery's reply queues (control replies to a worker running mingle): kombu only pops.
+    app.send_task("t.reply", queue="replies")
+    received = Received()
+    connection = app.connection_for_read()
+    try:
+        consumer = Consumer(
+            connection.channel(), [Queue("replies")], callbacks=[received], no_ack=True
+        )
+        consumer.consume()
+        drain_one(connection, received, timeout=5)
+        assert redis_client.hlen(UNACKED_KEY) == 0
+        assert redis_client.zcard(in_flight_key("replies")) == 0
+        assert redis_client.llen("replies") == 0
+    finally:
+        connection.close()
