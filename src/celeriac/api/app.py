@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from celeriac.api import health, queues, tasks
 from celeriac.api.errors import install_error_handlers
+from celeriac.api.fastpath import SubmitFastPath
 from celeriac.api.limits import BodySizeLimit
 from celeriac.api.models import ErrorBody
 from celeriac.api.services import build_services
@@ -63,5 +64,7 @@ def create_app(settings: Settings, api_settings: ApiSettings) -> FastAPI:
     app.include_router(tasks.router)
     app.include_router(queues.router)
     app.include_router(health.router)
+    # Inside the body cap: accepted submissions skip FastAPI's routing (``fastpath``).
+    app.add_middleware(SubmitFastPath, services=services)
     app.add_middleware(BodySizeLimit, max_bytes=api_settings.max_body_bytes)
     return app

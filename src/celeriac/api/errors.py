@@ -84,7 +84,12 @@ def _methods_served(request: Request) -> list[str]:
 
 
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.warning("Redis unavailable during %s %s: %s", request.method, request.url.path, exc)
+    return unavailable(request.method, request.url.path, exc)
+
+
+def unavailable(method: str, path: str, exc: Exception) -> JSONResponse:
+    """The 503 for an unreachable Redis (logged, without a traceback)."""
+    log.warning("Redis unavailable during %s %s: %s", method, path, exc)
     return JSONResponse(
         {"detail": "Redis is unavailable; retry later"},
         status_code=503,

@@ -13,6 +13,7 @@ from redis.retry import Retry
 
 from celeriac.api import publish
 from celeriac.api.auth import Tokens
+from celeriac.api.batching import TransactionQueue
 from celeriac.api.settings import ApiSettings
 from celeriac.app import celery_config, load_app
 from celeriac.env import ConfigError
@@ -56,6 +57,10 @@ class Services:
             else _async_client(self.settings.result_backend_connection_url, timeout)
         )
         self.aio.broker, self.aio.results = broker, results
+        self.aio.writes = TransactionQueue(broker)
+        self.aio.results_writes = (
+            self.aio.writes if results is broker else TransactionQueue(results)
+        )
 
     async def aclose(self) -> None:
         await self.aio.close()
@@ -73,6 +78,10 @@ class AsyncClients:
     def __init__(self) -> None:
         self._broker: redis.asyncio.Redis | None = None
         self._results: redis.asyncio.Redis | None = None
+        # Submissions, coalesced into one MULTI/EXEC per round trip (``batching``); one queue
+        # for both when results live in the broker's Redis.
+        self._writes: TransactionQueue | None = None
+        self._results_writes: TransactionQueue | None = None
 
     @property
     def broker(self) -> redis.asyncio.Redis:
@@ -94,9 +103,32 @@ class AsyncClients:
     def results(self, client: redis.asyncio.Redis) -> None:
         self._results = client
 
+    @property
+    def writes(self) -> TransactionQueue:
+        """Coalesced transactions on the broker's Redis."""
+        if self._writes is None:
+            raise RuntimeError("the API's Redis clients are opened by the app's lifespan")
+        return self._writes
+
+    @writes.setter
+    def writes(self, queue: TransactionQueue) -> None:
+        self._writes = queue
+
+    @property
+    def results_writes(self) -> TransactionQueue:
+        """Coalesced transactions on the results' Redis (``writes`` when it is the same)."""
+        if self._results_writes is None:
+            raise RuntimeError("the API's Redis clients are opened by the app's lifespan")
+        return self._results_writes
+
+    @results_writes.setter
+    def results_writes(self, queue: TransactionQueue) -> None:
+        self._results_writes = queue
+
     async def close(self) -> None:
         clients = {id(c): c for c in (self._broker, self._results) if c is not None}
         self._broker = self._results = None
+        self._writes = self._results_writes = None
         for client in clients.values():
             await client.aclose()
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Scope
 
 from celeriac.api import tracking
 from celeriac.api.dependencies import ServicesDep, require_token
@@ -61,6 +62,20 @@ async def submit_task(
     body: TaskRequest, request: Request, response: Response, services: ServicesDep
 ) -> TaskAccepted:
     """Queue a task. Answers 202 with its id; ``Location`` is where to poll its state."""
+    queue, delay = check_submission(body, services)
+    task_id = await publish_task(body, queue, delay, services)
+    response.headers["Location"] = location(request.scope, task_id)
+    return TaskAccepted(id=task_id, task=body.task, queue=queue)
+
+
+# ``submit_task`` in steps, shared with the fast path (``celeriac.api.fastpath``).
+
+
+def check_submission(body: TaskRequest, services: Services) -> tuple[str, float]:
+    """The queue and the delay in seconds of a valid request; a 422 error otherwise.
+
+    Reads the request only: nothing is sent before it passes.
+    """
     _check_task(body.task, services)
     queue = body.queue or services.settings.default_queue
     if queue not in services.queues:
@@ -68,7 +83,11 @@ async def submit_task(
             ("body", "queue"),
             f"queue {queue!r} is not served here; use one of {', '.join(services.queues)}",
         )
-    delay = _delay_seconds(body, services)
+    return queue, _delay_seconds(body, services)
+
+
+async def publish_task(body: TaskRequest, queue: str, delay: float, services: Services) -> str:
+    """Publish the task and record its id; its id once Redis acknowledged both."""
     task_id = str(uuid.uuid4())
     sender = services.sender
     if not sender.connected:
@@ -88,16 +107,20 @@ async def submit_task(
         retry_policy=PUBLISH_RETRY_POLICY,
     )
     await tracking.submit(
-        services.aio.broker,
-        services.aio.results,
+        services.aio.writes,
+        services.aio.results_writes,
         task_id,
         {"task": body.task, "queue": queue},
         commands,
         # Kept as long as the result will be.
         ttl_seconds=services.settings.result_expires_seconds + math.ceil(delay),
     )
-    response.headers["Location"] = f"{request.scope.get('root_path', '')}/v1/tasks/{task_id}"
-    return TaskAccepted(id=task_id, task=body.task, queue=queue)
+    return task_id
+
+
+def location(scope: Scope, task_id: str) -> str:
+    """Where a submitted task's state is read (``Location`` of the 202)."""
+    return f"{scope.get('root_path', '')}/v1/tasks/{task_id}"
 
 
 @router.get("/{task_id}", responses={**_AUTH, **_UNKNOWN, **_UNAVAILABLE})

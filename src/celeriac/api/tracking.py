@@ -17,6 +17,7 @@ import redis
 import redis.asyncio
 from celery.backends.base import KeyValueStoreBackend
 
+from celeriac.api.batching import TransactionQueue
 from celeriac.api.models import TaskError, TaskStatus
 from celeriac.api.publish import Command
 
@@ -29,8 +30,8 @@ MAX_ERROR_MESSAGE_CHARS = 2000
 
 
 async def submit(
-    broker: redis.asyncio.Redis,
-    results: redis.asyncio.Redis,
+    broker: TransactionQueue,
+    results: TransactionQueue,
     task_id: str,
     record: dict[str, str],
     publish: list[Command],
@@ -40,28 +41,20 @@ async def submit(
     """Record the id, then send the commands that publish its message.
 
     Recorded first: when Redis cannot take the record, nothing is published that the client
-    could not track. On one Redis both go in one MULTI/EXEC (both or neither).
+    could not track. On one Redis both go in one MULTI/EXEC (both or neither), shared with the
+    submissions of concurrent requests (``batching``).
     """
-    key, value = RECORD_PREFIX + task_id, json.dumps(record)
+    key = RECORD_PREFIX + task_id
+    recording: Command = ("execute_command", ("SET", key, json.dumps(record), "EX", ttl_seconds))
     if results is broker:
-        async with broker.pipeline(transaction=True) as pipe:
-            pipe.set(key, value, ex=ttl_seconds)
-            _queue(pipe, publish)
-            await pipe.execute()
+        await broker.execute([recording, *publish])
         return
-    await results.set(key, value, ex=ttl_seconds)
+    await results.execute([recording])
     try:
-        async with broker.pipeline(transaction=True) as pipe:
-            _queue(pipe, publish)
-            await pipe.execute()
+        await broker.execute(publish)
     except BaseException:
-        await _forget(results, key)
+        await _forget(results.client, key)
         raise
-
-
-def _queue(pipe: redis.asyncio.client.Pipeline, commands: list[Command]) -> None:
-    for name, args in commands:
-        getattr(pipe, name)(*args)
 
 
 async def _forget(client: redis.asyncio.Redis, key: str) -> None:
