@@ -168,12 +168,12 @@ def main() -> None:
 
 
 NOTES = [
-    "What each setting keeps when Redis dies: a process crash (SIGKILL, OOM kill) loses no "
-    "acknowledged enqueue with either AOF setting, because Redis writes the AOF to the "
-    "operating system before it replies (tests/integration/test_api_durability.py kills it "
-    "right after the last 202). A node crash or power loss loses what the OS had not yet "
-    "written to disk: up to about a second of enqueues with everysec, none with always "
-    "(Redis fsyncs before it replies). No AOF loses everything queued.",
+    "What each setting keeps when Redis dies: always loses no acknowledged enqueue (Redis "
+    "writes and fsyncs before it replies). everysec loses up to about 2 s when the node "
+    "crashes, and also when only the process crashes while the disk is slow: Redis holds its "
+    "AOF writes back while the previous background fsync runs (up to 2 s) and replies anyway "
+    "(seen in tests/integration/test_api_durability.py on a busy disk). No AOF loses "
+    "everything queued.",
     "always fsyncs once per pass of Redis's event loop, for every command read in that pass: "
     "the enqueues of a pipelined batch (or of many clients at once) share their fsyncs, so "
     "they lose less of their rate than a one-at-a-time producer.",
