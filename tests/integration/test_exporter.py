@@ -167,7 +167,11 @@ def test_exact_counts_from_real_producers_and_a_real_worker(
         port = start_exporter(
             spawn,
             redis_url,
-            {"CELERIAC_QUEUES": "a,b,c,slow", "CELERIAC_WORKER_GROUPS_FILE": str(groups)},
+            {
+                "CELERIAC_QUEUES": "a,b,c,slow",
+                "CELERIAC_DEFAULT_QUEUE": "a",  # the default queue is always measured
+                "CELERIAC_WORKER_GROUPS_FILE": str(groups),
+            },
         ).port
         expected_queues = {
             # queue: (waiting, in flight, scheduled, backlog)
@@ -239,7 +243,8 @@ def test_one_transaction_per_scrape(
     spawn: Spawn, producer: Celery, redis_url: str, redis_client: redis.Redis
 ) -> None:
     producer.send_task("celeriac.demo.add", args=[1, 2], queue="q1", priority=5)
-    port = start_exporter(spawn, redis_url, {"CELERIAC_QUEUES": "q1,q2,q3"}).port
+    environ = {"CELERIAC_QUEUES": "q1,q2,q3", "CELERIAC_DEFAULT_QUEUE": "q1"}
+    port = start_exporter(spawn, redis_url, environ).port
     scrape(port)  # connect first: the connection handshake is not part of the count
     redis_client.config_resetstat()
     for _ in range(5):
