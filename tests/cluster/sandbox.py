@@ -1,0 +1,175 @@
+"""The container side of the process kubelet: a root helper that becomes the container's process.
+
+Run as a script (standard library only), by root:
+
+    python sandbox.py run CONFIG            set up and exec the container's command
+    python sandbox.py enter CONFIG PID CMD  run CMD inside container PID (exec probes, preStop)
+
+``run``: join the pod's network namespace, unshare mount and UTS namespaces, build the root:
+an overlay of the host's / (upper layer on a tmpfs: writes never reach the host), a /dev of its
+own, a tmpfs over /root with /root/.pyenv bound back (the venv's python lives there and /root is
+mode 700), /etc/hosts and /etc/resolv.conf of the pod, the volumes at their paths; the root made
+read-only if asked; join the cgroups; chroot; setgroups/setgid/setuid; no_new_privs; exec.
+A failure before exec is written to CONFIG's ``error_file`` and exits 128.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import sys
+from typing import Any
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWNET = 0x40000000
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
+    _check(
+        _libc.mount(
+            source.encode() if source else None,
+            target.encode(),
+            fstype.encode() if fstype else None,
+            ctypes.c_ulong(flags),
+            data.encode() if data else None,
+        ),
+        f"mount {source} on {target} ({fstype or 'bind'})",
+    )
+
+
+def bind(source: str, target: str, readonly: bool, recursive: bool = False) -> None:
+    if os.path.isdir(source):
+        os.makedirs(target, exist_ok=True)
+    elif not os.path.exists(target):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        open(target, "a").close()
+    mount(source, target, None, MS_BIND | (MS_REC if recursive else 0))
+    if readonly:
+        mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+
+
+def setns(path: str, kind: int) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _check(_libc.setns(fd, kind), f"setns {path}")
+    finally:
+        os.close(fd)
+
+
+def build_root(config: dict[str, Any]) -> str:
+    base = config["base"]
+    mount("tmpfs", base, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
+    for name in ("upper", "work", "root"):
+        os.mkdir(os.path.join(base, name))
+    root = os.path.join(base, "root")
+    mount("overlay", root, "overlay", 0, f"lowerdir=/,upperdir={base}/upper,workdir={base}/work")
+    bind("/proc", root + "/proc", False, recursive=True)
+    bind("/sys", root + "/sys", True)
+    mount("tmpfs", root + "/dev", "tmpfs", MS_NOSUID, "mode=755")
+    for device in DEVICES:
+        bind("/dev/" + device, f"{root}/dev/{device}", False)
+    bind("/dev/pts", root + "/dev/pts", False)
+    os.mkdir(root + "/dev/shm")
+    mount("tmpfs", root + "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0")):
+        os.symlink(target, f"{root}/dev/{name}")
+    os.symlink("/proc/self/fd/1", root + "/dev/stdout")
+    os.symlink("/proc/self/fd/2", root + "/dev/stderr")
+    bind(config["termination_log"], root + "/dev/termination-log", False)
+    mount("tmpfs", root + "/root", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
+    if os.path.isdir("/root/.pyenv"):
+        bind("/root/.pyenv", root + "/root/.pyenv", True)
+    bind(config["hosts"], root + "/etc/hosts", True)
+    bind(config["resolv"], root + "/etc/resolv.conf", True)
+    for volume in config["mounts"]:
+        bind(volume["source"], root + volume["target"], volume["readonly"])
+    if config["read_only_root"]:
+        mount(None, root + "/root", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+    return root
+
+
+def join_cgroups(config: dict[str, Any]) -> None:
+    for procs in config["cgroups"]:
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
+
+
+def become(config: dict[str, Any]) -> None:
+    """The container's identity: capabilities, groups, group, user, no_new_privs."""
+    if config["drop_caps"]:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            last = int(f.read())
+        for cap in range(last + 1):
+            _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"drop capability {cap}")
+    os.setgroups(config["groups"])
+    os.setgid(config["gid"])
+    os.setuid(config["uid"])
+    if config["no_new_privs"]:
+        _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+
+
+def run(config: dict[str, Any]) -> None:
+    setns(config["netns"], CLONE_NEWNET)
+    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWUTS), "unshare")
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    hostname = config["hostname"].encode()
+    _check(_libc.sethostname(hostname, len(hostname)), "sethostname")
+    root = build_root(config)
+    join_cgroups(config)
+    os.chroot(root)
+    os.chdir(config["cwd"])
+    become(config)
+    os.execve(config["argv"][0], config["argv"], config["env"])
+
+
+def enter(config: dict[str, Any], pid: int, argv: list[str]) -> None:
+    join_cgroups(config)
+    for kind, flag in (("net", CLONE_NEWNET), ("uts", CLONE_NEWUTS), ("mnt", CLONE_NEWNS)):
+        setns(f"/proc/{pid}/ns/{kind}", flag)
+    os.chroot(f"/proc/{pid}/root")
+    os.chdir(config["cwd"])
+    become(config)
+    os.execve(argv[0], argv, config["env"])
+
+
+def main(argv: list[str]) -> None:
+    mode, path = argv[1], argv[2]
+    with open(path) as f:
+        config = json.load(f)
+    try:
+        if mode == "run":
+            run(config)
+        else:
+            enter(config, int(argv[3]), argv[4:])
+    except OSError as exc:
+        message = f"{mode}: {exc}"
+        print(f"process kubelet sandbox: {message}", file=sys.stderr, flush=True)
+        if mode == "run":
+            with open(config["error_file"], "w") as f:
+                f.write(message)
+        os._exit(128)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
