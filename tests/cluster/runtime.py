@@ -10,6 +10,7 @@ import contextlib
 import http.client
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -27,6 +28,7 @@ from tests.cluster.podspec import Obj, SpecError
 
 SANDBOX = str(Path(__file__).with_name("sandbox.py"))
 BACKOFF_START, BACKOFF_MAX, BACKOFF_RESET = 10.0, 300.0, 600.0
+SANDBOX_SECONDS = 30.0  # deadline for the sandbox's setup (namespaces, mounts) before exec
 
 Event = Callable[[str, str, str, str], None]  # (type, reason, message, fieldPath)
 
@@ -139,10 +141,13 @@ class Container:
             "env": start.env,
         }
         self.config_path = str(start.pod_dir / f"{self.name}.json")
-        with open(self.config_path, "w") as f:
-            json.dump(config, f)
-        os.chmod(self.config_path, 0o600)
         log_path = start.pod_dir / "logs" / f"{self.name}-{self.restart_count}.log"
+        started_read, started_write = os.pipe()
+        config["started_fd"] = started_write
+        with open(
+            os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w"
+        ) as f:
+            json.dump(config, f)
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, SANDBOX, "run", self.config_path],
@@ -150,7 +155,13 @@ class Container:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                pass_fds=(started_write,),
             )
+        os.close(started_write)
+        with os.fdopen(started_read, "rb") as started:  # EOF: exec'd (or the sandbox failed)
+            ready, _, _ = select.select([started], [], [], SANDBOX_SECONDS)
+            if ready:
+                started.read()
         with self._lock:
             self.generation += 1
             self.killing = False

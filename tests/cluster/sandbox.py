@@ -10,7 +10,8 @@ an overlay of the host's / (upper layer on a tmpfs: writes never reach the host)
 own, a tmpfs over /root with /root/.pyenv bound back (the venv's python lives there and /root is
 mode 700), /etc/hosts and /etc/resolv.conf of the pod, the volumes at their paths; the root made
 read-only if asked; join the cgroups; chroot; setgroups/setgid/setuid; no_new_privs; exec.
-A failure before exec is written to CONFIG's ``error_file`` and exits 128.
+A failure before exec is written to CONFIG's ``error_file`` and exits 128; the descriptor
+``started_fd`` (close-on-exec) tells the agent when the command runs.
 """
 
 from __future__ import annotations
@@ -157,6 +158,8 @@ def main(argv: list[str]) -> None:
     mode, path = argv[1], argv[2]
     with open(path) as f:
         config = json.load(f)
+    if mode == "run":  # closed by the exec: the agent reads EOF once the command runs
+        os.set_inheritable(config["started_fd"], False)
     try:
         if mode == "run":
             run(config)
