@@ -1,7 +1,8 @@
 """Service names as /etc/hosts lines: the process kubelet's stand-in for kube-proxy and DNS.
 
-A Service's names (`svc`, `svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local`) point at one ready
-endpoint's address from its EndpointSlices (the lowest, so the choice is stable); a headless
+A Service's names (`svc`, `svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local`) get one line per
+ready endpoint address from its EndpointSlices (sorted: the resolver returns them all, the
+lowest first); a headless
 Service's pods also get `hostname.svc.ns.svc.cluster.local`. There is no ClusterIP and no port
 translation: a Service whose port differs from its target port is refused (no entry) and
 reported, since a hosts line cannot remap ports.
@@ -23,11 +24,15 @@ HEADER = (
 
 @dataclass
 class Entries:
-    lines: dict[str, str] = field(default_factory=dict)  # name -> address
+    lines: dict[str, list[str]] = field(default_factory=dict)  # name -> ready addresses
     refused: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, svc) -> why
 
     def text(self, own: str = "") -> str:
-        body = "".join(f"{address}\t{name}\n" for name, address in sorted(self.lines.items()))
+        body = "".join(
+            f"{address}\t{name}\n"
+            for name, addresses in sorted(self.lines.items())
+            for address in addresses
+        )
         return HEADER + own + body
 
 
@@ -74,11 +79,11 @@ def entries(services: list[Obj], slices: list[Obj]) -> Entries:
                 hostname = endpoint.get("hostname")
                 if hostname and addresses and spec.get("clusterIP") == "None":
                     for name in names(meta["name"], meta["namespace"])[1:]:
-                        result.lines[f"{hostname}.{name}"] = addresses[0]
+                        result.lines[f"{hostname}.{name}"] = addresses[:1]
         if ready:
-            chosen = min(ready, key=ipaddress.ip_address)
+            ordered = sorted(set(ready), key=ipaddress.ip_address)
             for name in names(meta["name"], meta["namespace"]):
-                result.lines[name] = chosen
+                result.lines[name] = ordered
     return result
 
 

@@ -258,20 +258,22 @@ def service(name: str, port: int = 6379, target: Any = "redis", **spec: Any) -> 
 def test_hosts_point_service_names_at_a_ready_endpoint() -> None:
     ready = {"10.231.1.9": True, "10.231.1.3": False, "10.231.1.10": True}
     entries = hosts.entries([service("redis")], [slice_of("redis", ready)])
+    both = ["10.231.1.9", "10.231.1.10"]
     assert entries.lines == {
-        "redis": "10.231.1.9",
-        "redis.ns": "10.231.1.9",
-        "redis.ns.svc": "10.231.1.9",
-        "redis.ns.svc.cluster.local": "10.231.1.9",
+        "redis": both,
+        "redis.ns": both,
+        "redis.ns.svc": both,
+        "redis.ns.svc.cluster.local": both,
     }
-    assert "10.231.1.9\tredis.ns.svc\n" in entries.text()
+    assert "10.231.1.9\tredis.ns.svc\n10.231.1.10\tredis.ns.svc\n" in entries.text()
+    assert "10.231.1.3" not in entries.text()
     assert entries.text().startswith(hosts.HEADER)
 
 
 def test_hosts_headless_service_names_each_pod() -> None:
     svc = service("h", clusterIP="None")
     entries = hosts.entries([svc], [slice_of("h", {"10.231.1.4": True})])
-    assert entries.lines["r-0.h.ns.svc.cluster.local"] == "10.231.1.4"
+    assert entries.lines["r-0.h.ns.svc.cluster.local"] == ["10.231.1.4"]
 
 
 def test_hosts_without_ready_endpoint_has_no_entry() -> None:
