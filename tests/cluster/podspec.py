@@ -243,7 +243,7 @@ def resource_field(pod: Obj, container: Obj, ref: Obj, node_allocatable: Mapping
         value = (resources.get("limits") or {}).get(what)
     if value is None:
         value = node_allocatable[what] if kind == "limits" else "0"
-    divisor = quantity(ref.get("divisor") or "1")
+    divisor = quantity(ref.get("divisor") or "1") or Decimal(1)  # the API defaults it to "0"
     return str(math.ceil(quantity(value) / divisor))
 
 

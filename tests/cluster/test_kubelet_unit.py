@@ -69,6 +69,7 @@ def test_quantity_refuses_garbage() -> None:
         ("1", "1", "1"),
         ("1500m", "1", "2"),
         ("2", None, "2"),  # divisor defaults to 1
+        ("1500m", "0", "2"),  # the API server stores an unset divisor as "0": 1
         ("1500m", "1m", "1500"),
         ("250m", "100m", "3"),
     ],
