@@ -24,6 +24,8 @@ from tests.cluster.kubelet import Kubelet
 pytestmark = [
     pytest.mark.cluster,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (bridge, netns, mount namespace)"),
+    # The agent's watch threads hold TLS connections that the garbage collector may close.
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
 
 NS = "kubelet-test"
@@ -51,6 +53,11 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
         kubelet = Kubelet(str(plane.kubeconfig), NODE, plane.state_dir).start()
         try:
             plane.kubectl("create", "namespace", NS)
+            wait_until(  # pods need it; the service account controller makes it
+                lambda: plane.kubectl("-n", NS, "get", "serviceaccount", "default"),
+                timeout=TIMEOUT,
+                message="the namespace's default ServiceAccount",
+            )
             yield plane
         finally:
             kubelet.stop()
