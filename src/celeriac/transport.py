@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from time import monotonic, time
 from typing import Any, cast
 
+import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
@@ -192,6 +193,26 @@ class QoS(kombu_redis.QoS):
         except channel.connection_errors:
             _unrestored.extend(delivered)
             delivered.clear()
+
+    def ack(self, delivery_tag: str) -> None:
+        self._check_open()
+        super().ack(delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        self._check_open()
+        super().reject(delivery_tag, requeue)
+
+    def _check_open(self) -> None:
+        """A connection error, not kombu's AttributeError, once Celery closed the channel.
+
+        A task that finishes after its channel was closed (a connection error meanwhile) is
+        acknowledged on the dead channel; kombu then fails deep inside with an AttributeError,
+        which Celery treats as fatal and the worker exits. As a connection error it is logged
+        and the worker goes on; the message was handed to the next fetch on close.
+        """
+        channel: Any = self.channel
+        if channel.connection is None or channel.connection.client is None:
+            raise redis.ConnectionError("the channel was closed after a connection error")
 
     def _remove_from_indices(
         self, delivery_tag: str, pipe: Any = None, queue: str | None = None

@@ -194,3 +194,20 @@ def test_a_queue_consumed_without_acks_is_never_recorded_as_held(
         assert redis_client.llen("replies") == 0
     finally:
         connection.close()
+
+
+def test_an_ack_after_the_channel_closed_is_a_connection_error(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    app.send_task("t.a", queue=QUEUE)
+    received = Received()
+    connection, _channel = consume(app, received)
+    message = drain_one(connection, received, timeout=5)
+    # As Celery does after a connection error while the task runs: kombu puts it back.
+    connection.close()
+    assert redis_client.llen(QUEUE) == 1
+    assert redis_client.hlen(UNACKED_KEY) == 0
+    # The task ends and acknowledges on the dead channel: an error Celery logs and survives
+    # (kombu's own is an AttributeError, fatal to the worker).
+    with pytest.raises(redis.ConnectionError):
+        message.ack()
