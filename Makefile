@@ -5,7 +5,7 @@ CHECKOV_VENV ?= .venv-checkov
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test test-fast test-e2e lint bench install checkov clean
+.PHONY: up test test-fast test-e2e e2e lint bench install checkov clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +27,10 @@ up: $(STAMP)
 	$(BIN)/celeriac up
 
 # A test that needs a missing tool (promtool, tini, ...) is skipped with how to get it;
-# CELERIAC_REQUIRE_TOOLS=1 (CI) fails it instead. The e2e test (kind) is `make test-e2e`.
+# CELERIAC_REQUIRE_TOOLS=1 (CI) fails it instead. The e2e test (kind) is `make test-e2e`; the
+# local control plane's tests are `make e2e`.
 test: lint $(CHECKOV_VENV)/bin/checkov
-	CELERIAC_CHECKOV=$(abspath $(CHECKOV_VENV)/bin/checkov) $(BIN)/pytest -m "not e2e" --durations=20
+	CELERIAC_CHECKOV=$(abspath $(CHECKOV_VENV)/bin/checkov) $(BIN)/pytest -m "not e2e and not cluster" --durations=20
 
 # Lint, types and the unit tests (no network, no child processes): under a minute.
 test-fast: lint
@@ -37,6 +38,12 @@ test-fast: lint
 
 test-e2e: $(STAMP)
 	$(BIN)/pytest -m e2e tests/e2e
+
+# The local control plane (tests/cluster/README.md): builds etcd, Kubernetes and KEDA from the
+# pinned sources if not cached, then runs its tests (root: bridge, network and mount namespaces).
+e2e: $(STAMP)
+	$(BIN)/python -m tests.cluster.build
+	$(BIN)/pytest -m cluster tests/cluster --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

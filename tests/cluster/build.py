@@ -130,7 +130,11 @@ def build_one(name: str) -> tuple[Path, float | None]:
         command += ["-ldflags", component.ldflags(), "-o", str(Path(tmp) / name), component.package]
         subprocess.run(command, cwd=GO_ROOT / component.wrapper, env=go_env(), check=True)
         os.chmod(tmp, 0o755)
-        os.rename(tmp, final_dir)
+        try:
+            os.rename(tmp, final_dir)
+        except OSError:
+            if not target.is_file():  # else a concurrent build finished first: keep that one
+                raise
     return target, time.monotonic() - started
 
 

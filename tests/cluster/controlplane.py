@@ -37,6 +37,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -309,9 +310,14 @@ def keda_module_dir() -> Path:
 
 
 def _get(url: str, context: ssl.SSLContext | None = None) -> str:
-    with urllib.request.urlopen(url, timeout=3, context=context) as response:
-        body: bytes = response.read()
-        return body.decode() if response.status == 200 else ""
+    """The body of a 200 answer, else ""; connection errors raise."""
+    try:
+        with urllib.request.urlopen(url, timeout=3, context=context) as response:
+            body: bytes = response.read()
+            return body.decode() if response.status == 200 else ""
+    except urllib.error.HTTPError as error:  # 500 while starting: close its socket too
+        error.close()
+        return ""
 
 
 def _insecure_context() -> ssl.SSLContext:

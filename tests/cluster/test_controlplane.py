@@ -1,0 +1,112 @@
+"""The local control plane (issue 9): built from the pinned sources, started as processes, and
+acting as Kubernetes does: controllers create a Deployment's ReplicaSet and pod, the scheduler
+marks the pod unschedulable (no node yet), KEDA's external metrics API is served through the
+aggregation layer. ``make e2e`` (builds if not cached); root is needed for the bridge."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celeriac.testing import wait_until
+from tests.cluster.controlplane import (
+    ADAPTER_PORT,
+    APISERVER_PORT,
+    EXTERNAL_METRICS_APISERVICE,
+    ControlPlane,
+)
+
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (bridge, netns, mount namespace)"),
+]
+
+CONTROLLER_TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    # Another control plane on this machine (a developer's) holds 6443/7443: set these to run
+    # beside it.
+    ports = {
+        "apiserver_port": int(os.environ.get("CELERIAC_CLUSTER_APISERVER_PORT", APISERVER_PORT)),
+        "adapter_port": int(os.environ.get("CELERIAC_CLUSTER_ADAPTER_PORT", ADAPTER_PORT)),
+    }
+    with ControlPlane(tmp_path_factory.mktemp("controlplane"), **ports) as plane:
+        yield plane
+
+
+def get_json(plane: ControlPlane, *args: str) -> Any:
+    return json.loads(plane.kubectl("get", *args, "-o", "json"))
+
+
+def test_apiserver_ready(plane: ControlPlane) -> None:
+    assert plane.kubectl("get", "--raw", "/readyz") == "ok"
+    assert (plane.state_dir / "hosts").is_file()
+
+
+def test_controllers_and_scheduler_act_on_a_deployment(plane: ControlPlane) -> None:
+    plane.kubectl("create", "namespace", "cp-test")
+    plane.kubectl("-n", "cp-test", "create", "deployment", "web", "--image=registry.invalid/web:1")
+
+    replicasets = wait_until(
+        lambda: get_json(plane, "-n", "cp-test", "replicasets", "-l", "app=web")["items"],
+        timeout=CONTROLLER_TIMEOUT,
+        message="the deployment controller's ReplicaSet",
+    )
+    assert replicasets[0]["metadata"]["ownerReferences"][0]["name"] == "web"
+
+    def unschedulable_pod() -> dict[str, Any] | None:
+        for pod in get_json(plane, "-n", "cp-test", "pods", "-l", "app=web")["items"]:
+            for condition in pod["status"].get("conditions", []):
+                if condition["type"] == "PodScheduled" and condition["reason"] == "Unschedulable":
+                    return pod  # type: ignore[no-any-return]
+        return None
+
+    # The ReplicaSet controller made the pod; the scheduler tried it and found no node.
+    pod = wait_until(unschedulable_pod, timeout=CONTROLLER_TIMEOUT, message="a pod, unschedulable")
+    assert pod["status"]["phase"] == "Pending"
+    assert pod["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
+    # Service-account credentials per controller: the pod got the default service account.
+    assert pod["spec"]["serviceAccountName"] == "default"
+
+
+def test_keda_external_metrics_api_available(plane: ControlPlane) -> None:
+    assert plane.apiservice_available(EXTERNAL_METRICS_APISERVICE)
+    resources = json.loads(plane.kubectl("get", "--raw", "/apis/external.metrics.k8s.io/v1beta1"))
+    assert resources["kind"] == "APIResourceList"
+    assert resources["groupVersion"] == "external.metrics.k8s.io/v1beta1"
+    crds = {c["metadata"]["name"] for c in get_json(plane, "crds")["items"]}
+    assert {"scaledobjects.keda.sh", "triggerauthentications.keda.sh"} <= crds
+
+
+def test_hpa_service_account_may_read_external_metrics(plane: ControlPlane) -> None:
+    """What the HPA controller (its own service account credentials) asks before reading a
+    ScaledObject's metric: KEDA's keda-hpa-controller-external-metrics binding allows it."""
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {
+            "user": "system:serviceaccount:kube-system:horizontal-pod-autoscaler",
+            "groups": ["system:serviceaccounts", "system:serviceaccounts:kube-system"],
+            "resourceAttributes": {
+                "group": "external.metrics.k8s.io",
+                "resource": "s0-metric-api-backlog",
+                "verb": "list",
+                "namespace": "default",
+            },
+        },
+    }
+    answer = json.loads(plane.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(review)))
+    assert answer["status"]["allowed"] is True, answer["status"]
+
+
+def test_logs_are_kept_per_component(plane: ControlPlane) -> None:
+    logs = {p.stem for p in Path(plane.logs).glob("*.log")}
+    assert {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"} <= logs
+    assert {"keda-operator", "keda-adapter"} <= logs
