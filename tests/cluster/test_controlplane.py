@@ -5,8 +5,10 @@ aggregation layer. ``make e2e`` (builds if not cached); root is needed for the b
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import pytest
 
 from celeriac.testing import wait_until
+from tests.cluster import network
 from tests.cluster.controlplane import (
     ADAPTER_PORT,
     APISERVER_PORT,
@@ -110,3 +113,92 @@ def test_logs_are_kept_per_component(plane: ControlPlane) -> None:
     logs = {p.stem for p in Path(plane.logs).glob("*.log")}
     assert {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"} <= logs
     assert {"keda-operator", "keda-adapter"} <= logs
+
+
+class MetricHandler(http.server.BaseHTTPRequestHandler):
+    value = 7
+
+    def do_GET(self) -> None:
+        body = json.dumps({"value": self.value}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def metric_server() -> Iterator[int]:
+    """A metrics endpoint on the bridge's host address (the tooling's own), on a free port."""
+    server = http.server.ThreadingHTTPServer((network.HOST_IP, 0), MetricHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_keda_reads_a_metrics_api_by_service_name_through_the_hosts_file(
+    plane: ControlPlane, metric_server: int
+) -> None:
+    """The whole external-metrics path: a ScaledObject's metrics-api URL names a Service; the
+    operator resolves it through state_dir/hosts (the node agent's file), and the value comes
+    back through the adapter and the aggregation layer, and to the HPA KEDA made."""
+    with plane.hosts_file.open("r+") as hosts:  # in place, as the node agent must
+        hosts.seek(0, 2)
+        hosts.write(f"{network.HOST_IP} backlog.cp-keda backlog.cp-keda.svc\n")
+    plane.kubectl("create", "namespace", "cp-keda")
+    plane.kubectl("-n", "cp-keda", "create", "deployment", "target", "--image=registry.invalid/t:1")
+    scaled_object = {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": "so", "namespace": "cp-keda"},
+        "spec": {
+            "scaleTargetRef": {"name": "target"},
+            "pollingInterval": 5,
+            "minReplicaCount": 1,
+            "triggers": [
+                {
+                    "type": "metrics-api",
+                    "metadata": {
+                        "url": f"http://backlog.cp-keda:{metric_server}/metric",
+                        "valueLocation": "value",
+                        "targetValue": "5",
+                    },
+                }
+            ],
+        },
+    }
+    plane.apply(json.dumps(scaled_object))
+
+    def metric_names() -> list[str] | None:
+        status = get_json(plane, "-n", "cp-keda", "scaledobject", "so").get("status", {})
+        return status.get("externalMetricNames")  # type: ignore[no-any-return]
+
+    (name,) = wait_until(metric_names, timeout=CONTROLLER_TIMEOUT, message="KEDA's metric name")
+    path = (
+        f"/apis/external.metrics.k8s.io/v1beta1/namespaces/cp-keda/{name}"
+        "?labelSelector=scaledobject.keda.sh%2Fname%3Dso"
+    )
+    values = wait_until(
+        lambda: json.loads(plane.kubectl("get", "--raw", path))["items"],
+        timeout=CONTROLLER_TIMEOUT,
+        message="the external metric's value",
+    )
+    assert values[0]["value"] == "7"
+
+    def hpa_current_value() -> str | None:
+        hpa = get_json(plane, "-n", "cp-keda", "hpa", "keda-hpa-so")
+        for metric in hpa.get("status", {}).get("currentMetrics") or []:
+            external = metric.get("external", {}).get("current", {})
+            value = external.get("averageValue") or external.get("value")
+            if value:
+                return str(value)
+        return None
+
+    # The HPA controller reads it with its own credentials (default sync period: 15 s).
+    assert wait_until(hpa_current_value, timeout=CONTROLLER_TIMEOUT, message="the HPA's metric")
