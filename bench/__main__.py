@@ -1,4 +1,5 @@
-"""Run every benchmark in turn and render ``bench/RESULTS.md``: ``python -m bench [name ...]``."""
+"""Run every benchmark in turn, render ``bench/RESULTS.md`` and print each benchmark's headline
+figures against its target: ``python -m bench [name ...]``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import importlib
 import sys
 import time
 
-from bench.report import ORDER, render
+from bench.report import ORDER, render, summary_text
 
 
 def main(argv: list[str]) -> int:
@@ -21,6 +22,7 @@ def main(argv: list[str]) -> int:
         importlib.import_module(f"bench.{name}").main()
         print(f"bench {name} done in {time.monotonic() - started:.0f} s", flush=True)
     print(f"results: {render()}")
+    print(summary_text(), flush=True)
     return 0
 
 

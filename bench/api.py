@@ -2,20 +2,24 @@
 
 Method: a private redis-server; ``celeriac api`` started once with 1 process (1 and 8
 connections) and once with 2 (``CELERIAC_API_WORKERS``, 8 connections), each left idle while
-another is measured. The load generator runs in a process of its own (``python -m bench.api
-load``): plain asyncio sockets on uvloop, keep-alive connections, 1 or 8 at a time, each sending
-the next ``POST /v1/tasks`` as soon as the previous answer is read; every answer must be a 202.
-The floor is a bare ``send_task`` loop in one process (``python -m bench.api floor``): celeriac's
+another is measured. The load generator is ``wrk`` (C, epoll; a Lua script sets the method, the
+JSON body and the ``Authorization`` header, and reports from wrk's own latency histogram): 1
+thread and 1 connection, or 2 threads and 8 connections, keep-alive, each connection sending
+the next ``POST /v1/tasks`` as soon as the previous answer is read, for a fixed duration; any
+answer other than a 202 fails the run. Without ``wrk`` on the PATH the load generator is a
+Python one (asyncio sockets on uvloop, in a process of its own), which costs more CPU per
+request on the shared cores: the results say which one ran. The floor is a bare ``send_task``
+loop in one process (``python -m bench.api floor``), for the same duration: celeriac's
 configuration of Celery as the API publishes with (``celeriac.api.services.publisher``: the
 celeriac transport, no result backend, which would add a subscription per task), the same
-Redis, task, arguments, queue and retry policy, no HTTP, no tracking record. Each round runs
-every variant once, in turn, after a warm-up of its own; Redis is flushed between variants.
-Reported: the median rate over the rounds, ``vs floor`` as the median over the rounds of the
-rate divided by that round's floor (the machine's load drifts between rounds), and the latency
-percentiles of all rounds together. One more server runs with the
-access log on (``CELERIAC_API_ACCESS_LOG=true``, 1 process). ``BENCH_API_BEFORE_SRC=<dir>``
-adds a server run from another source tree (an older ``src/``, 1 process), for before/after
-figures in the same run.
+Redis, task, arguments, queue and retry policy, no HTTP, no tracking record. Each server gets
+a warm-up before the first round; each round runs every variant once, in turn, the floor
+first; Redis is flushed between variants. Reported: the median rate over the rounds, ``vs
+floor`` as the median over the rounds of the rate divided by that round's floor (the machine's
+load drifts between rounds), and the median over the rounds of each round's p50 and p99. One
+more server runs with the access log on (``CELERIAC_API_ACCESS_LOG=true``, 1 process, 8
+connections). ``BENCH_API_BEFORE_SRC=<dir>`` adds a server run from another source tree (an
+older ``src/``, 1 process), for before/after figures in the same run.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,14 +46,19 @@ TOKEN = "bench-token-0123456789abcdef"
 TASK = "celeriac.demo.add"
 BODY = json.dumps({"task": TASK, "args": [1, 2]}).encode()
 QUEUE = "default"
-REQUESTS = int(os.environ.get("BENCH_API_REQUESTS", "1500"))
-WARMUP = 200
+PATH = "/v1/tasks"
+# Seconds per variant and round; rounds. 5 variants x 5 s x 5 rounds: about 2.5 minutes.
+SECONDS = float(os.environ.get("BENCH_API_SECONDS", "5"))
 ROUNDS = int(os.environ.get("BENCH_API_ROUNDS", "5"))
+WARMUP_SECONDS = 2.0
+FLOOR_WARMUP = 200
 # (processes, connection counts): 2 processes only where they can help, with 8 connections.
 SERVERS = ((1, (1, 8)), (2, (8,)))
 CONNECTIONS = (1, 8)
 # Same policy as the API's publish (celeriac.api.tasks.PUBLISH_RETRY_POLICY).
 RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.1, "interval_max": 0.1}
+# One round of one variant: requests completed, seconds, p50 and p99 in milliseconds.
+Round = dict[str, Any]
 
 
 def request_bytes(port: int) -> bytes:
@@ -59,12 +70,68 @@ def request_bytes(port: int) -> bytes:
     return head.encode() + BODY
 
 
-async def _connection(port: int, counter: list[int], total: int, out: list[float]) -> None:
+def wrk() -> str | None:
+    """The ``wrk`` binary, unless ``BENCH_API_LOAD=python`` or it is not installed."""
+    if os.environ.get("BENCH_API_LOAD", "wrk") == "python":
+        return None
+    return shutil.which("wrk")
+
+
+# wrk's Lua: the request, then one JSON line from its own counters and latency histogram.
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = [[%(body)s]]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %(token)s"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %%d, "elapsed_us": %%d, "bad": %%d, "p50_us": %%d, "p99_us": %%d}\\n',
+    summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def load_wrk(binary: str, script: Path, port: int, connections: int, seconds: float) -> Round:
+    """One wrk run: 1 thread per connection up to 2 (the machine has 2 cores)."""
+    threads = min(connections, 2)
+    completed = subprocess.run(
+        [
+            binary,
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds:g}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}{PATH}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=False,
+    )
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
+    if completed.returncode != 0 or not lines:
+        raise SystemExit(f"wrk failed:\n{completed.stdout}\n{completed.stderr}")
+    out = json.loads(lines[-1])
+    if out["bad"] or not out["requests"]:
+        raise SystemExit(f"wrk: answers other than 202 or socket errors:\n{completed.stdout}")
+    return {
+        "requests": out["requests"],
+        "elapsed": out["elapsed_us"] / 1e6,
+        "p50_ms": out["p50_us"] / 1000,
+        "p99_ms": out["p99_us"] / 1000,
+    }
+
+
+async def _connection(port: int, deadline: float, out: list[float]) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     request = request_bytes(port)
     try:
-        while counter[0] < total:
-            counter[0] += 1
+        while time.perf_counter() < deadline:
             started = time.perf_counter()
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
@@ -82,30 +149,27 @@ async def _connection(port: int, counter: list[int], total: int, out: list[float
         writer.close()
 
 
-async def _load(port: int, connections: int, total: int) -> tuple[float, list[float]]:
+async def _load(port: int, connections: int, seconds: float) -> tuple[float, list[float]]:
     latencies: list[float] = []
-    counter = [0]
     started = time.perf_counter()
-    await asyncio.gather(
-        *(_connection(port, counter, total, latencies) for _ in range(connections))
-    )
+    deadline = started + seconds
+    await asyncio.gather(*(_connection(port, deadline, latencies) for _ in range(connections)))
     return time.perf_counter() - started, latencies
 
 
-def load(port: int, connections: int, total: int, warmup: int) -> dict[str, Any]:
-    """Warm up, then send ``total`` requests over ``connections`` keep-alive connections.
+def load(port: int, connections: int, seconds: float) -> Round:
+    """The Python load generator (no ``wrk``): ``connections`` keep-alive connections.
 
     On uvloop: the load generator shares the machine's cores with the server, so the less it
     spends per request the less it takes from what is measured.
     """
     import uvloop
 
-    uvloop.run(_load(port, connections, warmup))
-    elapsed, latencies = uvloop.run(_load(port, connections, total))
-    return {"elapsed": elapsed, "latencies": latencies}
+    elapsed, latencies = uvloop.run(_load(port, connections, seconds))
+    return _round(elapsed, latencies)
 
 
-def floor(broker_url: str, total: int, warmup: int) -> dict[str, Any]:
+def floor(broker_url: str, seconds: float, warmup: int) -> Round:
     """A bare send_task loop with the API's publisher: the cost of publishing alone."""
     from celeriac.api.services import publisher
     from celeriac.settings import Settings
@@ -119,11 +183,24 @@ def floor(broker_url: str, total: int, warmup: int) -> dict[str, Any]:
         send()
     latencies = []
     started = time.perf_counter()
-    for _ in range(total):
+    deadline = started + seconds
+    while True:
         begin = time.perf_counter()
+        if begin >= deadline:
+            break
         send()
         latencies.append(time.perf_counter() - begin)
-    return {"elapsed": time.perf_counter() - started, "latencies": latencies}
+    return _round(time.perf_counter() - started, latencies)
+
+
+def _round(elapsed: float, latencies: list[float]) -> Round:
+    stats = percentiles(latencies)
+    return {
+        "requests": len(latencies),
+        "elapsed": elapsed,
+        "p50_ms": stats["p50_ms"],
+        "p99_ms": stats["p99_ms"],
+    }
 
 
 def _child(args: Sequence[str], log: Path) -> dict[str, Any]:
@@ -167,7 +244,9 @@ def start_api(
 
 def servers() -> list[tuple[str, int, dict[str, str], tuple[int, ...]]]:
     """(name, processes, extra environment, connection counts) of every API server to run."""
-    out = [(f"api_{n}p", n, {}, counts) for n, counts in SERVERS]
+    out: list[tuple[str, int, dict[str, str], tuple[int, ...]]] = [
+        (f"api_{n}p", n, {}, counts) for n, counts in SERVERS
+    ]
     out.append(("api_1p_access_log", 1, {"CELERIAC_API_ACCESS_LOG": "true"}, (8,)))
     before = os.environ.get("BENCH_API_BEFORE_SRC")
     if before:
@@ -186,61 +265,94 @@ def servers() -> list[tuple[str, int, dict[str, str], tuple[int, ...]]]:
     return out
 
 
+class Load:
+    """Runs the load generator against a server: ``wrk`` if installed, the Python one if not."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.wrk = wrk()
+        self.script = work / "post.lua"
+        self.script.write_text(WRK_SCRIPT % {"body": BODY.decode(), "token": TOKEN})
+
+    @property
+    def name(self) -> str:
+        if self.wrk:
+            return "wrk (1 thread for 1 connection, 2 threads for 8), keep-alive"
+        return (
+            "Python: asyncio sockets on uvloop, keep-alive, 1 process (wrk not found: "
+            "apt-get install wrk)"
+        )
+
+    def run(self, key: str, port: int, connections: int, seconds: float) -> Round:
+        if self.wrk:
+            return load_wrk(self.wrk, self.script, port, connections, seconds)
+        args = ["load", str(port), str(connections), str(seconds)]
+        return _child(args, self.work / f"{key}.log")
+
+
 def main() -> None:
     run = Run(NAME, TITLE, __doc__)
-    rates: dict[str, list[float]] = {}
-    latencies: dict[str, list[float]] = {}
+    rounds: dict[str, list[Round]] = {}
 
-    def record(key: str, result: dict[str, Any]) -> None:
-        rates.setdefault(key, []).append(REQUESTS / result["elapsed"])
-        latencies.setdefault(key, []).extend(result["latencies"])
-        print(f"{key}: {rates[key][-1]:.0f} requests/s", flush=True)
+    def record(key: str, result: Round) -> None:
+        result["rate"] = result["requests"] / result["elapsed"]
+        rounds.setdefault(key, []).append(result)
+        print(
+            f"{key}: {result['rate']:.0f} requests/s, p50 {result['p50_ms']:.2f} ms, "
+            f"p99 {result['p99_ms']:.2f} ms",
+            flush=True,
+        )
 
     with Redis() as server, tempfile.TemporaryDirectory(prefix="celeriac-bench-api-") as tmp:
         work = Path(tmp)
+        generator = Load(work)
+        print(f"load generator: {generator.name}", flush=True)
         started: list[tuple[str, Process, int, tuple[int, ...]]] = []
         try:
             for name, processes, extra, connections in servers():
                 process, port = start_api(server, work, name, processes, extra)
                 started.append((name, process, port, connections))
+            for name, _, port, counts in started:
+                generator.run(f"{name}_warmup", port, max(counts), WARMUP_SECONDS)
             for _ in range(ROUNDS):
                 server.client.flushdb()
-                args = ["floor", server.url, str(REQUESTS), str(WARMUP)]
+                args = ["floor", server.url, str(SECONDS), str(FLOOR_WARMUP)]
                 record("floor", _child(args, work / "floor.log"))
                 for name, _, port, counts in started:
                     for count in counts:
                         key = f"{name}_{count}c" if not name.endswith("log") else name + "_8c"
                         server.client.flushdb()
-                        args = ["load", str(port), str(count), str(REQUESTS), str(WARMUP)]
-                        record(key, _child(args, work / f"{key}.log"))
+                        record(key, generator.run(key, port, count, SECONDS))
         finally:
             for _, process, _, _ in started:
                 process.stop()
+    floors = [r["rate"] for r in rounds["floor"]]
     table = []
-    for key, values in rates.items():
-        rate = statistics.median(values)
-        stats = percentiles(latencies[key])
+    for key, values in rounds.items():
+        rates = [r["rate"] for r in values]
         # Each round's rate over that round's floor: the machine's load drifts between rounds.
-        ratio = statistics.median(v / f for v, f in zip(values, rates["floor"], strict=True))
+        ratio = statistics.median(r / f for r, f in zip(rates, floors, strict=True))
         table.append(
             {
                 "variant": key,
-                "median requests/s": f"{rate:.0f}",
+                "median requests/s": f"{statistics.median(rates):.0f}",
                 "vs floor": f"{ratio:.2f}",
-                "p50 ms": f"{stats['p50_ms']:.2f}",
-                "p99 ms": f"{stats['p99_ms']:.2f}",
-                "rounds (requests/s)": ", ".join(f"{r:.0f}" for r in values),
+                "p50 ms": f"{statistics.median(r['p50_ms'] for r in values):.2f}",
+                "p99 ms": f"{statistics.median(r['p99_ms'] for r in values):.2f}",
+                "rounds (requests/s)": ", ".join(f"{r:.0f}" for r in rates),
             }
         )
+    one, two = rounds["api_1p_8c"], rounds["api_2p_8c"]
+    processes = statistics.median(b["rate"] / a["rate"] for a, b in zip(one, two, strict=True))
     run.save(
         {
-            "requests_per_round": REQUESTS,
+            "seconds_per_variant": SECONDS,
             "rounds": ROUNDS,
-            "warmup": WARMUP,
+            "warmup": f"{WARMUP_SECONDS:g} s per server, {FLOOR_WARMUP} sends per floor",
             "task": TASK,
-            "load_generator": "asyncio sockets on uvloop, keep-alive, 1 process",
+            "load_generator": generator.name,
         },
-        {"table": table},
+        {"table": table, "ratio_2_processes_to_1_at_8_connections": round(processes, 2)},
         NOTES,
     )
 
@@ -248,10 +360,9 @@ def main() -> None:
 NOTES = [
     "Variant api_<P>p_<C>c: P API processes (CELERIAC_API_WORKERS), C connections. The floor "
     "is one process publishing as fast as it can, with no HTTP and no tracking record.",
-    "Everything shares 2 cores: the load generator (most of a core by itself at these rates), "
-    "redis-server and the API processes. A second API process cannot add a core here; on a "
-    "node with free cores each process adds about one process's rate (they share nothing but "
-    "Redis).",
+    "Everything shares 2 cores: the load generator, redis-server and the API processes. A "
+    "second API process cannot add a core here; on a node with free cores each process adds "
+    "about one process's rate (they share nothing but Redis).",
     "Accepted POST /v1/tasks requests take a pure ASGI fast path (no FastAPI routing, "
     "dependencies or response model); concurrent requests' commands share one MULTI/EXEC per "
     "round trip. The floor waits for each LPUSH before building the next message; with 8 "
@@ -262,10 +373,9 @@ NOTES = [
 
 def _cli(argv: list[str]) -> None:
     if argv and argv[0] == "load":
-        port, connections, total, warmup = map(int, argv[1:5])
-        print(json.dumps(load(port, connections, total, warmup)))
+        print(json.dumps(load(int(argv[1]), int(argv[2]), float(argv[3]))))
     elif argv and argv[0] == "floor":
-        print(json.dumps(floor(argv[1], int(argv[2]), int(argv[3]))))
+        print(json.dumps(floor(argv[1], float(argv[2]), int(argv[3]))))
     else:
         main()
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from celery import Celery
 
+from bench import report
 from bench.support import Process, Redis, Run
 from celeriac.app import create_app
 from celeriac.backend import backend_url
@@ -47,8 +48,8 @@ WARMUP_TASKS = 200
 POLL_SECONDS = 0.005
 # Targets (issue 7): celeriac's safety settings alone vs stock; celeriac's defaults vs stock
 # Celery with the same result backend.
-TARGET_SAFETY_TO_STOCK = 0.97
-TARGET_CELERIAC_TO_STOCK_WITH_RESULTS = 0.9
+TARGET_SAFETY_TO_STOCK = report.SAFETY_TO_STOCK
+TARGET_CELERIAC_TO_STOCK_WITH_RESULTS = report.CELERIAC_TO_STOCK_WITH_RESULTS
 
 
 @dataclass(frozen=True)
