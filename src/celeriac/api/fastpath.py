@@ -25,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from celeriac.api import tasks
+from celeriac.api import idempotency, tasks
 from celeriac.api.errors import UNAVAILABLE_ERRORS, unavailable
 from celeriac.api.models import TaskRequest
 from celeriac.api.services import Services
@@ -33,6 +33,7 @@ from celeriac.api.services import Services
 PATH = "/v1/tasks"
 # Content types served here; any other (``+json`` types, parameters) goes through FastAPI.
 JSON_TYPES = frozenset({b"application/json", b"application/json; charset=utf-8"})
+REPLAYED = idempotency.REPLAYED_HEADER.lower().encode("latin-1")
 
 
 class SubmitFastPath:
@@ -52,39 +53,46 @@ class SubmitFastPath:
         if accepted is None:
             await self.app(scope, replay, send)
             return
-        request, queue, delay = accepted
+        request, queue, delay, key = accepted
         try:
-            task_id = await tasks.publish_task(request, queue, delay, self.services)
+            answer, replayed = await tasks.submit(request, queue, delay, self.services, key)
         except UNAVAILABLE_ERRORS as exc:
             await unavailable("POST", scope["path"], exc)(scope, replay, send)
             return
-        content = _accepted_body(task_id, request.task, queue)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 202,
-                "headers": [
-                    (b"content-length", str(len(content)).encode()),
-                    (b"content-type", b"application/json"),
-                    (b"location", tasks.location(scope, task_id).encode("latin-1")),
-                ],
-            }
-        )
+        except RequestValidationError:
+            # An Idempotency-Key used for another request: the route finds the same and says so.
+            await self.app(scope, replay, send)
+            return
+        content = _accepted_body(answer.id, answer.task, answer.queue)
+        headers = [
+            (b"content-length", str(len(content)).encode()),
+            (b"content-type", b"application/json"),
+            (b"location", tasks.location(scope, answer.id).encode("latin-1")),
+        ]
+        if replayed:
+            headers.append((REPLAYED, b"true"))
+        await send({"type": "http.response.start", "status": 202, "headers": headers})
         await send({"type": "http.response.body", "body": content})
 
-    def _accepted(self, scope: Scope, body: bytes | None) -> tuple[TaskRequest, str, float] | None:
-        """The request, its queue and delay when FastAPI would accept it; None otherwise."""
+    def _accepted(
+        self, scope: Scope, body: bytes | None
+    ) -> tuple[TaskRequest, str, float, str | None] | None:
+        """The request, its queue, delay and idempotency key when FastAPI would accept it."""
         if body is None:
             return None
-        authorization = content_type = None
+        authorization = content_type = key = None
         for name, value in scope["headers"]:
             # The first of each, as Starlette's ``Headers.get``.
             if name == b"authorization" and authorization is None:
                 authorization = value
             elif name == b"content-type" and content_type is None:
                 content_type = value
+            elif name == idempotency.HEADER_NAME and key is None:
+                key = value.decode("latin-1")
         if authorization is None or content_type is None:
             return None
+        if key is not None and not idempotency.valid_key(key):
+            return None  # the route's 422 names the header
         if content_type.lower() not in JSON_TYPES:
             return None
         # As ``HTTPBearer``: the scheme, one space, the token (stripped).
@@ -99,7 +107,7 @@ class SubmitFastPath:
             queue, delay = tasks.check_submission(request, self.services)
         except (ValueError, RecursionError, ValidationError, RequestValidationError):
             return None  # malformed JSON, not UTF-8, invalid, not allowed: FastAPI answers
-        return request, queue, delay
+        return request, queue, delay, key
 
 
 def _route_path(scope: Scope) -> str:

@@ -15,6 +15,11 @@ DEFAULT_MAX_BODY_BYTES = 65536
 # One process serves about one core; more processes per pod need a CPU limit to match.
 DEFAULT_WORKERS = 1
 MAX_WORKERS = 64
+# How long an Idempotency-Key names its first submission (``celeriac.api.idempotency``).
+DEFAULT_IDEMPOTENCY_WINDOW_SECONDS = 86400
+# Ids kept for ``GET /v1/tasks``, newest first (about 100 bytes of Redis memory each).
+DEFAULT_RECENT_TASKS = 10000
+MAX_RECENT_TASKS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,9 @@ class ApiSettings:
     workers: int = DEFAULT_WORKERS
     # One line per request; off by default (see the API README: it costs ~15-25% throughput).
     access_log: bool = False
+    idempotency_window_seconds: int = DEFAULT_IDEMPOTENCY_WINDOW_SECONDS
+    # 0: no list of recent tasks is kept (``GET /v1/tasks`` lists nothing).
+    recent_tasks: int = DEFAULT_RECENT_TASKS
 
     def __post_init__(self) -> None:
         if not self.tokens:
@@ -38,6 +46,16 @@ class ApiSettings:
         if not 1 <= self.workers <= MAX_WORKERS:
             raise ConfigError(
                 f"CELERIAC_API_WORKERS={self.workers} must be between 1 and {MAX_WORKERS}"
+            )
+        if not 0 <= self.recent_tasks <= MAX_RECENT_TASKS:
+            raise ConfigError(
+                f"CELERIAC_API_RECENT_TASKS={self.recent_tasks} must be between 0 and "
+                f"{MAX_RECENT_TASKS}"
+            )
+        if self.idempotency_window_seconds < 1:
+            raise ConfigError(
+                f"CELERIAC_API_IDEMPOTENCY_WINDOW_SECONDS={self.idempotency_window_seconds} "
+                "must be at least 1"
             )
 
     @classmethod
@@ -52,6 +70,10 @@ class ApiSettings:
             max_body_bytes=env.integer("API_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1),
             workers=env.integer("API_WORKERS", DEFAULT_WORKERS, minimum=1),
             access_log=env.boolean("API_ACCESS_LOG", False),
+            idempotency_window_seconds=env.integer(
+                "API_IDEMPOTENCY_WINDOW_SECONDS", DEFAULT_IDEMPOTENCY_WINDOW_SECONDS, minimum=1
+            ),
+            recent_tasks=env.integer("API_RECENT_TASKS", DEFAULT_RECENT_TASKS, minimum=0),
         )
 
 

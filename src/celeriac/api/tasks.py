@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
-from celeriac.api import tracking
+from celeriac.api import idempotency, tracking
 from celeriac.api.dependencies import ServicesDep, require_token
 from celeriac.api.errors import field_error
 from celeriac.api.models import ErrorBody, TaskAccepted, TaskRequest, TaskStatus
@@ -49,23 +50,61 @@ _UNKNOWN: Responses = {
 }
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias=idempotency.HEADER,
+        min_length=1,
+        max_length=idempotency.MAX_KEY_LENGTH,
+        pattern=idempotency.KEY_PATTERN,
+        description="Queue this submission at most once: a later request with the same key "
+        "(within CELERIAC_API_IDEMPOTENCY_WINDOW_SECONDS) queues nothing and gets the first "
+        f"submission's answer, with {idempotency.REPLAYED_HEADER}: true. "
+        f"{idempotency.KEY_RULE}.",
+    ),
+]
+
+
 @router.post(
     "",
     status_code=202,
     responses={
+        202: {
+            "headers": {
+                "Location": {
+                    "description": "Where to read the task's state.",
+                    "schema": {"type": "string"},
+                },
+                idempotency.REPLAYED_HEADER: {
+                    "description": "Present when an Idempotency-Key named an earlier "
+                    "submission: nothing was queued, the body is that submission's.",
+                    "schema": {"type": "string", "enum": ["true"]},
+                },
+            }
+        },
         **_AUTH,
-        422: {"model": ErrorBody, "description": "Invalid body, or task/queue not allowed."},
+        422: {
+            "model": ErrorBody,
+            "description": "Invalid body, task/queue not allowed, or a bad Idempotency-Key "
+            "(malformed, or used before for a different request).",
+        },
         **_UNAVAILABLE,
     },
 )
 async def submit_task(
-    body: TaskRequest, request: Request, response: Response, services: ServicesDep
+    body: TaskRequest,
+    request: Request,
+    response: Response,
+    services: ServicesDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> TaskAccepted:
     """Queue a task. Answers 202 with its id; ``Location`` is where to poll its state."""
     queue, delay = check_submission(body, services)
-    task_id = await publish_task(body, queue, delay, services)
-    response.headers["Location"] = location(request.scope, task_id)
-    return TaskAccepted(id=task_id, task=body.task, queue=queue)
+    accepted, replayed = await submit(body, queue, delay, services, idempotency_key)
+    response.headers["Location"] = location(request.scope, accepted.id)
+    if replayed:
+        response.headers[idempotency.REPLAYED_HEADER] = "true"
+    return accepted
 
 
 # ``submit_task`` in steps, shared with the fast path (``celeriac.api.fastpath``).
@@ -86,8 +125,50 @@ def check_submission(body: TaskRequest, services: Services) -> tuple[str, float]
     return queue, _delay_seconds(body, services)
 
 
+async def submit(
+    body: TaskRequest,
+    queue: str,
+    delay: float,
+    services: Services,
+    idempotency_key: str | None = None,
+) -> tuple[TaskAccepted, bool]:
+    """Publish the task (at most once per ``idempotency_key``): the answer, and whether it
+    replays an earlier submission's (nothing was queued then).
+
+    A key used before for a different request is a 422 naming the header.
+    """
+    once = None
+    if idempotency_key is not None:
+        once = idempotency.Once(
+            key=idempotency_key,
+            fingerprint=idempotency.fingerprint(body, queue),
+            window_seconds=services.api_settings.idempotency_window_seconds,
+        )
+    task_id, earlier = await _publish(body, queue, delay, services, once)
+    if earlier is None:
+        return TaskAccepted(id=task_id, task=body.task, queue=queue), False
+    if once is None or earlier.fingerprint != once.fingerprint:
+        raise field_error(
+            ("header", idempotency.HEADER),
+            f"this {idempotency.HEADER} was used for a different request (task, arguments, "
+            "queue, delay or priority) within the idempotency window; use a new key",
+        )
+    return TaskAccepted(id=earlier.id, task=earlier.task, queue=earlier.queue), True
+
+
 async def publish_task(body: TaskRequest, queue: str, delay: float, services: Services) -> str:
     """Publish the task and record its id; its id once Redis acknowledged both."""
+    task_id, _ = await _publish(body, queue, delay, services, None)
+    return task_id
+
+
+async def _publish(
+    body: TaskRequest,
+    queue: str,
+    delay: float,
+    services: Services,
+    once: idempotency.Once | None,
+) -> tuple[str, idempotency.First | None]:
     task_id = str(uuid.uuid4())
     sender = services.sender
     if not sender.connected:
@@ -106,7 +187,8 @@ async def publish_task(body: TaskRequest, queue: str, delay: float, services: Se
         retry=True,
         retry_policy=PUBLISH_RETRY_POLICY,
     )
-    await tracking.submit(
+    keep = services.api_settings.recent_tasks
+    earlier = await tracking.submit(
         services.aio.writes,
         services.aio.results_writes,
         task_id,
@@ -114,8 +196,10 @@ async def publish_task(body: TaskRequest, queue: str, delay: float, services: Se
         commands,
         # Kept as long as the result will be.
         ttl_seconds=services.settings.result_expires_seconds + math.ceil(delay),
+        recent=tracking.Recent(keep, time.time()) if keep else None,
+        once=once,
     )
-    return task_id
+    return task_id, earlier
 
 
 def location(scope: Scope, task_id: str) -> str:

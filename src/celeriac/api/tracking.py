@@ -11,22 +11,42 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 import redis.asyncio
 from celery.backends.base import KeyValueStoreBackend
 
+from celeriac.api import idempotency
 from celeriac.api.batching import TransactionQueue
 from celeriac.api.models import TaskError, TaskStatus
 from celeriac.api.publish import Command
 
 RECORD_PREFIX = "celeriac:api:task:"
+# The ids submitted here, scored by submit time (microseconds since the epoch), newest kept.
+RECENT_KEY = "celeriac:api:recent"
 # Celery's Redis result backend key for a task id.
 RESULT_PREFIX = KeyValueStoreBackend.task_keyprefix
 ERROR_STATES = frozenset({"FAILURE", "RETRY", "REVOKED"})
 FINISHED_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 MAX_ERROR_MESSAGE_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class Recent:
+    """Adds a submission to the list of recent ones, trimmed to ``keep`` on every write."""
+
+    keep: int
+    submitted_at: float
+
+    def commands(self, task_id: str) -> list[Command]:
+        score = int(self.submitted_at * 1_000_000)
+        return [
+            ("execute_command", ("ZADD", RECENT_KEY, score, task_id)),
+            # Ranks count from the oldest: drop all but the newest ``keep``.
+            ("execute_command", ("ZREMRANGEBYRANK", RECENT_KEY, 0, -self.keep - 1)),
+        ]
 
 
 async def submit(
@@ -37,30 +57,70 @@ async def submit(
     publish: list[Command],
     *,
     ttl_seconds: int,
-) -> None:
+    recent: Recent | None = None,
+    once: idempotency.Once | None = None,
+) -> idempotency.First | None:
     """Record the id, then send the commands that publish its message.
 
     Recorded first: when Redis cannot take the record, nothing is published that the client
     could not track. On one Redis both go in one MULTI/EXEC (both or neither), shared with the
-    submissions of concurrent requests (``batching``).
+    submissions of concurrent requests (``batching``). ``recent`` adds the id to the list of
+    recent submissions, with the record.
+
+    With ``once``, the publish (and on one Redis the record) runs in the idempotency script:
+    when its key already names a submission, nothing is written (a record written to another
+    Redis is taken back) and that submission is returned. None: this one was published.
     """
     key = RECORD_PREFIX + task_id
-    recording: Command = ("execute_command", ("SET", key, json.dumps(record), "EX", ttl_seconds))
+    recording: list[Command] = [
+        ("execute_command", ("SET", key, json.dumps(record), "EX", ttl_seconds))
+    ]
+    if recent is not None:
+        recording += recent.commands(task_id)
+    if once is None:
+        if results is broker:
+            await broker.execute([*recording, *publish])
+            return None
+        await results.execute(recording)
+        try:
+            await broker.execute(publish)
+        except BaseException:
+            await _forget(results.client, key, task_id)
+            raise
+        return None
+    first = idempotency.First(task_id, record["task"], record["queue"], once.fingerprint)
     if results is broker:
-        await broker.execute([recording, *publish])
-        return
-    await results.execute([recording])
+        script = idempotency.script_command(once, first, [*recording, *publish])
+        (reply,) = await broker.execute([script])
+        return _earlier(reply)
+    await results.execute(recording)
     try:
-        await broker.execute(publish)
+        (reply,) = await broker.execute([idempotency.script_command(once, first, publish)])
     except BaseException:
-        await _forget(results.client, key)
+        await _forget(results.client, key, task_id)
         raise
+    earlier = _earlier(reply)
+    if earlier is not None:
+        await _forget(results.client, key, task_id)
+    return earlier
 
 
-async def _forget(client: redis.asyncio.Redis, key: str) -> None:
+def _earlier(reply: object) -> idempotency.First | None:
+    """The submission the script found under the key (None: it ran this one)."""
+    if reply is None:
+        return None
+    earlier = idempotency.parse_stored(reply)
+    # A value this API did not write: treated as another request's, nothing was queued.
+    return earlier or idempotency.First("", "", "", "")
+
+
+async def _forget(client: redis.asyncio.Redis, key: str, task_id: str) -> None:
     """Drop the record of a submission that failed; best effort, Redis is likely down."""
     with contextlib.suppress(redis.RedisError, OSError):
-        await client.delete(key)
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.zrem(RECENT_KEY, task_id)
+            await pipe.execute()
 
 
 async def lookup(client: redis.asyncio.Redis, task_id: str) -> TaskStatus | None:
