@@ -109,6 +109,26 @@ class TaskStatus(BaseModel):
     finished_at: str | None = Field(default=None, description="When it ended (ISO-8601, UTC).")
 
 
+class TaskSummary(BaseModel):
+    """A task in the list of recent submissions: its state, not its result (``GET`` the id)."""
+
+    id: str
+    task: str | None = Field(default=None, description="Task name, when known.")
+    queue: str | None = Field(default=None, description="Queue it was sent to, when known.")
+    state: str = Field(description="As in TaskStatus.")
+    submitted_at: str = Field(description="When the API accepted it (ISO-8601, UTC).")
+    finished_at: str | None = Field(default=None, description="When it ended (ISO-8601, UTC).")
+
+
+class TaskPage(BaseModel):
+    """Recent submissions, newest first."""
+
+    tasks: list[TaskSummary]
+    next_cursor: str | None = Field(
+        description="Pass as ``cursor`` for the next page; null at the end of the list."
+    )
+
+
 class QueueBacklogInfo(BaseModel):
     """Messages of one queue: waiting in Redis, held by workers, and held until their ETA."""
 

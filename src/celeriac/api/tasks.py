@@ -15,7 +15,7 @@ from starlette.types import Scope
 from celeriac.api import idempotency, tracking
 from celeriac.api.dependencies import ServicesDep, require_token
 from celeriac.api.errors import field_error
-from celeriac.api.models import ErrorBody, TaskAccepted, TaskRequest, TaskStatus
+from celeriac.api.models import ErrorBody, TaskAccepted, TaskPage, TaskRequest, TaskStatus
 from celeriac.api.routing import JsonBodyRoute
 from celeriac.api.services import Services
 
@@ -205,6 +205,56 @@ async def _publish(
 def location(scope: Scope, task_id: str) -> str:
     """Where a submitted task's state is read (``Location`` of the 202)."""
     return f"{scope.get('root_path', '')}/v1/tasks/{task_id}"
+
+
+MAX_PAGE = 200
+DEFAULT_PAGE = 50
+_CURSOR_PATTERN = r"^[0-9]{1,20}:[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$"
+
+
+@router.get(
+    "",
+    responses={
+        **_AUTH,
+        422: {"model": ErrorBody, "description": "A malformed state, limit or cursor."},
+        **_UNAVAILABLE,
+    },
+)
+async def list_tasks(
+    services: ServicesDep,
+    state: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=64,
+            pattern=r"^[A-Za-z0-9_-]+$",
+            description="Only tasks in this state (PENDING, STARTED, SUCCESS ..., exact).",
+        ),
+    ] = None,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_PAGE, description="Tasks per page at most.")
+    ] = DEFAULT_PAGE,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=300,
+            pattern=_CURSOR_PATTERN,
+            description="next_cursor of the previous page; none for the newest.",
+        ),
+    ] = None,
+) -> TaskPage:
+    """Tasks submitted here, newest first: the last CELERIAC_API_RECENT_TASKS of them.
+
+    With ``state``, a page may hold fewer than ``limit`` tasks though more follow (at most
+    1000 ids are looked at per request): go on while ``next_cursor`` is not null.
+    """
+    after = None
+    if cursor is not None:
+        after = tracking.Cursor.parse(cursor)
+        if after is None:  # the pattern lets through only what parses
+            raise field_error(("query", "cursor"), "not a cursor this API gave")
+    found, last = await tracking.recent(services.aio.results, limit=limit, state=state, after=after)
+    return TaskPage(tasks=found, next_cursor=None if last is None else str(last))
 
 
 @router.get("/{task_id}", responses={**_AUTH, **_UNKNOWN, **_UNAVAILABLE})
