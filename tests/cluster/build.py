@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         if not binary_path(name).is_file():
             print(f"{name}: building...", flush=True)
         path, seconds = build_one(name)
-        state = "cached (warm)" if seconds is None else f"built (cold) in {seconds:.1f}s"
+        state = "cached (warm)" if seconds is None else f"built (not cached) in {seconds:.1f}s"
         print(f"{name} {COMPONENTS[name].version()}: {state} -> {path}", flush=True)
     print(f"total {time.monotonic() - total:.1f}s", flush=True)
     return 0
