@@ -83,3 +83,19 @@ def log_run(self: Task[Any, Any], path: str, seconds: float = 0.0) -> None:
         os.write(fd, line)  # one small O_APPEND write: whole lines from every process
     finally:
         os.close(fd)
+
+
+@app.task(name="tests.whoami", bind=True, ignore_result=True)
+def whoami(self: Task[Any, Any], seconds: float = 0.0) -> None:
+    """Add the worker's node name to the set ``hosts`` (which workers consume), then sleep."""
+    _redis().sadd("hosts", str(self.request.hostname))
+    time.sleep(seconds)
+
+
+@app.task(name="tests.sleep")
+def sleep(seconds: float) -> float:
+    """Sleep ``seconds`` in small steps (so a soft time limit's exception lands promptly)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    return seconds

@@ -63,6 +63,8 @@ CASES = {
     "CELERIAC_WORKER_MINGLE": Case(WORKER, "maybe"),
     "CELERIAC_WORKER_GOSSIP": Case(WORKER, "maybe"),
     "CELERIAC_WORKER_EVENT_HEARTBEATS": Case(WORKER, "maybe"),
+    "CELERIAC_WORKER_STALL_SECONDS": Case(WORKER, "0.5"),
+    "CELERIAC_TASK_LIMITS": Case(WORKER, '{"t.a": {"time_limit": "soon"}}'),
     "CELERIAC_PROBE_MAX_AGE_SECONDS": Case(PROBE, "0"),
     "CELERIAC_API_HOST": Case(API, "999.1.1.1"),
     "CELERIAC_API_PORT": Case(API, "abc"),

@@ -120,3 +120,18 @@ def test_probe_imports_no_celery(tmp_path: Path) -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip().endswith("[]"), result.stdout
+
+
+def test_stalled_marker_fails_a_fresh_heartbeat_and_its_removal_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    heartbeat = tmp_path / "worker.heartbeat"
+    heartbeat.touch()
+    marker = tmp_path / "worker.heartbeat.stalled"
+    marker.write_text("3 messages wait in its queues ...\n")
+    code, line = run(["worker", "--heartbeat-file", str(heartbeat)], capsys)
+    assert code == 1
+    assert line == "worker unhealthy: consumer stalled: 3 messages wait in its queues ..."
+    marker.unlink()
+    code, line = run(["worker", "--heartbeat-file", str(heartbeat)], capsys)
+    assert code == 0, line

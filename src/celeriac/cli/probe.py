@@ -23,6 +23,7 @@ from celeriac.worker.settings import (
     DEFAULT_HEARTBEAT_FILE,
     DEFAULT_PROBE_MAX_AGE_SECONDS,
     DEFAULT_READY_FILE,
+    stalled_file,
 )
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -63,7 +64,8 @@ def command() -> None:
 @_file_option("--heartbeat-file", "CELERIAC_WORKER_HEARTBEAT_FILE", DEFAULT_HEARTBEAT_FILE)
 @_file_option("--ready-file", "CELERIAC_WORKER_READY_FILE", DEFAULT_READY_FILE)
 def worker(ready: bool, **options: object) -> None:
-    """Liveness (default): the worker's event loop touched its heartbeat file recently."""
+    """Liveness (default): the worker's event loop touched its heartbeat file recently, and
+    the worker has not stalled (messages wait, it could take one, it takes none)."""
     env = Env(environ_with(options))
     heartbeat_file = env.output_file("WORKER_HEARTBEAT_FILE", DEFAULT_HEARTBEAT_FILE)
     ready_file = env.output_file("WORKER_READY_FILE", DEFAULT_READY_FILE)
@@ -74,7 +76,19 @@ def worker(ready: bool, **options: object) -> None:
             sys.exit(0)
         click.echo(f"worker not ready: {ready_file} does not exist", err=True)
         sys.exit(1)
+    stalled = _read_marker(stalled_file(heartbeat_file))
+    if stalled is not None:
+        click.echo(f"worker unhealthy: consumer stalled: {stalled}", err=True)
+        sys.exit(1)
     sys.exit(_check_heartbeat("worker", heartbeat_file, max_age_seconds))
+
+
+def _read_marker(path: Path) -> str | None:
+    """The marker's line, or None when there is none."""
+    try:
+        return path.read_text(encoding="utf-8").strip() or "(no reason given)"
+    except FileNotFoundError:
+        return None
 
 
 @command.command("beat")

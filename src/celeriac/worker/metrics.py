@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celery import signals
+from celery.exceptions import TimeLimitExceeded
 
 from celeriac.transport import PUBLISHED_AT_HEADER, parse_eta
 
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Hard time limits remembered per task id, to count each once (Celery reports it twice).
+TIMED_OUT_REMEMBERED = 1000
 # From a 5 ms no-op to an hour-long report.
 RUNTIME_BUCKETS_SECONDS = (
     0.005,
@@ -81,6 +85,13 @@ class TaskMetrics:
         self.retried = Counter(
             "celeriac_tasks_retried", "Task retries scheduled.", ["task"], registry=None
         )
+        self.time_limit_exceeded = Counter(
+            "celeriac_tasks_time_limit_exceeded",
+            "Tasks stopped at their hard time limit (their pool process was killed and "
+            "replaced); counted by the worker's main process.",
+            ["task"],
+            registry=None,
+        )
         self.runtime = Histogram(
             "celeriac_task_runtime_seconds",
             "Time a task ran in a pool process, whatever its outcome.",
@@ -117,6 +128,8 @@ class TaskSignalRecorder:
         self._wall_clock = wall_clock
         self._pid = -1
         self._metrics: TaskMetrics | None = None
+        # Ids of the last tasks stopped at their hard time limit (see _on_failure).
+        self._timed_out: OrderedDict[str, None] = OrderedDict()
 
     def metrics(self) -> TaskMetrics:
         if self._metrics is None or self._pid != os.getpid():
@@ -158,7 +171,23 @@ class TaskSignalRecorder:
     def _on_success(self, sender: Any = None, **_: Any) -> None:
         self.metrics().succeeded.labels(_name(sender)).inc()
 
-    def _on_failure(self, sender: Any = None, **_: Any) -> None:
+    def _on_failure(
+        self,
+        sender: Any = None,
+        task_id: str | None = None,
+        exception: object = None,
+        **_: Any,
+    ) -> None:
+        if isinstance(exception, TimeLimitExceeded):
+            # Sent by the main process: the pool process that ran the task was killed and
+            # records nothing. Celery 5.7 sends it twice for one hard timeout (from
+            # Request.on_timeout and again from Request.on_failure): count each task once.
+            if task_id in self._timed_out:
+                return
+            self._timed_out[task_id or ""] = None
+            while len(self._timed_out) > TIMED_OUT_REMEMBERED:
+                self._timed_out.popitem(last=False)
+            self.metrics().time_limit_exceeded.labels(_name(sender)).inc()
         self.metrics().failed.labels(_name(sender)).inc()
 
     def _on_retry(self, sender: Any = None, **_: Any) -> None:

@@ -14,7 +14,14 @@ from celeriac.worker.metrics import TaskSignalRecorder, enable_multiprocess, ser
 from celeriac.worker.pool import POOL_CLASSES
 from celeriac.worker.settings import WorkerSettings
 from celeriac.worker.sizing import Sizing, size_worker
-from celeriac.worker.steps import Drain, Heartbeat, ProbedConsumer, Ready
+from celeriac.worker.steps import (
+    ApplyTaskLimits,
+    Drain,
+    Heartbeat,
+    ProbedConsumer,
+    Ready,
+    StallCheck,
+)
 
 logger = logging.getLogger("celeriac.worker")
 
@@ -40,6 +47,7 @@ def run_worker(settings: WorkerSettings) -> int:
     # A file left by an earlier run (same pod, restarted container) must never pass a probe.
     heartbeat.remove(settings.heartbeat_file)
     heartbeat.remove(settings.ready_file)
+    heartbeat.remove(settings.stalled_file)
     if settings.metrics_port:
         # Before the app is imported: it may import prometheus-client, which decides at import.
         enable_multiprocess(settings.metrics_dir)
@@ -48,7 +56,7 @@ def run_worker(settings: WorkerSettings) -> int:
     configure_worker(app, settings, sizing)
     if settings.metrics_port:
         _start_metrics(settings)
-    app.steps["worker"].update({Heartbeat, Drain})
+    app.steps["worker"].update({Heartbeat, StallCheck, Drain, ApplyTaskLimits})
     app.steps["consumer"].add(Ready)
     worker = app.Worker(**worker_options(settings, sizing))
     # After app.Worker(): Celery has set up logging by now.
@@ -67,10 +75,17 @@ def check_worker(settings: WorkerSettings) -> str:
     sizing = size_worker(settings)
     app = load_app(settings.common.app, settings.common)
     tasks = sorted(name for name in app.tasks if not name.startswith("celery."))
+    missing = sorted(set(settings.task_limits) - set(app.tasks))
+    limits = (
+        f", limits for {len(settings.task_limits)} tasks"
+        + (f" (not tasks of the app: {', '.join(missing)})" if missing else "")
+        if settings.task_limits
+        else ""
+    )
     return (
         f"celeriac: worker settings are valid: app {settings.common.app} "
         f"({len(tasks)} tasks: {', '.join(tasks) or 'none'}), "
-        f"queues {','.join(settings.common.queues)}, {sizing.describe()}"
+        f"queues {','.join(settings.common.queues)}, {sizing.describe()}{limits}"
     )
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from celeriac.env import ConfigError, Env
 from celeriac.settings import Settings
+from celeriac.worker.limits import TaskLimits, parse_task_limits
 
 DEFAULT_HEARTBEAT_FILE = Path("/tmp/celeriac/worker.heartbeat")
 DEFAULT_READY_FILE = Path("/tmp/celeriac/worker.ready")
@@ -25,6 +26,17 @@ POOLS = ("prefork", "threads")
 DEFAULT_CONCURRENCY_PER_CPU = 1.0
 HEARTBEAT_INTERVAL_SECONDS = 1.0
 DEFAULT_PROBE_MAX_AGE_SECONDS = 30.0
+# A worker whose queues have waiting messages and who could take one, but has taken nothing for
+# this long, is stalled (a silent consumer): its liveness probe fails. 0 switches the check off.
+DEFAULT_STALL_SECONDS = 60.0
+# Below this a busy Redis or a fetch's 1 s wait could pass for a stall.
+MIN_STALL_SECONDS = 1.0
+STALLED_SUFFIX = ".stalled"
+
+
+def stalled_file(heartbeat_file: Path) -> Path:
+    """The marker the worker keeps beside its heartbeat while stalled; the probe fails on it."""
+    return heartbeat_file.with_name(heartbeat_file.name + STALLED_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -53,14 +65,24 @@ class WorkerSettings:
     # Celery's INFO lines for every task received, succeeded or retried (2+ lines per task);
     # off unless asked for (or the log level is DEBUG). Failures are logged either way.
     log_tasks: bool = False
+    # Seconds without taking a message, while messages wait and the worker could take one,
+    # after which liveness fails (celeriac.worker.stall); 0: never.
+    stall_seconds: float = DEFAULT_STALL_SECONDS
+    # Per task name: time and rate limits applied to the app's tasks at start.
+    task_limits: Mapping[str, TaskLimits] = field(default_factory=dict)
+
+    @property
+    def stalled_file(self) -> Path:
+        return stalled_file(self.heartbeat_file)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
         env = Env(environ)
+        common = Settings.from_env(environ)
         cpu_limit = env.optional_number("WORKER_CPU_LIMIT", minimum=0.001)
         port = env.port("WORKER_METRICS_PORT", DEFAULT_METRICS_PORT, minimum=0)
         return cls(
-            common=Settings.from_env(environ),
+            common=common,
             concurrency=env.optional_integer("WORKER_CONCURRENCY", minimum=1),
             # The Downward API already rounds limits.cpu up with divisor 1; a fraction given by
             # hand is rounded up the same way.
@@ -86,7 +108,21 @@ class WorkerSettings:
             gossip=env.boolean("WORKER_GOSSIP", False),
             event_heartbeats=env.boolean("WORKER_EVENT_HEARTBEATS", False),
             log_tasks=env.boolean("WORKER_LOG_TASKS", False),
+            stall_seconds=_stall_seconds(env),
+            task_limits=parse_task_limits(
+                env.raw("TASK_LIMITS"), common.visibility_timeout_seconds
+            ),
         )
+
+
+def _stall_seconds(env: Env) -> float:
+    seconds = env.number("WORKER_STALL_SECONDS", DEFAULT_STALL_SECONDS, minimum=0)
+    if 0 < seconds < MIN_STALL_SECONDS:
+        raise ConfigError(
+            f"CELERIAC_WORKER_STALL_SECONDS={seconds:g} must be 0 (off) or at least "
+            f"{MIN_STALL_SECONDS:g}"
+        )
+    return seconds
 
 
 def _hostname(env: Env) -> str | None:

@@ -15,8 +15,10 @@ from celery import bootsteps
 from celery.worker.consumer import Consumer
 
 from celeriac import heartbeat
+from celeriac.worker.limits import apply_task_limits
 from celeriac.worker.settings import HEARTBEAT_INTERVAL_SECONDS, WorkerSettings
 from celeriac.worker.shutdown import GracefulShutdown
+from celeriac.worker.stall import StallWatcher, channel_can_take, redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,70 @@ class Heartbeat(bootsteps.StartStopStep):
         if self._entry is not None:
             self._entry.cancel()
             self._entry = None
+
+
+class ApplyTaskLimits(bootsteps.Step):
+    """Sets ``CELERIAC_TASK_LIMITS`` on the app's tasks (``celeriac.worker.limits``).
+
+    Made after Celery imported the app's task modules (``imports``, ``include``) and before the
+    consumer, which reads each task's rate limit when it is made; the pool and each request
+    read the time limits from the task.
+    """
+
+    label = "celeriac task limits"
+
+    def __init__(self, w: Any, celeriac_settings: WorkerSettings | None = None, **kwargs: Any):
+        super().__init__(w, **kwargs)
+        self.settings = celeriac_settings
+
+    def include_if(self, w: Any) -> bool:
+        return self.settings is not None and bool(self.settings.task_limits)
+
+    def create(self, w: Any) -> None:
+        assert self.settings is not None
+        for name, limits in self.settings.task_limits.items():
+            logger.info("task limits: %s %s", name, limits.describe())
+        for name in apply_task_limits(w.app.tasks, self.settings.task_limits):
+            logger.warning(
+                "CELERIAC_TASK_LIMITS: the app has no task %r: its limits do nothing", name
+            )
+
+
+class StallCheck(bootsteps.StartStopStep):
+    """Runs the silent-consumer check (``celeriac.worker.stall``) beside the heartbeat.
+
+    Off with ``CELERIAC_WORKER_STALL_SECONDS=0``. The consumer records each message it takes
+    on the worker's ``celeriac_stall_clock`` (``ProbedConsumer``).
+    """
+
+    label = "celeriac stall check"
+    requires = ("celery.worker.components:Timer",)
+
+    def __init__(self, w: Any, celeriac_settings: WorkerSettings | None = None, **kwargs: Any):
+        super().__init__(w, **kwargs)
+        self.settings = celeriac_settings
+        self.watcher: StallWatcher | None = None
+
+    def include_if(self, w: Any) -> bool:
+        return self.settings is not None and self.settings.stall_seconds > 0
+
+    def create(self, w: Any) -> None:
+        assert self.settings is not None
+        self.watcher = StallWatcher(
+            self.settings,
+            can_take=lambda: channel_can_take(getattr(w, "consumer", None)),
+            client=redis_client(self.settings),
+        )
+        w.celeriac_stall_clock = self.watcher.clock
+
+    def start(self, w: Any) -> None:
+        if self.watcher is not None:
+            self.watcher.start()
+
+    def stop(self, w: Any) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
 
 
 class Drain(bootsteps.StartStopStep):
@@ -113,13 +179,27 @@ class Ready(bootsteps.StartStopStep):
 
 
 class ProbedConsumer(Consumer):
-    """Celery's consumer, also touching the heartbeat while it retries the broker connection.
+    """Celery's consumer, also touching the heartbeat while it retries the broker connection,
+    and recording when it takes a message (for the stall check).
 
     While (re)connecting, the consumer sits in kombu's retry loop and no timer runs; that loop
     calls back every second, and the heartbeat rides on that callback. A Redis outage thus
     leaves the liveness probe passing (restarting the pod would not bring Redis back), while a
     frozen process still fails it.
     """
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+        handler: Callable[[Any], Any] = super().create_task_handler(*args, **kwargs)
+        stall_clock = getattr(getattr(self, "controller", None), "celeriac_stall_clock", None)
+        if stall_clock is None:
+            return handler
+        taken = stall_clock.message_taken
+
+        def on_task_received(message: Any) -> Any:
+            taken()
+            return handler(message)
+
+        return on_task_received
 
     def ensure_connected(self, conn: Any) -> Any:
         settings = (getattr(getattr(self, "controller", None), "options", None) or {}).get(
