@@ -235,6 +235,7 @@ def test_alert_rules_pass_promtool(rules_file: Path) -> None:
         "CeleriacRedisDown",
         "CeleriacBacklogGrowing",
         "CeleriacWorkersAbsent",
+        "CeleriacWorkersNotConsuming",
         "CeleriacTaskFailureRate",
         "CeleriacAutoscalerAtMax",
     ]
@@ -312,6 +313,58 @@ def test_alerts_fire_on_the_right_series(rules_file: Path) -> None:
         ],
     }
     test_file = rules_file.parent / "tests.yaml"
+    test_file.write_text(yaml.safe_dump(tests))
+    tested = run_promtool("test", "rules", str(test_file))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_workers_not_consuming_fires_only_with_waiting_nothing_in_flight_and_replicas(
+    rules_file: Path,
+) -> None:
+    exporter = f'job="celeriac-exporter",namespace="{NAMESPACE}"'
+    queue = f'{exporter},queue="default"'
+    available = "kube_deployment_status_replicas_available"
+    deployment = f'namespace="{NAMESPACE}",deployment="celeriac-worker-default"'
+    stuck = alert(
+        {"severity": "critical", "group": "default"},
+        "Worker group default has waiting tasks and available workers, but runs nothing.",
+        "Messages wait in the queues of group default (default), none is in flight and the "
+        "group has available replicas: its workers do not consume (silent consumers, e.g. "
+        "after a Redis restart; each worker's liveness probe should restart it after "
+        "workers.default.stallSeconds). Check the workers' logs and probes.",
+    )
+
+    def case(waiting: str, in_flight: str, replicas: str, expected: list[object]) -> object:
+        return {
+            "interval": "1m",
+            "input_series": [
+                series("celeriac_queue_waiting_messages", queue, waiting),
+                series("celeriac_queue_in_flight_messages", queue, in_flight),
+                # Another group's queue in flight must not hide this group's stall.
+                series("celeriac_queue_in_flight_messages", f'{exporter},queue="io"', "3x30"),
+                series(available, deployment, replicas),
+            ],
+            "alert_rule_test": [
+                {
+                    "eval_time": "10m",
+                    "alertname": "CeleriacWorkersNotConsuming",
+                    "exp_alerts": expected,
+                }
+            ],
+        }
+
+    tests = {
+        "rule_files": [rules_file.name],
+        "evaluation_interval": "1m",
+        "tests": [
+            case("7x30", "0x30", "2x30", [stuck]),  # waiting, nothing runs, workers up
+            case("7x30", "2x30", "2x30", []),  # busy: tasks in flight
+            case("0x30", "0x30", "2x30", []),  # idle: nothing waits
+            case("7x30", "0x30", "0x30", []),  # no worker (CeleriacWorkersAbsent's case)
+            case("7x30", "0 0 0 0 0 0 0 1 0x22", "2x30", []),  # ran a task 3 minutes ago
+        ],
+    }
+    test_file = rules_file.parent / "not-consuming-tests.yaml"
     test_file.write_text(yaml.safe_dump(tests))
     tested = run_promtool("test", "rules", str(test_file))
     assert tested.returncode == 0, tested.stdout + tested.stderr
