@@ -184,7 +184,7 @@ def test_body_not_utf8_says_so(client: TestClient) -> None:
     [
         ("PUT", "/v1/tasks/abc", "DELETE, GET"),  # two routes on one path: both methods
         ("OPTIONS", "/v1/tasks/abc", "DELETE, GET"),
-        ("PUT", "/v1/tasks", "POST"),
+        ("PUT", "/v1/tasks", "GET, POST"),
         ("POST", "/healthz", "GET"),
     ],
 )
