@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "api": "Serve the HTTP API that submits and tracks tasks.",
     "exporter": "Serve Prometheus metrics read from Redis alone.",
     "probe": "Kubernetes probes: exit 0 when healthy, 1 when not.",
+    "inspect": "Show queues and worker groups: waiting, in flight, dead letters.",
     "up": "Run the whole stack locally, with no Docker.",
 }
 

@@ -1,0 +1,34 @@
+"""``celeriac inspect``: per queue and worker group, what waits, runs and was set aside."""
+
+from __future__ import annotations
+
+import click
+
+from celeriac.cli.options import environ_with, setting
+from celeriac.exporter.groups import DEFAULT_GROUP
+
+
+@click.command("inspect")
+@setting(
+    "--worker-groups-file",
+    variable="CELERIAC_WORKER_GROUPS_FILE",
+    help=(
+        f"YAML: group name -> {{queues: [...]}}; unset: one group {DEFAULT_GROUP!r} "
+        "over CELERIAC_QUEUES."
+    ),
+    metavar="FILE",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def command(as_json: bool, **options: object) -> None:
+    """Show each queue and worker group, read from Redis alone.
+
+    Per queue: waiting, in flight, scheduled, dead letters and the oldest wait; per worker
+    group: the same summed over its queues, in flight shown as busy pool processes. Exit 0, or
+    1 with one line when Redis cannot be read (2 for bad settings).
+    """
+    from celeriac.inspect import InspectSettings, inspect, to_json, to_table
+
+    settings = InspectSettings.from_env(environ_with(options))
+    # Redis unreadable: ``RedisUnavailable``, one line and exit 1 from ``celeriac.cli.main``.
+    report = inspect(settings)
+    click.echo(to_json(report) if as_json else to_table(report))

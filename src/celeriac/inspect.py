@@ -1,0 +1,241 @@
+"""``celeriac inspect``: what each queue and worker group holds, read from Redis alone.
+
+The same counts as the exporter and ``GET /v1/queues`` (``celeriac.backlog``: one pipelined
+read, constant cost per queue), plus each queue's dead letters (``ZCARD``). Per worker group,
+the sums over its queues. No worker is asked anything (no broadcast).
+
+What Redis cannot say: how many workers are running, or their replicas. Celery keeps no
+registry of workers in Redis (its worker heartbeats are events, which celeriac turns off, and
+kombu's pidbox bindings outlive the workers that made them), so a count from there would be a
+guess. What is shown instead is the work workers hold: ``in flight`` counts the messages a
+worker has taken and not acknowledged. With acks late and a prefetch multiplier of 1, each is
+reserved by, or running in, one pool process: the busy processes of the group (an upper bound
+while a worker still has a message reserved for a process that is finishing the one before).
+Replicas are Kubernetes' to tell (``kubectl get deployments``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import redis
+
+from celeriac.backlog import read_backlog
+from celeriac.env import Env
+from celeriac.exporter.groups import WorkerGroup, all_queues, default_groups, load_groups
+from celeriac.keys import dead_letters_key
+from celeriac.settings import Settings, redact_url
+
+SHOWN_NOTE = (
+    "busy = tasks workers hold now (in flight: with acks late and prefetch 1, one pool process "
+    "each). Live workers and replicas are not in Redis (Celery keeps no worker registry there): "
+    "kubectl get deployments."
+)
+
+
+@dataclass(frozen=True)
+class QueueReport:
+    name: str
+    waiting: int
+    in_flight: int
+    scheduled: int
+    dead_letters: int
+    # Seconds since the oldest waiting message was published; None when unknown.
+    oldest_age_seconds: float | None
+
+    @property
+    def backlog(self) -> int:
+        return self.waiting + self.in_flight
+
+
+@dataclass(frozen=True)
+class GroupReport:
+    name: str
+    queues: tuple[str, ...]
+    waiting: int
+    # Messages the group's workers hold: its busy pool processes (see the module).
+    busy: int
+    scheduled: int
+    dead_letters: int
+    oldest_age_seconds: float | None
+
+    @property
+    def backlog(self) -> int:
+        return self.waiting + self.busy
+
+
+@dataclass(frozen=True)
+class InspectSettings:
+    """What ``celeriac inspect`` reads: the broker and queues, and the worker groups."""
+
+    common: Settings
+    groups: tuple[WorkerGroup, ...]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> InspectSettings:
+        common = Settings.from_env(environ)
+        groups_file = Env(environ).input_file("WORKER_GROUPS_FILE")
+        return cls(
+            common=common,
+            groups=load_groups(groups_file) if groups_file else default_groups(common.queues),
+        )
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        return all_queues(self.common.served_queues, self.groups)
+
+
+def inspect(settings: InspectSettings) -> Report:
+    """Read the report from the broker's Redis; an error naming it when Redis cannot be read."""
+    timeout = settings.common.redis_socket_timeout_seconds
+    client = redis.Redis.from_url(
+        settings.common.broker_connection_url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+    )
+    try:
+        return read_report(client, settings.queues, settings.groups, settings.common.priority_steps)
+    except (redis.RedisError, OSError) as exc:
+        where = redact_url(settings.common.broker_url)
+        raise RedisUnavailable(f"cannot read Redis at {where}: {exc}") from None
+    finally:
+        client.close()
+
+
+class RedisUnavailable(Exception):
+    """Redis could not be read; the message names it (without its password)."""
+
+
+@dataclass(frozen=True)
+class Report:
+    queues: tuple[QueueReport, ...]
+    groups: tuple[GroupReport, ...]
+
+
+def read_report(
+    client: redis.Redis,
+    queues: Sequence[str],
+    groups: Sequence[WorkerGroup],
+    priority_steps: Sequence[int],
+) -> Report:
+    """Read every queue of ``queues`` and of ``groups``; raises ``redis.RedisError``."""
+    names = list(dict.fromkeys([*queues, *(q for group in groups for q in group.queues)]))
+    counts = read_backlog(client, names, priority_steps)
+    with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.zcard(dead_letters_key(name))
+        dead: list[int] = pipe.execute()
+    by_name = {
+        name: QueueReport(
+            name=name,
+            waiting=counts[name].waiting,
+            in_flight=counts[name].in_flight,
+            scheduled=counts[name].scheduled,
+            dead_letters=dead[index],
+            oldest_age_seconds=counts[name].oldest_age_seconds,
+        )
+        for index, name in enumerate(names)
+    }
+    return Report(
+        queues=tuple(by_name.values()),
+        groups=tuple(_group(group, [by_name[q] for q in group.queues]) for group in groups),
+    )
+
+
+def _group(group: WorkerGroup, queues: list[QueueReport]) -> GroupReport:
+    return GroupReport(
+        name=group.name,
+        queues=group.queues,
+        waiting=sum(q.waiting for q in queues),
+        busy=sum(q.in_flight for q in queues),
+        scheduled=sum(q.scheduled for q in queues),
+        dead_letters=sum(q.dead_letters for q in queues),
+        oldest_age_seconds=_oldest(queues),
+    )
+
+
+def _oldest(queues: list[QueueReport]) -> float | None:
+    """The oldest wait among the queues; None when a queue with messages waiting has none known."""
+    ages = [q.oldest_age_seconds for q in queues if q.waiting]
+    if any(age is None for age in ages):
+        return None
+    return max((age for age in ages if age is not None), default=0.0)
+
+
+def to_json(report: Report) -> str:
+    """The report for machines: counts as numbers, unknown ages as null."""
+    return json.dumps(
+        {
+            "queues": [{**asdict(q), "backlog": q.backlog} for q in report.queues],
+            "groups": [
+                {**asdict(g), "queues": list(g.queues), "backlog": g.backlog} for g in report.groups
+            ],
+            "note": SHOWN_NOTE,
+        },
+        indent=2,
+    )
+
+
+def to_table(report: Report) -> str:
+    """The report for people: one table of queues, one of worker groups, and what is shown."""
+    queue_rows = [
+        [
+            q.name,
+            str(q.waiting),
+            str(q.in_flight),
+            str(q.scheduled),
+            str(q.dead_letters),
+            _age(q.oldest_age_seconds, q.waiting),
+        ]
+        for q in report.queues
+    ]
+    blocks = [
+        _table(["QUEUE", "WAITING", "IN FLIGHT", "SCHEDULED", "DEAD LETTERS", "OLDEST"], queue_rows)
+    ]
+    if report.groups:
+        group_rows = [
+            [
+                g.name,
+                ",".join(g.queues),
+                str(g.waiting),
+                str(g.busy),
+                str(g.scheduled),
+                str(g.dead_letters),
+                _age(g.oldest_age_seconds, g.waiting),
+            ]
+            for g in report.groups
+        ]
+        headers = ["GROUP", "QUEUES", "WAITING", "BUSY", "SCHEDULED", "DEAD LETTERS", "OLDEST"]
+        blocks.append(_table(headers, group_rows))
+    blocks.append(SHOWN_NOTE)
+    return "\n\n".join(blocks)
+
+
+def _age(seconds: float | None, waiting: int) -> str:
+    """``-`` when nothing waits, ``?`` when the oldest message carries no publish time."""
+    if not waiting:
+        return "-"
+    if seconds is None:
+        return "?"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    """Left-aligned first columns of names, right-aligned numbers."""
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+    text_columns = 2 if headers[1] == "QUEUES" else 1
+
+    def line(cells: list[str]) -> str:
+        parts = [
+            cell.ljust(width) if i < text_columns else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join(line(row) for row in [headers, *rows])
