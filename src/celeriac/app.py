@@ -65,6 +65,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": {
             **redis_options,
             "visibility_timeout": settings.visibility_timeout_seconds,
+            "max_lost_deliveries": settings.max_lost_deliveries,
             "priority_steps": list(settings.priority_steps),
             "queue_order_strategy": "priority",
         },

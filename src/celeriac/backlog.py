@@ -9,6 +9,8 @@ count the same way:
 - scheduled: held messages whose ``eta`` lies in the future (countdown/ETA tasks a worker holds
   until their time); they are not load yet, so they are not in flight;
 - backlog = waiting + in flight;
+- dead letters: tasks set aside because their worker was lost on each delivery
+  (``celeriac.dead_letters``); not load any more, so not in the backlog;
 - oldest age: seconds since the oldest waiting message was published, from the publish-time
   header celeriac's transport adds (``None`` when the oldest message has no such header, e.g.
   from a plain Celery producer, or is an ETA task, whose wait is deliberate); 0 when none waits.
@@ -30,7 +32,7 @@ from typing import Any
 
 import redis
 
-from celeriac.keys import in_flight_key, priority_list_keys
+from celeriac.keys import dead_letters_key, in_flight_key, priority_list_keys
 from celeriac.transport import PUBLISHED_AT_HEADER
 
 
@@ -41,6 +43,7 @@ class QueueBacklog:
     waiting: int = 0
     in_flight: int = 0
     scheduled: int = 0
+    dead_letters: int = 0
     # A reading that changes by the second: two backlogs with the same counts are equal.
     oldest_age_seconds: float | None = field(default=0.0, compare=False)
 
@@ -76,17 +79,19 @@ def read_backlog(
             # Score = ETA (0 without one): due messages are in flight, later ones scheduled.
             pipe.zcount(in_flight_key(name), "-inf", moment)
             pipe.zcount(in_flight_key(name), f"({moment}", "+inf")
+            pipe.zcard(dead_letters_key(name))
         replies: list[Any] = pipe.execute()
-    per_queue = 2 * lists + 2
+    per_queue = 2 * lists + 3
     counts = {}
     for index, name in enumerate(names):
         row = replies[index * per_queue : (index + 1) * per_queue]
         waiting = sum(row[:lists])
         counts[name] = QueueBacklog(
             waiting=waiting,
-            in_flight=row[-2],
-            scheduled=row[-1],
-            oldest_age_seconds=_oldest_age(row[lists:-2], moment) if waiting else 0.0,
+            in_flight=row[-3],
+            scheduled=row[-2],
+            dead_letters=row[-1],
+            oldest_age_seconds=_oldest_age(row[lists:-3], moment) if waiting else 0.0,
         )
     return counts
 

@@ -7,12 +7,19 @@ hash per database (with their delivery times in the ``unacked_index`` sorted set
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import bisect
+from collections.abc import Iterable, Sequence
 
 # kombu.transport.redis.Channel.sep
 PRIORITY_SEPARATOR = "\x06\x16"
 UNACKED_KEY = "unacked"
 UNACKED_INDEX_KEY = "unacked_index"
+
+
+def priority_list_key(queue: str, priority: int, priority_steps: Sequence[int]) -> str:
+    """The list a message of ``priority`` goes to, as kombu picks it (the step at or below)."""
+    step = priority_steps[max(bisect.bisect(priority_steps, priority) - 1, 0)]
+    return priority_list_keys(queue, [step])[0]
 
 
 def priority_list_keys(queue: str, priority_steps: Iterable[int]) -> list[str]:
@@ -43,3 +50,18 @@ UNDELIVERABLE_KEY = "celeriac:undeliverable"
 def wake_key(queue: str) -> str:
     """The doorbell list of ``queue``."""
     return f"{WAKE_PREFIX}{queue}"
+
+
+# Poison tasks (celeriac.transport, celeriac.dead_letters): per delivery tag, how many times a
+# message was fetched without being finished; per queue, a sorted set of dead-lettered task ids
+# (score: when), and one hash of their entries (the message, why, how many deliveries).
+DELIVERIES_KEY = "celeriac:deliveries"
+DEAD_LETTERS_PREFIX = "celeriac:dead_letters:"
+DEAD_LETTER_ENTRIES_KEY = "celeriac:dead_letter_entries"
+# Every queue's dead-lettered task ids together, newest last: listing across queues.
+ALL_DEAD_LETTERS_KEY = "celeriac:dead_letters"
+
+
+def dead_letters_key(queue: str) -> str:
+    """The sorted set of ``queue``'s dead-lettered task ids."""
+    return f"{DEAD_LETTERS_PREFIX}{queue}"

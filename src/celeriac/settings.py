@@ -20,6 +20,9 @@ DEFAULT_QUEUE = "default"
 # kombu redelivers any message left unacknowledged for longer than this.
 DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 3600
 DEFAULT_RESULT_EXPIRES_SECONDS = 86400
+# A task whose worker was lost this many times (out of memory, a segfault) is dead-lettered
+# instead of delivered again; 0: never.
+DEFAULT_MAX_LOST_DELIVERIES = 3
 # kombu's Redis transport keeps one list per step; 0 is the highest priority.
 DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
 DEFAULT_REDIS_SOCKET_TIMEOUT_SECONDS = 5.0
@@ -47,6 +50,7 @@ class Settings:
     queues: tuple[str, ...] = (DEFAULT_QUEUE,)
     priority_steps: tuple[int, ...] = DEFAULT_PRIORITY_STEPS
     visibility_timeout_seconds: int = DEFAULT_VISIBILITY_TIMEOUT_SECONDS
+    max_lost_deliveries: int = DEFAULT_MAX_LOST_DELIVERIES
     result_expires_seconds: int = DEFAULT_RESULT_EXPIRES_SECONDS
     redis_socket_timeout_seconds: float = DEFAULT_REDIS_SOCKET_TIMEOUT_SECONDS
     log_level: str = DEFAULT_LOG_LEVEL
@@ -67,6 +71,9 @@ class Settings:
             default_queue=default_queue[0],
             queues=_queue_names("QUEUES", env.names("QUEUES", default_queue)),
             priority_steps=_priority_steps(env),
+            max_lost_deliveries=env.integer(
+                "MAX_LOST_DELIVERIES", DEFAULT_MAX_LOST_DELIVERIES, minimum=0
+            ),
             visibility_timeout_seconds=env.integer(
                 "VISIBILITY_TIMEOUT_SECONDS", DEFAULT_VISIBILITY_TIMEOUT_SECONDS, minimum=1
             ),

@@ -47,12 +47,17 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
 from celeriac.keys import (
+    ALL_DEAD_LETTERS_KEY,
+    DEAD_LETTER_ENTRIES_KEY,
+    DEAD_LETTERS_PREFIX,
+    DELIVERIES_KEY,
     FETCH_PREFIX,
     IN_FLIGHT_PREFIX,
     UNDELIVERABLE_KEY,
     in_flight_key,
     wake_key,
 )
+from celeriac.settings import DEFAULT_MAX_LOST_DELIVERIES
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +75,13 @@ FETCH_KEY_TTL_SECONDS = 3600
 
 # KEYS: the lists in fetch order (n of them), unacked, unacked_index, this channel's fetch key,
 # then the doorbells of the queues fetched from. ARGV: n, now, the in-flight key prefix, this
-# fetch's nonce, the fetch key's TTL, the key for messages that are not kombu's, and one
-# character per list: "1" to record its message as held, "0" for a list consumed without
-# acknowledgements (Celery's reply queues), whose message is only popped, as kombu does.
+# fetch's nonce, the fetch key's TTL, the key for messages that are not kombu's, one character
+# per list ("1" to record its message as held, "0" for a list consumed without acknowledgements,
+# Celery's reply queues, whose message is only popped, as kombu does), the most deliveries a
+# message may have that did not finish (0: no limit), the deliveries hash, the dead-letter key
+# prefix, the dead-letter entries hash and the set of all dead letters.
+# A message over its limit (it took its worker down each time: out of memory, a segfault) goes
+# to its queue's dead letters instead of running again.
 # Pops the first message and records it as held in the same step (kombu's unacked entry
 # ``[message, exchange, routing_key]``, its index score, celeriac's in-flight set), so it is
 # never only in a worker's memory. Finding nothing, it deletes the doorbells: their messages
@@ -96,16 +105,40 @@ for i = 1, n do
         routing_key = info['routing_key']
       end
     end
-    if type(tag) == 'string' and type(exchange) == 'string' and type(routing_key) == 'string' then
+    local valid = type(tag) == 'string' and type(exchange) == 'string'
+      and type(routing_key) == 'string'
+    local deliveries = 0
+    if valid then
+      deliveries = redis.call('HINCRBY', ARGV[9], tag, 1)
+    end
+    local limit = tonumber(ARGV[8])
+    if valid and limit > 0 and deliveries > limit then
+      local id = tag
+      if type(message['headers']) == 'table' and type(message['headers']['id']) == 'string' then
+        id = message['headers']['id']
+      end
+      redis.call('HSET', ARGV[11], id, cjson.encode({
+        id = id, queue = routing_key, deliveries = deliveries - 1, at = tonumber(ARGV[2]),
+        reason = 'its worker was lost on each of ' .. (deliveries - 1) .. ' deliveries',
+        message = item}))
+      redis.call('ZADD', ARGV[10] .. routing_key, ARGV[2], id)
+      redis.call('ZADD', ARGV[12], ARGV[2], id)
+      redis.call('HDEL', ARGV[9], tag)
+      redis.call('ZREM', KEYS[n + 2], tag)
+      redis.call('HDEL', KEYS[n + 1], tag)
+      redis.call('ZREM', ARGV[3] .. routing_key, tag)
+      item = redis.call('RPOP', KEYS[i])
+    elseif valid then
       redis.call('HSET', KEYS[n + 1], tag,
         '[' .. item .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(routing_key) .. ']')
       redis.call('ZADD', KEYS[n + 2], ARGV[2], tag)
       redis.call('ZADD', ARGV[3] .. routing_key, 0, tag)
       redis.call('SET', KEYS[n + 3], ARGV[4] .. ':' .. tag, 'EX', ARGV[5])
       return {KEYS[i], item}
+    else
+      redis.call('LPUSH', ARGV[6], item)
+      item = redis.call('RPOP', KEYS[i])
     end
-    redis.call('LPUSH', ARGV[6], item)
-    item = redis.call('RPOP', KEYS[i])
   end
 end
 for i = n + 4, #KEYS do
@@ -118,6 +151,9 @@ return false
 # the next fetch on a working connection puts their message back (Celery replaces the channel
 # after a connection error, so the channel itself cannot keep this).
 _lost_fetches: list[tuple[str, str]] = []
+# Set by the worker's shutdown when it requeues at its deadline: those deliveries were cut
+# short on purpose and do not count towards the dead-letter limit.
+deliberate_requeues = False
 # Tags of held messages a closing channel could not put back (its connection was gone); the
 # next fetch on a working connection does, instead of the visibility timeout an hour later.
 _unrestored: list[str] = []
@@ -193,14 +229,31 @@ class QoS(kombu_redis.QoS):
         except channel.connection_errors:
             _unrestored.extend(delivered)
             delivered.clear()
+        finally:
+            if getattr(channel, "_closing", False):
+                # kombu restores on close after it disconnected the channel's pools: the
+                # connection the restore took would be left open.
+                channel._disconnect_pools()
 
     def ack(self, delivery_tag: str) -> None:
         self._check_open()
-        super().ack(delivery_tag)
+        self._finish(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         self._check_open()
-        super().reject(delivery_tag, requeue)
+        if requeue:
+            self.restore_by_tag(delivery_tag, leftmost=True)
+        else:
+            self._finish(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def _finish(self, delivery_tag: str) -> None:
+        """Forget a message that ran to its end (acked, or rejected for good), its count too."""
+        with self.pipe_or_acquire() as pipe:
+            self._remove_from_indices(delivery_tag, pipe)
+            pipe.hdel(DELIVERIES_KEY, delivery_tag)
+            pipe.execute()
 
     def _check_open(self) -> None:
         """A connection error, not kombu's AttributeError, once Celery closed the channel.
@@ -234,12 +287,17 @@ class QoS(kombu_redis.QoS):
         routing_key: str = message.delivery_info["routing_key"]
         return routing_key
 
-    def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
+    def restore_by_tag(
+        self, tag: str, client: Any = None, leftmost: bool = False, lost: bool | None = None
+    ) -> None:
         """Put a held message back on its queue (kombu's, with the index entry removed too).
 
         Runs for messages of other, dead workers too (the visibility-timeout sweep), so the
         queue comes from the ``unacked`` entry itself, not from this channel's memory.
+        ``lost``: whether the delivery counts towards the dead-letter limit (its worker was
+        lost); by default unless this process is requeueing on purpose (a shutdown deadline).
         """
+        counts = not deliberate_requeues if lost is None else lost
 
         def restore_transaction(pipe: Any) -> None:
             entry = pipe.hget(self.unacked_key, tag)
@@ -249,6 +307,8 @@ class QoS(kombu_redis.QoS):
                 return
             message, exchange, routing_key = loads(bytes_to_str(entry))
             self._remove_from_indices(tag, pipe, queue=routing_key)
+            if not counts:
+                pipe.hincrby(DELIVERIES_KEY, tag, -1)
             channel._do_restore_message(message, exchange, routing_key, pipe, leftmost)
 
         channel: Any = self.channel  # kombu's Redis channel; the stubs know only the base
@@ -258,6 +318,10 @@ class QoS(kombu_redis.QoS):
 
 class Channel(kombu_redis.Channel):
     QoS = QoS
+    # Deliveries that did not finish (the worker was lost) before a message is dead-lettered;
+    # 0: never. Set from the transport option of the same name (celeriac.app).
+    max_lost_deliveries = DEFAULT_MAX_LOST_DELIVERIES
+    from_transport_options = (*kombu_redis.Channel.from_transport_options, "max_lost_deliveries")
     # kombu's Redis channel has these; its type stubs do not declare them.
     _q_for_pri: Any
     _expires: dict[str, int]
@@ -343,6 +407,11 @@ class Channel(kombu_redis.Channel):
                 FETCH_KEY_TTL_SECONDS,
                 UNDELIVERABLE_KEY,
                 records,
+                self.max_lost_deliveries,
+                DELIVERIES_KEY,
+                DEAD_LETTERS_PREFIX,
+                DEAD_LETTER_ENTRIES_KEY,
+                ALL_DEAD_LETTERS_KEY,
             )
         )
         connection = self.client.connection
@@ -396,7 +465,8 @@ class Channel(kombu_redis.Channel):
                 if value is not None:
                     taken_by, _, tag = bytes_to_str(value).partition(":")
                     if taken_by == nonce:
-                        qos.restore_by_tag(tag, client=client)
+                        # Never ran: not a lost-worker delivery.
+                        qos.restore_by_tag(tag, client=client, lost=False)
                         log.warning("requeued message %s: its fetch's reply was lost", tag)
             _lost_fetches.pop(0)
 

@@ -128,6 +128,16 @@ FINISHED = "/v1/tasks/finished-task"
 OVERSIZE = {"content": b"x" * (MAX_BODY_BYTES + 1)}
 NO_TOKEN: dict[str, Any] = {"headers": {}}
 TASK_OPERATIONS = [("GET", "/v1/tasks/{task_id}"), ("DELETE", "/v1/tasks/{task_id}")]
+# (method, template, a path of an unknown dead letter, a path with an invalid id)
+DEAD_LETTER_OPERATIONS = [
+    (
+        "POST",
+        "/v1/dead-letters/{letter_id}/replay",
+        "/v1/dead-letters/unknown/replay",
+        "/v1/dead-letters/-x/replay",
+    ),
+    ("DELETE", "/v1/dead-letters/{letter_id}", "/v1/dead-letters/unknown", "/v1/dead-letters/-x"),
+]
 # Every error each operation can answer, provoked for real: (method, path template, path,
 # request options, Redis reachable, status).
 PROVOKED: list[tuple[str, str, str, dict[str, Any], bool, int]] = [
@@ -160,6 +170,30 @@ PROVOKED: list[tuple[str, str, str, dict[str, Any], bool, int]] = [
     ("GET", "/v1/queues", "/v1/queues", NO_TOKEN, True, 401),
     ("GET", "/v1/queues", "/v1/queues", OVERSIZE, True, 413),
     ("GET", "/v1/queues", "/v1/queues", {}, False, 503),
+    ("GET", "/v1/dead-letters", "/v1/dead-letters", NO_TOKEN, True, 401),
+    ("GET", "/v1/dead-letters", "/v1/dead-letters", OVERSIZE, True, 413),
+    ("GET", "/v1/dead-letters", "/v1/dead-letters", {"params": {"limit": 0}}, True, 422),
+    ("GET", "/v1/dead-letters", "/v1/dead-letters", {}, False, 503),
+    *[
+        (method, template, path, NO_TOKEN, True, 401)
+        for method, template, path, _ in DEAD_LETTER_OPERATIONS
+    ],
+    *[
+        (method, template, path, OVERSIZE, True, 413)
+        for method, template, path, _ in DEAD_LETTER_OPERATIONS
+    ],
+    *[
+        (method, template, path, {}, True, 404)
+        for method, template, path, _ in DEAD_LETTER_OPERATIONS
+    ],
+    *[
+        (method, template, bad, {}, True, 422)
+        for method, template, _, bad in DEAD_LETTER_OPERATIONS
+    ],
+    *[
+        (method, template, path, {}, False, 503)
+        for method, template, path, _ in DEAD_LETTER_OPERATIONS
+    ],
     ("GET", "/healthz", "/healthz", OVERSIZE, True, 413),
     ("GET", "/readyz", "/readyz", OVERSIZE, True, 413),
     ("GET", "/readyz", "/readyz", {}, False, 503),

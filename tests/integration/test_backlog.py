@@ -172,9 +172,9 @@ def test_reads_in_one_pipeline(redis_client: redis.Redis) -> None:
     queues = [f"q{index}" for index in range(20)]
     before = _commands_processed(redis_client)
     read_backlog(redis_client, queues, STEPS)
-    # MULTI + 20 x (4 LLEN + 4 LINDEX + 2 ZCOUNT) + EXEC, sent as one pipeline (INFO itself
-    # counts once): a fixed number of reads per queue, whatever the number of messages.
-    assert _commands_processed(redis_client) - before == 1 + 20 * (2 * len(STEPS) + 2) + 1 + 1
+    # MULTI + 20 x (4 LLEN + 4 LINDEX + 2 ZCOUNT + ZCARD) + EXEC, sent as one pipeline (INFO
+    # itself counts once): a fixed number of reads per queue, whatever the number of messages.
+    assert _commands_processed(redis_client) - before == 1 + 20 * (2 * len(STEPS) + 3) + 1 + 1
 
 
 def test_redis_down_raises_redis_error(own_redis: RedisServer) -> None:

@@ -256,8 +256,16 @@ def test_one_transaction_per_scrape(
     assert stats["cmdstat_llen"]["calls"] == 5 * 3 * len(STEPS)
     assert stats["cmdstat_lindex"]["calls"] == 5 * 3 * len(STEPS)
     assert stats["cmdstat_zcount"]["calls"] == 5 * 3 * 2
+    assert stats["cmdstat_zcard"]["calls"] == 5 * 3  # dead letters
     # No other reads: nothing per message (no HVALS, HGETALL, LRANGE), no worker broadcasts.
-    allowed = {"cmdstat_multi", "cmdstat_exec", "cmdstat_llen", "cmdstat_lindex", "cmdstat_zcount"}
+    allowed = {
+        "cmdstat_multi",
+        "cmdstat_exec",
+        "cmdstat_llen",
+        "cmdstat_lindex",
+        "cmdstat_zcount",
+        "cmdstat_zcard",
+    }
     ours = {name for name in stats if not name.startswith(("cmdstat_config", "cmdstat_info"))}
     assert ours == allowed
 

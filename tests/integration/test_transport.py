@@ -10,6 +10,7 @@ import redis
 from celery import Celery
 from kombu import Connection, Consumer, Message, Queue
 
+from celeriac import dead_letters
 from celeriac.app import create_app
 from celeriac.backlog import QueueBacklog, read_backlog
 from celeriac.keys import UNACKED_KEY, UNDELIVERABLE_KEY, in_flight_key, wake_key
@@ -40,9 +41,11 @@ class Received:
         self.messages.append(message)
 
 
-def consume(app: Celery, received: Received, wait_seconds: float = 1.0) -> Any:
+def consume(app: Celery, received: Received, wait_seconds: float = 1.0, **options: Any) -> Any:
     """A kombu consumer of QUEUE on celeriac's transport (as a worker's), prefetch 1."""
-    connection = app.connection_for_read(transport_options={"polling_interval": wait_seconds})
+    connection = app.connection_for_read(
+        transport_options={"polling_interval": wait_seconds, **options}
+    )
     channel = connection.channel()
     channel.basic_qos(0, 1, False)
     consumer = Consumer(channel, [Queue(QUEUE, routing_key=QUEUE)], callbacks=[received])
@@ -211,3 +214,32 @@ def test_an_ack_after_the_channel_closed_is_a_connection_error(
     # (kombu's own is an AttributeError, fatal to the worker).
     with pytest.raises(redis.ConnectionError):
         message.ack()
+
+
+@pytest.mark.parametrize(("limit", "fetches_before_dead_letter"), [(2, 2), (0, None)])
+def test_deliveries_that_never_finish_lead_to_the_dead_letters(
+    app: Celery, redis_client: redis.Redis, limit: int, fetches_before_dead_letter: int | None
+) -> None:
+    task_id = app.send_task("t.poison", queue=QUEUE).id
+    received = Received()
+    connection, _channel = consume(app, received, max_lost_deliveries=limit)
+    try:
+        for _ in range(5):
+            try:
+                message = drain_one(connection, received, timeout=2)
+            except TimeoutError:
+                break
+            # Its worker process is lost: Celery requeues it (reject-on-worker-lost).
+            message.reject(requeue=True)
+        fetched = len(received.messages)
+    finally:
+        connection.close()
+    letter = dead_letters.get(redis_client, task_id)
+    if fetches_before_dead_letter is None:  # 0: never dead-lettered
+        assert fetched == 5
+        assert letter is None
+    else:
+        assert fetched == fetches_before_dead_letter
+        assert letter is not None
+        assert letter.deliveries == limit
+        assert redis_client.llen(QUEUE) == 0

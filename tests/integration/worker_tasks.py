@@ -9,6 +9,7 @@ clock of the last finish; ``started`` the set of ids started.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import Any
 
@@ -77,10 +78,13 @@ def log_run(self: Task[Any, Any], path: str, seconds: float = 0.0) -> None:
     """Append this task's id to ``path`` (a record of runs that does not depend on Redis) after
     sleeping ``seconds``."""
     time.sleep(seconds)
-    line = f"{self.request.id}\n".encode()
+    _append_line(path, str(self.request.id))
+
+
+def _append_line(path: str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.write(fd, line)  # one small O_APPEND write: whole lines from every process
+        os.write(fd, f"{text}\n".encode())  # one small O_APPEND write: whole lines from all
     finally:
         os.close(fd)
 
@@ -99,3 +103,10 @@ def sleep(seconds: float) -> float:
     while time.monotonic() < deadline:
         time.sleep(0.05)
     return seconds
+
+
+@app.task(name="tests.kill_own_process", bind=True, ignore_result=True)
+def kill_own_process(self: Task[Any, Any], path: str) -> None:
+    """Record the run in ``path``, then die as the OOM killer would kill the process."""
+    _append_line(path, str(self.request.id))
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -9,7 +9,7 @@ from importlib.metadata import version
 
 from fastapi import FastAPI
 
-from celeriac.api import health, queues, tasks
+from celeriac.api import dead_letters, health, queues, tasks
 from celeriac.api.errors import install_error_handlers
 from celeriac.api.fastpath import SubmitFastPath
 from celeriac.api.limits import BodySizeLimit
@@ -63,6 +63,7 @@ def create_app(settings: Settings, api_settings: ApiSettings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(tasks.router)
     app.include_router(queues.router)
+    app.include_router(dead_letters.router)
     app.include_router(health.router)
     # Inside the body cap: accepted submissions skip FastAPI's routing (``fastpath``).
     app.add_middleware(SubmitFastPath, services=services)

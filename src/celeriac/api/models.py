@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Self
 
 from pydantic import (
@@ -137,10 +138,31 @@ class QueueBacklogInfo(BaseModel):
     in_flight: int
     scheduled: int
     backlog: int = Field(description="waiting + in_flight: the work to do now.")
+    dead_letters: int = Field(
+        default=0, description="Tasks set aside after their worker was lost on each delivery."
+    )
 
 
 class QueueList(BaseModel):
     queues: list[QueueBacklogInfo]
+
+
+class DeadLetterInfo(BaseModel):
+    """A task set aside because its worker was lost on each of its last deliveries."""
+
+    id: str = Field(description="The task id.")
+    queue: str
+    task: str | None = Field(description="Task name, when the message names one.")
+    reason: str
+    deliveries: int = Field(description="Deliveries that ended with the worker lost.")
+    dead_lettered_at: datetime
+
+
+class DeadLetterList(BaseModel):
+    dead_letters: list[DeadLetterInfo] = Field(description="Newest first.")
+    total: int = Field(description="Dead letters of the queue (or of all queues) in all.")
+    offset: int
+    limit: int
 
 
 class Probe(BaseModel):

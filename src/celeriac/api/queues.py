@@ -32,6 +32,7 @@ def list_queues(services: ServicesDep) -> QueueList:
                 in_flight=count.in_flight,
                 scheduled=count.scheduled,
                 backlog=count.backlog,
+                dead_letters=count.dead_letters,
             )
             for name, count in counts.items()
         ]

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from celeriac import sentinel
 from celeriac.backlog import QueueBacklog, read_backlog
 from celeriac.exporter.groups import WorkerGroup, all_queues
 from celeriac.exporter.settings import ExporterSettings
@@ -31,6 +32,7 @@ QUEUE_SCHEDULED = "celeriac_queue_scheduled_messages"
 QUEUE_BACKLOG = "celeriac_queue_backlog_messages"
 GROUP_BACKLOG = "celeriac_group_backlog_messages"
 QUEUE_OLDEST_AGE = "celeriac_queue_oldest_age_seconds"
+QUEUE_DEAD_LETTERS = "celeriac_queue_dead_letters"
 GROUP_OLDEST_AGE = "celeriac_group_oldest_age_seconds"
 SCRAPE_ERRORS = "celeriac_scrape_errors_total"
 REDIS_UP = "celeriac_redis_up"
@@ -48,6 +50,8 @@ _HELP = {
     GROUP_BACKLOG: "Backlog summed over the queues a worker group consumes; KEDA scales on it.",
     QUEUE_OLDEST_AGE: "Seconds since the oldest waiting message was published (ETA tasks "
     "passed over; 0 when none waits; absent when unknown, e.g. from a plain Celery producer).",
+    QUEUE_DEAD_LETTERS: "Tasks set aside because their worker was lost on each of their last "
+    "deliveries (out of memory, a segfault); replay or discard them through the API.",
     GROUP_OLDEST_AGE: "The oldest age over the queues a worker group consumes; absent when "
     "one of them is unknown. KEDA can scale on it as a second trigger.",
     SCRAPE_ERRORS: "Scrapes that could not read Redis in time (the backlog gauges were absent).",
@@ -94,6 +98,7 @@ class BacklogCollector(Collector):
                 families.in_flight.add_metric([queue], count.in_flight)
                 families.scheduled.add_metric([queue], count.scheduled)
                 families.backlog.add_metric([queue], count.backlog)
+                families.dead_letters.add_metric([queue], count.dead_letters)
                 if count.oldest_age_seconds is not None:
                     families.oldest_age.add_metric([queue], count.oldest_age_seconds)
             for group in self._groups:
@@ -135,6 +140,7 @@ class _Families:
         self.scheduled = gauge(QUEUE_SCHEDULED, [QUEUE_LABEL])
         self.backlog = gauge(QUEUE_BACKLOG, [QUEUE_LABEL])
         self.oldest_age = gauge(QUEUE_OLDEST_AGE, [QUEUE_LABEL])
+        self.dead_letters = gauge(QUEUE_DEAD_LETTERS, [QUEUE_LABEL])
         self.group_backlog = gauge(GROUP_BACKLOG, [GROUP_LABEL])
         self.group_oldest_age = gauge(GROUP_OLDEST_AGE, [GROUP_LABEL])
         self.redis_up = gauge(REDIS_UP)
@@ -151,6 +157,7 @@ class _Families:
             self.scheduled,
             self.backlog,
             self.oldest_age,
+            self.dead_letters,
             self.group_backlog,
             self.group_oldest_age,
             self.redis_up,
@@ -162,7 +169,9 @@ class _Families:
 def redis_client(settings: ExporterSettings) -> redis.Redis:
     """A client that gives up fast: a scrape must answer before KEDA's timeout, Redis or not."""
     timeout = settings.redis_timeout_seconds
-    return redis.Redis.from_url(
+    # Through Sentinel when the broker URL is sentinel:// (celeriac.sentinel).
+    return sentinel.client(
+        settings.common,
         settings.common.broker_connection_url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,

@@ -41,6 +41,8 @@ from celery.concurrency.base import BasePool
 from celery.platforms import EX_OK
 from celery.worker import state
 
+from celeriac import transport
+
 logger = logging.getLogger(__name__)
 
 # How often the event loop checks whether the drain is over: the worker exits at most this
@@ -128,6 +130,8 @@ class GracefulShutdown:
         self.on_drain()
 
     def _requeue(self) -> None:
+        # Cut short on purpose: these deliveries do not count towards the dead-letter limit.
+        transport.deliberate_requeues = True
         if _can_kill_jobs(self.worker.pool):
             # Celery's cold path: kill the pool processes running unacknowledged (acks late)
             # tasks, set should_terminate; the channel closes on the way out and restores
