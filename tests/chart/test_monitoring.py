@@ -236,6 +236,7 @@ def test_alert_rules_pass_promtool(rules_file: Path) -> None:
         "CeleriacBacklogGrowing",
         "CeleriacWorkersAbsent",
         "CeleriacWorkersNotConsuming",
+        "CeleriacDeadLetters",
         "CeleriacTaskFailureRate",
         "CeleriacAutoscalerAtMax",
     ]
@@ -269,6 +270,9 @@ def test_alerts_fire_on_the_right_series(rules_file: Path) -> None:
         series("celeriac_tasks_failed_total", f'{worker},task="t.flaky"', "0+5x30"),
         series("celeriac_tasks_succeeded_total", f'{worker},task="t.flaky"', "0+5x30"),
         series("celeriac_tasks_failed_total", f'{worker},task="t.fine"', "0x30"),
+        # Queue "cpu" gets a dead letter at minute 20; "default" has had one for ever.
+        series("celeriac_queue_dead_letters", f'{exporter},queue="cpu"', "0x20 1x10"),
+        series("celeriac_queue_dead_letters", f'{exporter},queue="default"', "1x30"),
         series("celeriac_tasks_succeeded_total", f'{worker},task="t.fine"', "0+9x30"),
     ]
     workers_absent = alert(
@@ -291,7 +295,15 @@ def test_alerts_fire_on_the_right_series(rules_file: Path) -> None:
         "Task t.flaky fails often.",
         "50% of the runs of t.flaky failed over 10 minutes.",
     )
+    dead_letter = alert(
+        {"severity": "warning", "queue": "cpu", "job": "celeriac-exporter", "namespace": NAMESPACE},
+        "Tasks of queue cpu were set aside as dead letters.",
+        "Their worker was lost on each of their last deliveries (out of memory, a segfault). "
+        "List them with GET /v1/dead-letters?queue=cpu, then replay or discard them.",
+    )
     expectations = [
+        ("15m", "CeleriacDeadLetters", []),
+        ("25m", "CeleriacDeadLetters", [dead_letter]),
         ("15m", "CeleriacWorkersAbsent", [workers_absent]),
         ("10m", "CeleriacRedisDown", [redis_down]),
         ("10m", "CeleriacExporterDown", []),
