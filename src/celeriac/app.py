@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from celeriac import sentinel
 from celeriac.backend import backend_url
 from celeriac.env import ConfigError
 from celeriac.settings import Settings, check_app_path
@@ -30,6 +31,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "health_check_interval": 10,
         "retry_on_timeout": True,
     }
+    # Through Sentinel, or with publishes WAITed for replicas, when configured (README
+    # "Redis high availability"); unchanged otherwise.
+    return sentinel.configure(settings, _redis_config(settings, redis_options))
+
+
+def _redis_config(settings: Settings, redis_options: dict[str, Any]) -> dict[str, Any]:
     return {
         "broker_url": settings.broker_connection_url,
         # kombu's Redis transport plus a per-queue index of held messages, so the exporter

@@ -34,6 +34,12 @@ MIN_PRIORITY = 0
 MAX_PRIORITY = 9
 # A queue name is also a Redis key and a metric label; the chart's values.schema.json repeats it.
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
+# Sentinel: the broker URL lists the sentinels as kombu writes it, `;`-separated.
+SENTINEL_SCHEME = "sentinel"
+SENTINEL_SEPARATOR = ";"
+# A Sentinel master name (`sentinel monitor <name> ...`); the chart's schema repeats it.
+SENTINEL_MASTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEFAULT_REDIS_WAIT_TIMEOUT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -56,16 +62,28 @@ class Settings:
     log_level: str = DEFAULT_LOG_LEVEL
     # Celery's task_ignore_result: tasks store no result (nor STARTED) unless they ask to.
     task_ignore_result: bool = False
+    # Redis Sentinel (a sentinel:// broker URL): the master's name, and whether the sentinels
+    # themselves are sent the Redis password (`requirepass` in sentinel.conf).
+    redis_sentinel_master: str | None = None
+    redis_sentinel_auth: bool = True
+    # After each publish, WAIT for this many replicas to acknowledge it (0: do not wait).
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_seconds: float = DEFAULT_REDIS_WAIT_TIMEOUT_SECONDS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = Env(environ)
         default_queue = _queue_names("DEFAULT_QUEUE", (env.string("DEFAULT_QUEUE", DEFAULT_QUEUE),))
+        socket_timeout = env.number(
+            "REDIS_SOCKET_TIMEOUT_SECONDS", DEFAULT_REDIS_SOCKET_TIMEOUT_SECONDS, minimum=0.1
+        )
+        broker_url = _redis_url("BROKER_URL", env.string("BROKER_URL", DEFAULT_BROKER_URL))
+        result_backend_url = _optional_redis_url(
+            "RESULT_BACKEND_URL", env.optional_string("RESULT_BACKEND_URL")
+        )
         return cls(
-            broker_url=_redis_url("BROKER_URL", env.string("BROKER_URL", DEFAULT_BROKER_URL)),
-            result_backend_url=_optional_redis_url(
-                "RESULT_BACKEND_URL", env.optional_string("RESULT_BACKEND_URL")
-            ),
+            broker_url=broker_url,
+            result_backend_url=result_backend_url,
             redis_password=env.secret("REDIS_PASSWORD"),
             app=check_app_path("CELERIAC_APP", env.string("APP", DEFAULT_APP)),
             default_queue=default_queue[0],
@@ -80,11 +98,13 @@ class Settings:
             result_expires_seconds=env.integer(
                 "RESULT_EXPIRES_SECONDS", DEFAULT_RESULT_EXPIRES_SECONDS, minimum=1
             ),
-            redis_socket_timeout_seconds=env.number(
-                "REDIS_SOCKET_TIMEOUT_SECONDS", DEFAULT_REDIS_SOCKET_TIMEOUT_SECONDS, minimum=0.1
-            ),
+            redis_socket_timeout_seconds=socket_timeout,
             log_level=env.choice("LOG_LEVEL", DEFAULT_LOG_LEVEL, LOG_LEVELS),
             task_ignore_result=env.boolean("TASK_IGNORE_RESULT", False),
+            redis_sentinel_master=_sentinel_master(env, broker_url, result_backend_url),
+            redis_sentinel_auth=env.boolean("REDIS_SENTINEL_AUTH", True),
+            redis_wait_replicas=env.integer("REDIS_WAIT_REPLICAS", 0, minimum=0),
+            redis_wait_timeout_seconds=_wait_timeout(env, socket_timeout),
         )
 
     @property
@@ -108,13 +128,68 @@ def union_of_queues(*lists: Iterable[str]) -> tuple[str, ...]:
 
 
 def _redis_url(name: str, value: str) -> str:
+    if is_sentinel_url(value):
+        for part in value.split(SENTINEL_SEPARATOR):
+            parts = urlsplit(part)
+            try:
+                port = parts.port
+            except ValueError:
+                port = None
+            if parts.scheme != SENTINEL_SCHEME or not parts.hostname or port is None:
+                raise ConfigError(
+                    f"CELERIAC_{name}={redact_url(value)!r}: {redact_url(part)!r} is not a "
+                    "sentinel address; use sentinel://host1:26379;sentinel://host2:26379"
+                )
+        return value
     scheme = urlsplit(value).scheme
     if scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(
             f"CELERIAC_{name}={redact_url(value)!r} is not a Redis URL; "
-            "use redis://host:port/db or rediss:// for TLS"
+            "use redis://host:port/db, rediss:// for TLS, or sentinel://host:26379;..."
         )
     return value
+
+
+def is_sentinel_url(url: str) -> bool:
+    """A ``sentinel://`` URL (kombu's: one ``sentinel://host:port`` per sentinel, ``;`` between)."""
+    return urlsplit(url.split(SENTINEL_SEPARATOR, 1)[0]).scheme == SENTINEL_SCHEME
+
+
+def _sentinel_master(env: Env, broker_url: str, result_backend_url: str | None) -> str | None:
+    master = env.optional_string("REDIS_SENTINEL_MASTER")
+    urls = (broker_url, result_backend_url)
+    sentinel_urls = [url for url in urls if url and is_sentinel_url(url)]
+    if master is None:
+        if sentinel_urls:
+            raise ConfigError(
+                "CELERIAC_REDIS_SENTINEL_MASTER: not set, but a sentinel:// URL needs the name "
+                "of the master the sentinels monitor (e.g. mymaster)"
+            )
+        return None
+    if not sentinel_urls:
+        raise ConfigError(
+            f"CELERIAC_REDIS_SENTINEL_MASTER={master!r} is set, but neither "
+            "CELERIAC_BROKER_URL nor CELERIAC_RESULT_BACKEND_URL is a sentinel:// URL"
+        )
+    if not SENTINEL_MASTER_NAME.match(master):
+        raise ConfigError(
+            f"CELERIAC_REDIS_SENTINEL_MASTER={master!r} is not a master name; "
+            "use letters, digits, '_', '.' or '-'"
+        )
+    return master
+
+
+def _wait_timeout(env: Env, socket_timeout: float) -> float:
+    seconds = env.number(
+        "REDIS_WAIT_TIMEOUT_SECONDS", DEFAULT_REDIS_WAIT_TIMEOUT_SECONDS, minimum=0.001
+    )
+    if seconds >= socket_timeout:
+        raise ConfigError(
+            f"CELERIAC_REDIS_WAIT_TIMEOUT_SECONDS={seconds:g} must be less than "
+            f"CELERIAC_REDIS_SOCKET_TIMEOUT_SECONDS ({socket_timeout:g}): the socket would "
+            "time out first"
+        )
+    return seconds
 
 
 def _optional_redis_url(name: str, value: str | None) -> str | None:
@@ -158,6 +233,9 @@ def with_password(url: str, password: str | None) -> str:
     """Put ``password`` into a Redis URL unless the URL already carries one."""
     if not password:
         return url
+    if SENTINEL_SEPARATOR in url:
+        urls = url.split(SENTINEL_SEPARATOR)
+        return SENTINEL_SEPARATOR.join(with_password(part, password) for part in urls)
     parts = urlsplit(url)
     if parts.password or parts.scheme == "unix":
         return url
@@ -169,6 +247,8 @@ def with_password(url: str, password: str | None) -> str:
 
 def redact_url(url: str) -> str:
     """The URL with any password replaced by ``***``, safe to log."""
+    if SENTINEL_SEPARATOR in url:
+        return SENTINEL_SEPARATOR.join(redact_url(part) for part in url.split(SENTINEL_SEPARATOR))
     parts = urlsplit(url)
     if not parts.password:
         return url

@@ -11,6 +11,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from celeriac import sentinel
 from celeriac.api import publish
 from celeriac.api.auth import Tokens
 from celeriac.api.batching import TransactionQueue
@@ -50,11 +51,11 @@ class Services:
 
     def open(self) -> None:
         timeout = self.settings.redis_socket_timeout_seconds
-        broker = _async_client(self.settings.broker_connection_url, timeout)
+        broker = _async_client(self.settings, self.settings.broker_connection_url, timeout)
         results = (
             broker
             if self.results_on_broker
-            else _async_client(self.settings.result_backend_connection_url, timeout)
+            else _async_client(self.settings, self.settings.result_backend_connection_url, timeout)
         )
         self.aio.broker, self.aio.results = broker, results
         self.aio.writes = TransactionQueue(broker)
@@ -138,10 +139,12 @@ def build_services(settings: Settings, api_settings: ApiSettings) -> Services:
     broker_url = settings.broker_connection_url
     results_url = settings.result_backend_connection_url
     timeout = settings.redis_socket_timeout_seconds
-    broker = _client(broker_url, timeout)
-    results = broker if results_url == broker_url else _client(results_url, timeout)
+    broker = _client(settings, broker_url, timeout)
+    results = broker if results_url == broker_url else _client(settings, results_url, timeout)
     probe_timeout = min(READY_TIMEOUT_SECONDS, timeout)
-    probes = tuple(_client(url, probe_timeout) for url in dict.fromkeys((broker_url, results_url)))
+    probes = tuple(
+        _client(settings, url, probe_timeout) for url in dict.fromkeys((broker_url, results_url))
+    )
     queues = settings.served_queues
     sender_app = publisher(settings)
     return Services(
@@ -194,16 +197,18 @@ def publisher(settings: Settings) -> Celery:
         {
             **celery_config(settings),
             "result_backend": "disabled",
-            "broker_transport": publish.TRANSPORT,
+            "broker_transport": sentinel.transport_for(settings, publish.TRANSPORT),
         }
     )
     return app
 
 
-def _client(url: str, timeout: float) -> redis.Redis:
+def _client(settings: Settings, url: str, timeout: float) -> redis.Redis:
     # One quick retry replaces a pooled connection that died with a Redis restart; a Redis that
-    # is down fails the request in about one timeout instead of hanging.
-    return redis.Redis.from_url(
+    # is down fails the request in about one timeout instead of hanging. Through Sentinel when
+    # the URL is sentinel:// (the master is looked up on each new connection).
+    return sentinel.client(
+        settings,
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
@@ -212,9 +217,10 @@ def _client(url: str, timeout: float) -> redis.Redis:
     )
 
 
-def _async_client(url: str, timeout: float) -> redis.asyncio.Redis:
+def _async_client(settings: Settings, url: str, timeout: float) -> redis.asyncio.Redis:
     # The same bounds as ``_client``: one quick retry, then the request fails (503).
-    return redis.asyncio.Redis.from_url(
+    return sentinel.async_client(
+        settings,
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,

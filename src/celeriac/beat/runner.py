@@ -12,15 +12,29 @@ from celery.apps.beat import Beat
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from celeriac import heartbeat
+from celeriac import heartbeat, sentinel
 from celeriac.app import load_app
 from celeriac.beat.schedule import Entry, load_schedule
 from celeriac.beat.scheduler import Scheduler
 from celeriac.beat.settings import BeatSettings
 from celeriac.env import ConfigError
-from celeriac.settings import Settings, redact_url
+from celeriac.settings import Settings, is_sentinel_url, redact_url
 
 logger = logging.getLogger("celeriac.beat")
+
+
+def redis_options(settings: Settings) -> dict[str, Any]:
+    """redis-py options of beat's client (redbeat's storage and celeriac's lock)."""
+    return {
+        "socket_timeout": settings.redis_socket_timeout_seconds,
+        "socket_connect_timeout": settings.redis_socket_timeout_seconds,
+        "socket_keepalive": True,
+        "health_check_interval": 10,
+        # One quick retry (a pooled connection dropped by a Redis restart), not redis-py's
+        # default of three with backoff: a tick stuck on an unreachable Redis for longer
+        # would let the heartbeat go stale. A failed tick is retried on the next one.
+        "retry": Retry(NoBackoff(), retries=1),
+    }
 
 
 def beat_config(settings: Settings, beat: BeatSettings) -> dict[str, Any]:
@@ -28,16 +42,7 @@ def beat_config(settings: Settings, beat: BeatSettings) -> dict[str, Any]:
     return {
         # Beat's state lives in the broker's Redis, under its own key prefix.
         "redbeat_redis_url": settings.broker_connection_url,
-        "redbeat_redis_options": {
-            "socket_timeout": settings.redis_socket_timeout_seconds,
-            "socket_connect_timeout": settings.redis_socket_timeout_seconds,
-            "socket_keepalive": True,
-            "health_check_interval": 10,
-            # One quick retry (a pooled connection dropped by a Redis restart), not redis-py's
-            # default of three with backoff: a tick stuck on an unreachable Redis for longer
-            # would let the heartbeat go stale. A failed tick is retried on the next one.
-            "retry": Retry(NoBackoff(), retries=1),
-        },
+        "redbeat_redis_options": redis_options(settings),
         "redbeat_key_prefix": beat.key_prefix,
         # None switches off redbeat's own lock, which blocks start-up without ticking;
         # celeriac's Scheduler takes the lock itself (see celeriac.beat.scheduler).
@@ -82,6 +87,15 @@ def run_beat(settings: Settings, beat: BeatSettings) -> None:
     """Validate the schedule, then run beat until SIGTERM or SIGINT."""
     app = load_app(settings.app, settings)
     app.conf.update(beat_config(settings, beat))
+    if is_sentinel_url(settings.broker_url):
+        # redbeat's own Sentinel support drops the timeouts and retry; celeriac's client asks
+        # the sentinels for the master on every new connection (celeriac.sentinel).
+        app.redbeat_redis = sentinel.client(  # type: ignore[attr-defined]
+            settings,
+            settings.broker_connection_url,
+            decode_responses=True,
+            **redis_options(settings),
+        )
     app.set_current()
     # Before any other beat work, so start-up messages use Celery's log format.
     app.log.setup(
