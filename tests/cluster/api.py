@@ -33,6 +33,7 @@ def now_micro() -> str:
 class Api:
     def __init__(self, kubeconfig: str) -> None:
         self.client = kube_config.new_client_from_config(config_file=kubeconfig)
+        self.server: str = self.client.configuration.host  # https://10.231.0.1:6443
 
     def _send(
         self,

@@ -369,6 +369,34 @@ class Kubelet:
         plural = "secrets" if kind == "Secret" else "configmaps"
         return self.api.get(f"/api/v1/namespaces/{namespace}/{plural}/{name}")
 
+    def service_account_token(self, pod: Obj, audience: str | None, seconds: int | None) -> str:
+        """A token of the pod's ServiceAccount bound to the pod, from the TokenRequest API, as
+        the kubelet gets it for the admission plugin's projected volume (no audience: the API
+        server's own). Not refreshed: the API server extends the admission plugin's 3607 s to a
+        year (--service-account-extend-token-expiration, on by default)."""
+        meta = pod["metadata"]
+        account = pod["spec"].get("serviceAccountName") or "default"
+        spec: Obj = {
+            "audiences": [audience] if audience else [],
+            "boundObjectRef": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": meta["name"],
+                "uid": meta["uid"],
+            },
+        }
+        if seconds:
+            spec["expirationSeconds"] = int(seconds)
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+        path = f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{account}/token"
+        try:
+            result = self.api.request("POST", path, body)
+        except ApiError as exc:
+            raise SpecError(
+                "FailedMount", f"token of ServiceAccount {account!r}: HTTP {exc.status}"
+            ) from None
+        return str(result["status"]["token"])
+
     def lookup_data(self, kind: str, namespace: str, name: str) -> dict[str, str] | None:
         obj = self.lookup(kind, namespace, name)
         if obj is None:
@@ -507,7 +535,11 @@ class PodWorker(threading.Thread):
                 return self.terminate()
             try:
                 self.folders = volumes.prepare(
-                    self.pod, self.dir, self.kubelet.lookup, self.kubelet.claim_path
+                    self.pod,
+                    self.dir,
+                    self.kubelet.lookup,
+                    self.kubelet.claim_path,
+                    self.kubelet.service_account_token,
                 )
                 prepared = True
             except SpecError as exc:
@@ -556,6 +588,7 @@ class PodWorker(threading.Thread):
                 "PATH": podspec.container_path(table),
                 "HOSTNAME": pod["spec"].get("hostname") or pod["metadata"]["name"],
                 "HOME": "/",
+                **podspec.kubernetes_service_env(self.kubelet.api.server),
                 **env,
             }
             if container.restart_count == 0 and container.generation == 0:

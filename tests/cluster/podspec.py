@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 Obj = dict[str, Any]
 
@@ -117,6 +118,27 @@ VOLUME: Obj = {
     "configMap": {"name": ANY, "items": _ITEMS, "defaultMode": ANY, "optional": ANY},
     "emptyDir": {"sizeLimit": ANY, "medium": only("")},
     "persistentVolumeClaim": {"claimName": ANY, "readOnly": ANY},
+    # What the ServiceAccount admission plugin adds for automountServiceAccountToken: a bound
+    # token (TokenRequest), the cluster CA (ConfigMap kube-root-ca.crt), the namespace.
+    "projected": {
+        "sources": [
+            {
+                "serviceAccountToken": {"audience": ANY, "expirationSeconds": ANY, "path": ANY},
+                "configMap": {"name": ANY, "items": _ITEMS, "optional": ANY},
+                "secret": {"name": ANY, "items": _ITEMS, "optional": ANY},
+                "downwardAPI": {
+                    "items": [
+                        {
+                            "path": ANY,
+                            "mode": ANY,
+                            "fieldRef": {"fieldPath": ANY, "apiVersion": only("v1")},
+                        }
+                    ]
+                },
+            }
+        ],
+        "defaultMode": ANY,
+    },
 }
 POD_SPEC: Obj = {
     "containers": [CONTAINER],
@@ -135,7 +157,9 @@ POD_SPEC: Obj = {
     },
     "serviceAccountName": ANY,
     "serviceAccount": ANY,
-    "automountServiceAccountToken": only(False),  # a token volume would be `projected`: refused
+    # True: the admission plugin adds a `projected` token volume (VOLUME), which the agent fills
+    # through the TokenRequest API (volumes.prepare), and KUBERNETES_SERVICE_* are set.
+    "automountServiceAccountToken": ANY,
     "enableServiceLinks": only(False),  # Service env variables are not injected
     "hostname": ANY,
     "subdomain": ANY,
@@ -334,6 +358,21 @@ def container_env(
         if value is not None:
             env[var["name"]] = value
     return env
+
+
+def kubernetes_service_env(server: str) -> dict[str, str]:
+    """KUBERNETES_SERVICE_HOST/PORT, as the kubelet sets them in every container (in-cluster
+    clients read them), from the API server's URL: its address, not the Service's ClusterIP,
+    since there is no kube-proxy to route 10.232.0.1."""
+    url = urlsplit(server)
+    if not url.hostname:
+        raise ValueError(f"not an API server URL: {server!r}")
+    port = str(url.port or 443)
+    return {
+        "KUBERNETES_SERVICE_HOST": url.hostname,
+        "KUBERNETES_SERVICE_PORT": port,
+        "KUBERNETES_SERVICE_PORT_HTTPS": port,
+    }
 
 
 # --- command ---------------------------------------------------------------------------------

@@ -108,7 +108,7 @@ class Container:
                 source = os.path.join(source, mount["subPath"])
                 if not os.path.exists(source):
                     os.makedirs(source)
-            projected = "secret" in volume or "configMap" in volume
+            projected = any(kind in volume for kind in ("secret", "configMap", "projected"))
             claim_ro = (volume.get("persistentVolumeClaim") or {}).get("readOnly", False)
             readonly = bool(mount.get("readOnly") or projected or claim_ro)
             mounts.append({"source": source, "target": mount["mountPath"], "readonly": readonly})

@@ -186,7 +186,10 @@ def test_supported_pod_passes_the_allow_list() -> None:
         ({"initContainers": [{"name": "i"}]}, "spec.initContainers"),
         ({"enableServiceLinks": True}, "spec.enableServiceLinks=True"),
         ({"activeDeadlineSeconds": 5}, "spec.activeDeadlineSeconds"),
-        ({"volumes": [{"name": "t", "projected": {}}]}, "spec.volumes[0].projected"),
+        (
+            {"volumes": [{"name": "t", "projected": {"sources": [{"clusterTrustBundle": {}}]}}]},
+            "spec.volumes[0].projected.sources[0].clusterTrustBundle",
+        ),
         ({"volumes": [{"name": "t", "hostPath": {"path": "/"}}]}, "spec.volumes[0].hostPath"),
         ({"volumes": [{"name": "t", "emptyDir": {"medium": "Memory"}}]}, "medium='Memory'"),
     ],
@@ -317,3 +320,91 @@ def test_prepare_waits_for_missing_objects_and_unbound_claims(tmp_path: Path) ->
         volumes.prepare(p, tmp_path, lambda *_: None, lambda *_: None)
     bound = str(tmp_path / "pv")
     assert volumes.prepare(p, tmp_path, lambda *_: None, lambda *_: bound) == {"d": bound}
+
+
+# What the ServiceAccount admission plugin adds to a pod with automountServiceAccountToken: true.
+TOKEN_VOLUME = {
+    "name": "kube-api-access-x1",
+    "projected": {
+        "defaultMode": 420,
+        "sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {
+                "configMap": {
+                    "name": "kube-root-ca.crt",
+                    "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                }
+            },
+            {
+                "downwardAPI": {
+                    "items": [
+                        {
+                            "path": "namespace",
+                            "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"},
+                        }
+                    ]
+                }
+            },
+        ],
+    },
+}
+TOKEN_MOUNT = {
+    "name": "kube-api-access-x1",
+    "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+    "readOnly": True,
+}
+
+
+def token_pod() -> dict[str, Any]:
+    p = pod(volumeMounts=[TOKEN_MOUNT])
+    p["spec"].update(automountServiceAccountToken=True, volumes=[copy.deepcopy(TOKEN_VOLUME)])
+    return p
+
+
+def test_a_mounted_service_account_token_passes_the_allow_list() -> None:
+    assert podspec.unsupported_fields(token_pod()) == []
+
+
+def test_the_token_volume_holds_a_requested_token_the_ca_and_the_namespace(
+    tmp_path: Path,
+) -> None:
+    requests: list[tuple[str, str | None, int | None]] = []
+
+    def token(p: dict[str, Any], audience: str | None, seconds: int | None) -> str:
+        requests.append((p["metadata"]["uid"], audience, seconds))
+        return "eyJtoken"
+
+    root_ca = {"data": {"ca.crt": "-----BEGIN CERTIFICATE-----\n"}}
+
+    def lookup(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return (
+            root_ca if (kind, namespace, name) == ("ConfigMap", "ns", "kube-root-ca.crt") else None
+        )
+
+    folders = volumes.prepare(token_pod(), tmp_path, lookup, lambda *_: None, token)
+    folder = Path(folders["kube-api-access-x1"])
+    assert (folder / "token").read_text() == "eyJtoken"
+    assert (folder / "ca.crt").read_text() == "-----BEGIN CERTIFICATE-----\n"
+    assert (folder / "namespace").read_text() == "ns"
+    assert stat.S_IMODE((folder / "token").stat().st_mode) == 0o644
+    assert requests == [("u-1", None, 3607)]  # no audience: the API server's own
+
+
+def test_the_token_volume_waits_for_the_root_ca_and_reports_a_refused_token(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(SpecError, match=r"ConfigMap 'kube-root-ca\.crt' not found"):
+        volumes.prepare(token_pod(), tmp_path, lambda *_: None, lambda *_: None, lambda *_: "t")
+    with pytest.raises(SpecError, match="no TokenRequest client"):
+        volumes.prepare(token_pod(), tmp_path, lambda *_: {"data": {}}, lambda *_: None)
+
+
+@pytest.mark.parametrize(
+    ("server", "port"), [("https://10.231.0.1:6443", "6443"), ("https://10.231.0.1", "443")]
+)
+def test_kubernetes_service_env_names_the_api_server(server: str, port: str) -> None:
+    assert podspec.kubernetes_service_env(server) == {
+        "KUBERNETES_SERVICE_HOST": "10.231.0.1",
+        "KUBERNETES_SERVICE_PORT": port,
+        "KUBERNETES_SERVICE_PORT_HTTPS": port,
+    }

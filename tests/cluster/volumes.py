@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tests.cluster.podspec import Obj, SpecError
+from tests.cluster.podspec import Obj, SpecError, field_ref
 
 DEFAULT_MODE = 0o644
 
@@ -22,6 +22,13 @@ DEFAULT_MODE = 0o644
 RawLookup = Callable[[str, str, str], "Obj | None"]
 # claim(namespace, claimName) -> the bound PersistentVolume's host folder, or None while unbound
 ClaimPath = Callable[[str, str], "str | None"]
+# token(pod, audience, expirationSeconds) -> a token of the pod's ServiceAccount bound to the pod
+# (the TokenRequest API; audience None: the API server's own); raises SpecError when refused
+TokenFor = Callable[[Obj, "str | None", "int | None"], str]
+
+
+def _no_token(pod: Obj, audience: str | None, expiration: int | None) -> str:
+    raise SpecError("FailedMount", "no TokenRequest client: cannot mount a service-account token")
 
 
 def project(
@@ -78,7 +85,43 @@ def decoded(kind: str, obj: Obj) -> dict[str, bytes]:
     return data
 
 
-def prepare(pod: Obj, pod_dir: Path, lookup: RawLookup, claim_path: ClaimPath) -> dict[str, str]:
+def projected(pod: Obj, volume: Obj, lookup: RawLookup, token: TokenFor) -> dict[str, bytes]:
+    """A projected volume's files, path -> content: the service-account token volume the
+    admission plugin adds (serviceAccountToken, configMap kube-root-ca.crt, downwardAPI
+    namespace), and Secret/ConfigMap sources generally."""
+    namespace = pod["metadata"]["namespace"]
+    files: dict[str, bytes] = {}
+    for source in volume["projected"].get("sources") or []:
+        if "serviceAccountToken" in source:
+            request = source["serviceAccountToken"]
+            value = token(pod, request.get("audience"), request.get("expirationSeconds"))
+            files[request["path"]] = value.encode()
+        elif "downwardAPI" in source:
+            for item in source["downwardAPI"].get("items") or []:
+                files[item["path"]] = field_ref(pod, item["fieldRef"]["fieldPath"]).encode()
+        else:
+            kind = "Secret" if "secret" in source else "ConfigMap"
+            ref = source["secret"] if kind == "Secret" else source["configMap"]
+            obj = lookup(kind, namespace, ref["name"])
+            if obj is None:
+                if ref.get("optional"):
+                    continue
+                raise SpecError("FailedMount", f"{kind} {ref['name']!r} not found")
+            data = decoded(kind, obj)
+            for item in ref.get("items") or [{"key": k, "path": k} for k in sorted(data)]:
+                if item["key"] not in data:
+                    raise SpecError("FailedMount", f"key {item['key']!r} not found in {kind}")
+                files[item["path"]] = data[item["key"]]
+    return files
+
+
+def prepare(
+    pod: Obj,
+    pod_dir: Path,
+    lookup: RawLookup,
+    claim_path: ClaimPath,
+    token: TokenFor = _no_token,
+) -> dict[str, str]:
     """Every volume of the pod as a host folder: volume name -> folder. Raises SpecError
     (FailedMount) while something it needs is missing."""
     spec, namespace = pod["spec"], pod["metadata"]["namespace"]
@@ -104,6 +147,10 @@ def prepare(pod: Obj, pod_dir: Path, lookup: RawLookup, claim_path: ClaimPath) -
                 )
             except SpecError as exc:
                 raise SpecError("FailedMount", f"{exc.message} in {kind} {object_name!r}") from None
+        elif "projected" in volume:
+            files = projected(pod, volume, lookup, token)
+            mode = volume["projected"].get("defaultMode", DEFAULT_MODE)
+            project(folder, files, None, mode, gid)
         elif "emptyDir" in volume:
             own_folder(folder, gid, None)
         elif "persistentVolumeClaim" in volume:
