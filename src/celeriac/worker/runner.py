@@ -10,12 +10,14 @@ from celery import Celery, signals
 from celeriac import heartbeat
 from celeriac.app import load_app
 from celeriac.env import ConfigError
+from celeriac.worker.deletion_cost import KubernetesPod
 from celeriac.worker.metrics import TaskSignalRecorder, enable_multiprocess, serve_metrics
 from celeriac.worker.pool import POOL_CLASSES
 from celeriac.worker.settings import WorkerSettings
 from celeriac.worker.sizing import Sizing, size_worker
 from celeriac.worker.steps import (
     ApplyTaskLimits,
+    DeletionCost,
     Drain,
     Heartbeat,
     ProbedConsumer,
@@ -56,9 +58,10 @@ def run_worker(settings: WorkerSettings) -> int:
     configure_worker(app, settings, sizing)
     if settings.metrics_port:
         _start_metrics(settings)
-    app.steps["worker"].update({Heartbeat, StallCheck, Drain, ApplyTaskLimits})
+    pod = deletion_cost_pod(settings)
+    app.steps["worker"].update({Heartbeat, StallCheck, Drain, ApplyTaskLimits, DeletionCost})
     app.steps["consumer"].add(Ready)
-    worker = app.Worker(**worker_options(settings, sizing))
+    worker = app.Worker(**worker_options(settings, sizing), celeriac_pod=pod)
     # After app.Worker(): Celery has set up logging by now.
     if not settings.log_tasks and settings.common.log_level != "DEBUG":
         quiet_per_task_logs()
@@ -82,10 +85,15 @@ def check_worker(settings: WorkerSettings) -> str:
         if settings.task_limits
         else ""
     )
+    cost = (
+        f", pod-deletion-cost of pod {settings.pod_namespace}/{settings.pod_name}"
+        if settings.deletion_cost
+        else ""
+    )
     return (
         f"celeriac: worker settings are valid: app {settings.common.app} "
         f"({len(tasks)} tasks: {', '.join(tasks) or 'none'}), "
-        f"queues {','.join(settings.common.queues)}, {sizing.describe()}{limits}"
+        f"queues {','.join(settings.common.queues)}, {sizing.describe()}{limits}{cost}"
     )
 
 
@@ -118,6 +126,23 @@ def worker_options(settings: WorkerSettings, sizing: Sizing) -> dict[str, Any]:
         "consumer_cls": ProbedConsumer,
         "celeriac_settings": settings,
     }
+
+
+def deletion_cost_pod(settings: WorkerSettings) -> KubernetesPod | None:
+    """The worker's own pod for the deletion cost (None when off); in-cluster credentials are
+    read now, so a pod without a service-account token fails at start with one line."""
+    if not settings.deletion_cost:
+        return None
+    assert settings.pod_namespace is not None
+    assert settings.pod_name is not None
+    try:
+        return KubernetesPod(settings.pod_namespace, settings.pod_name)
+    except Exception as exc:  # kubernetes.config.ConfigException: no token, no service host
+        raise ConfigError(
+            f"CELERIAC_WORKER_DELETION_COST=true: no in-cluster Kubernetes credentials ({exc}); "
+            "mount the pod's service-account token (automountServiceAccountToken: true) or set "
+            "it to false"
+        ) from None
 
 
 def quiet_per_task_logs() -> None:

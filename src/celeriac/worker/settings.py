@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from celeriac.env import ConfigError, Env
+from celeriac.env import MAX_HOSTNAME_LENGTH, ConfigError, Env
 from celeriac.settings import Settings
 from celeriac.worker.limits import TaskLimits, parse_task_limits
 
@@ -32,6 +35,9 @@ DEFAULT_STALL_SECONDS = 60.0
 # Below this a busy Redis or a fetch's 1 s wait could pass for a stall.
 MIN_STALL_SECONDS = 1.0
 STALLED_SUFFIX = ".stalled"
+MAX_LABEL_LENGTH = 63
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 def stalled_file(heartbeat_file: Path) -> Path:
@@ -70,6 +76,11 @@ class WorkerSettings:
     stall_seconds: float = DEFAULT_STALL_SECONDS
     # Per task name: time and rate limits applied to the app's tasks at start.
     task_limits: Mapping[str, TaskLimits] = field(default_factory=dict)
+    # Keep the pod's pod-deletion-cost annotation at the tasks held (celeriac.worker.deletion_cost).
+    deletion_cost: bool = False
+    # The worker's pod, from the Downward API (metadata.name, metadata.namespace).
+    pod_name: str | None = None
+    pod_namespace: str | None = None
 
     @property
     def stalled_file(self) -> Path:
@@ -112,6 +123,7 @@ class WorkerSettings:
             task_limits=parse_task_limits(
                 env.raw("TASK_LIMITS"), common.visibility_timeout_seconds
             ),
+            **_deletion_cost(env),
         )
 
 
@@ -123,6 +135,42 @@ def _stall_seconds(env: Env) -> float:
             f"{MIN_STALL_SECONDS:g}"
         )
     return seconds
+
+
+def _deletion_cost(env: Env) -> dict[str, Any]:
+    enabled = env.boolean("WORKER_DELETION_COST", False)
+    name = _object_name(
+        "POD_NAME", env.optional_string("POD_NAME"), MAX_HOSTNAME_LENGTH, "a pod name"
+    )
+    namespace = _object_name(
+        "POD_NAMESPACE", env.optional_string("POD_NAMESPACE"), MAX_LABEL_LENGTH, "a namespace"
+    )
+    if enabled:
+        for variable, value in (("POD_NAME", name), ("POD_NAMESPACE", namespace)):
+            if value is None:
+                raise ConfigError(
+                    f"CELERIAC_WORKER_DELETION_COST=true needs CELERIAC_{variable}: set it from "
+                    f"the Downward API (fieldRef metadata.{variable[4:].lower()})"
+                )
+        if importlib.util.find_spec("kubernetes") is None:
+            raise ConfigError(
+                "CELERIAC_WORKER_DELETION_COST=true needs the kubernetes client: "
+                "pip install 'celeriac[kubernetes]' (the celeriac image has it)"
+            )
+    return {"deletion_cost": enabled, "pod_name": name, "pod_namespace": namespace}
+
+
+def _object_name(variable: str, value: str | None, longest: int, what: str) -> str | None:
+    """A Kubernetes object name: lower-case RFC 1123 (a DNS subdomain, or a label when 63)."""
+    if value is None:
+        return None
+    label = longest == MAX_LABEL_LENGTH
+    if len(value) > longest or not (_DNS_LABEL if label else _DNS_SUBDOMAIN).match(value):
+        chars = "lower-case letters, digits and '-'" + ("" if label else " and '.'")
+        raise ConfigError(
+            f"CELERIAC_{variable}={value!r} is not {what} ({chars}, at most {longest} characters)"
+        )
+    return value
 
 
 def _hostname(env: Env) -> str | None:

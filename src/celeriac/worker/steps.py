@@ -1,4 +1,5 @@
-"""Celery bootsteps that give the worker its probe files and its SIGTERM drain.
+"""Celery bootsteps that give the worker its probe files, its SIGTERM drain, its stall check and
+its pod-deletion-cost.
 
 They receive the worker's ``WorkerSettings`` as the ``celeriac_settings`` keyword, which Celery
 passes from ``app.Worker(...)`` to every worker and consumer step; without it they do nothing,
@@ -15,6 +16,7 @@ from celery import bootsteps
 from celery.worker.consumer import Consumer
 
 from celeriac import heartbeat
+from celeriac.worker.deletion_cost import DeletionCostUpdater, PodAnnotations, held_tasks
 from celeriac.worker.limits import apply_task_limits
 from celeriac.worker.settings import HEARTBEAT_INTERVAL_SECONDS, WorkerSettings
 from celeriac.worker.shutdown import GracefulShutdown
@@ -116,6 +118,41 @@ class StallCheck(bootsteps.StartStopStep):
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None
+
+
+class DeletionCost(bootsteps.StartStopStep):
+    """Keeps the pod's pod-deletion-cost at the tasks the worker holds
+    (``celeriac.worker.deletion_cost``), from a thread of its own.
+
+    On with ``CELERIAC_WORKER_DELETION_COST=true``: ``run_worker`` then passes the worker's pod
+    (a ``KubernetesPod``) as ``celeriac_pod``.
+    """
+
+    label = "celeriac deletion cost"
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, w: Any, celeriac_pod: PodAnnotations | None = None, **kwargs: Any):
+        super().__init__(w, **kwargs)
+        self.pod = celeriac_pod
+        self.updater: DeletionCostUpdater | None = None
+
+    def include_if(self, w: Any) -> bool:
+        return self.pod is not None
+
+    def start(self, w: Any) -> None:
+        assert self.pod is not None
+        self.updater = DeletionCostUpdater(held_tasks, self.pod, describe=_describe(self.pod))
+        self.updater.start()
+
+    def stop(self, w: Any) -> None:
+        if self.updater is not None:
+            self.updater.stop()
+            self.updater = None
+
+
+def _describe(pod: Any) -> str:
+    namespace, name = getattr(pod, "namespace", None), getattr(pod, "name", None)
+    return f"pod {namespace}/{name}" if name else "the pod"
 
 
 class Drain(bootsteps.StartStopStep):
