@@ -69,6 +69,31 @@ def bind(source: str, target: str, readonly: bool, recursive: bool = False) -> N
         mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
 
 
+def inside(root: str, path: str) -> str:
+    """The container's ``path`` as a path under ``root``, symlinks followed as the container
+    sees them (an absolute link starts again at ``root``): /var/run -> /run must not lead a
+    mount out to the host's /run."""
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    resolved, hops = root, 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            resolved = os.path.dirname(resolved) if resolved != root else root
+            continue
+        candidate = os.path.join(resolved, part)
+        if not os.path.islink(candidate):
+            resolved = candidate
+            continue
+        hops += 1
+        if hops > 40:
+            raise OSError(40, f"too many levels of symbolic links in {path}")
+        link = os.readlink(candidate)
+        if link.startswith("/"):
+            resolved = root
+        parts = [p for p in link.split("/") if p not in ("", ".")] + parts
+    return resolved
+
+
 def setns(path: str, kind: int) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -103,7 +128,7 @@ def build_root(config: dict[str, Any]) -> str:
     bind(config["hosts"], root + "/etc/hosts", True)
     bind(config["resolv"], root + "/etc/resolv.conf", True)
     for volume in config["mounts"]:
-        bind(volume["source"], root + volume["target"], volume["readonly"])
+        bind(volume["source"], inside(root, volume["target"]), volume["readonly"])
     if config["read_only_root"]:
         mount(None, root + "/root", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
         mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY)

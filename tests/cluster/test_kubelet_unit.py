@@ -408,3 +408,19 @@ def test_kubernetes_service_env_names_the_api_server(server: str, port: str) -> 
         "KUBERNETES_SERVICE_PORT": port,
         "KUBERNETES_SERVICE_PORT_HTTPS": port,
     }
+
+
+def test_a_mount_path_through_a_symlink_stays_inside_the_container_root(tmp_path: Path) -> None:
+    from tests.cluster.sandbox import inside
+
+    root = tmp_path / "root"
+    (root / "run").mkdir(parents=True)
+    (root / "var").mkdir()
+    (root / "var" / "run").symlink_to("/run")  # as on Debian: absolute, to the host's /run
+    (root / "etc").mkdir()
+    (root / "etc" / "rel").symlink_to("../run")
+    target = "/var/run/secrets/kubernetes.io/serviceaccount"
+    assert inside(str(root), target) == f"{root}/run/secrets/kubernetes.io/serviceaccount"
+    assert inside(str(root), "/etc/rel/x") == f"{root}/run/x"
+    assert inside(str(root), "/../../tmp") == f"{root}/tmp"
+    assert inside(str(root), "/tmp") == f"{root}/tmp"
