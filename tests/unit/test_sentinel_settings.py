@@ -1,0 +1,79 @@
+"""Sentinel settings: the URL, the master's name, the sentinels' password, WAIT; and what
+``celery_config`` makes of them. No network (the live failover is tests/integration)."""
+
+from __future__ import annotations
+
+import pytest
+from kombu.utils.imports import symbol_by_name
+
+from celeriac import sentinel
+from celeriac.app import celery_config
+from celeriac.env import ConfigError
+from celeriac.settings import Settings, redact_url
+from celeriac.transport import TRANSPORT
+
+URL = "sentinel://s1:26379;sentinel://s2:26380/2"
+BASE = {"CELERIAC_BROKER_URL": URL, "CELERIAC_REDIS_SENTINEL_MASTER": "mymaster"}
+
+
+def test_sentinel_url_master_and_password() -> None:
+    settings = Settings.from_env(BASE | {"CELERIAC_REDIS_PASSWORD": "p@ss"})
+    assert settings.redis_sentinel_master == "mymaster"
+    url = settings.broker_connection_url
+    assert url == "sentinel://:p%40ss@s1:26379;sentinel://:p%40ss@s2:26380/2"
+    assert redact_url(url) == "sentinel://:***@s1:26379;sentinel://:***@s2:26380/2"
+    assert sentinel.sentinel_addresses(url) == [("s1", 26379), ("s2", 26380)]
+    assert sentinel.sentinel_kwargs(settings)["password"] == "p@ss"
+
+
+def test_sentinels_without_a_password() -> None:
+    settings = Settings.from_env(
+        BASE | {"CELERIAC_REDIS_PASSWORD": "p", "CELERIAC_REDIS_SENTINEL_AUTH": "false"}
+    )
+    options = sentinel.sentinel_kwargs(settings)
+    assert "password" not in options
+    # Always a timeout: redis-py would otherwise connect to the sentinels without one.
+    assert options["socket_timeout"] == settings.redis_socket_timeout_seconds
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"CELERIAC_BROKER_URL": URL}, "CELERIAC_REDIS_SENTINEL_MASTER"),
+        (BASE | {"CELERIAC_REDIS_SENTINEL_MASTER": "a b"}, "CELERIAC_REDIS_SENTINEL_MASTER"),
+        ({"CELERIAC_REDIS_SENTINEL_MASTER": "m"}, "CELERIAC_REDIS_SENTINEL_MASTER"),
+        (BASE | {"CELERIAC_BROKER_URL": "sentinel://s1;sentinel://s2:1"}, "CELERIAC_BROKER_URL"),
+        (BASE | {"CELERIAC_BROKER_URL": f"{URL};redis://r:6379"}, "CELERIAC_BROKER_URL"),
+        (BASE | {"CELERIAC_REDIS_WAIT_TIMEOUT_SECONDS": "5"}, "CELERIAC_REDIS_WAIT_TIMEOUT"),
+        (BASE | {"CELERIAC_REDIS_WAIT_REPLICAS": "x"}, "CELERIAC_REDIS_WAIT_REPLICAS"),
+    ],
+)
+def test_bad_values_name_the_variable(environ: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        Settings.from_env(environ)
+
+
+def test_celery_config_through_sentinel() -> None:
+    settings = Settings.from_env(
+        BASE | {"CELERIAC_REDIS_PASSWORD": "p", "CELERIAC_REDIS_WAIT_REPLICAS": "1"}
+    )
+    config = celery_config(settings)
+    transport = config["broker_transport"]
+    assert transport is sentinel.sentinel_transport(symbol_by_name(TRANSPORT))
+    channel = transport.Channel
+    assert "master_name" in channel.from_transport_options
+    assert "wait_replicas" in channel.from_transport_options
+    options = config["broker_transport_options"]
+    assert options["master_name"] == "mymaster"
+    assert options["wait_replicas"] == 1
+    assert options["wait_timeout_ms"] == 1000
+    assert options["sentinel_kwargs"]["password"] == "p"
+    assert config["result_backend"].startswith(f"{sentinel.BACKEND}+sentinel://:p@s1:26379;")
+    assert config["result_backend_transport_options"]["master_name"] == "mymaster"
+
+
+def test_plain_redis_is_unchanged() -> None:
+    config = celery_config(Settings.from_env({"CELERIAC_BROKER_URL": "redis://r:6379/0"}))
+    assert config["broker_transport"] == TRANSPORT
+    assert "master_name" not in config["broker_transport_options"]
+    assert "wait_replicas" not in config["broker_transport_options"]
