@@ -70,6 +70,11 @@ def environment(container: Obj, root: Path) -> dict[str, str]:
                 str(root / value.lstrip("/")) if value.startswith("/etc/") else value
             )
             continue
+        if "fieldRef" in entry["valueFrom"]:  # a pod name as a Deployment makes them
+            path = entry["valueFrom"]["fieldRef"]["fieldPath"]
+            pod = {"metadata.name": "celeriac-worker-default-6f9c8d7b5-x2x7q"}
+            environ[entry["name"]] = {**pod, "metadata.namespace": "tasks"}[path]
+            continue
         field = entry["valueFrom"]["resourceFieldRef"]
         assert field["divisor"] == "1"
         if field["resource"] == "limits.cpu":
@@ -106,6 +111,8 @@ def test_components_accept_the_rendered_environment(
             # The worker's own sizing agrees with the chart (and so with the KEDA target).
             assert sizing.pool == pool_size(limit, per_cpu), sizing.describe()
             assert worker.shutdown_timeout_seconds < spec["terminationGracePeriodSeconds"]
+            # The deletion cost is on exactly where the pod mounts the token it needs.
+            assert worker.deletion_cost is spec["automountServiceAccountToken"]
         elif component == "api":
             api = ApiSettings.from_env(environ)
             assert api.port == API_PORT

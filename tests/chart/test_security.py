@@ -1,4 +1,5 @@
-"""Security and operations: locked-down pods, no service-account token, NetworkPolicies that
+"""Security and operations: locked-down pods, a service-account token only in worker pods that
+patch their own pod-deletion-cost (a Role with get and patch on pods), NetworkPolicies that
 deny by default, PodDisruptionBudgets that never block a node drain."""
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def test_every_pod_is_locked_down(renders: dict[str, Rendered], case: str) -> No
     for workload in workloads:
         where = f"{workload['kind']}/{workload['metadata']['name']}"
         spec = pod_spec(workload)
-        assert spec["automountServiceAccountToken"] is False, where
+        # Only a worker whose deletion cost is on gets a token (it patches its own pod).
+        assert spec["automountServiceAccountToken"] is deletion_cost_on(workload), where
         assert spec["enableServiceLinks"] is False, where
         pod_context = spec["securityContext"]
         assert pod_context["runAsNonRoot"] is True, where
@@ -51,10 +53,116 @@ def test_every_pod_is_locked_down(renders: dict[str, Rendered], case: str) -> No
             assert {"cpu", "memory"} <= set(limits), where
 
 
-def test_the_service_account_mounts_no_token(defaults: Rendered) -> None:
-    (account,) = defaults.of_kind("ServiceAccount")
-    assert account["automountServiceAccountToken"] is False
-    assert not [obj for obj in defaults.objects if obj["kind"] in ("Role", "RoleBinding")]
+def deletion_cost_on(workload: Obj) -> bool:
+    if workload["metadata"]["labels"].get("app.kubernetes.io/component") != "worker":
+        return False
+    (container,) = pod_spec(workload)["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    return env.get("CELERIAC_WORKER_DELETION_COST") == "true"
+
+
+WORKER_RULES = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]
+
+
+def test_the_service_accounts_mount_no_token_by_themselves(defaults: Rendered) -> None:
+    accounts = {a["metadata"]["name"]: a for a in defaults.of_kind("ServiceAccount")}
+    assert set(accounts) == {"celeriac", "celeriac-worker"}
+    for account in accounts.values():
+        assert account["automountServiceAccountToken"] is False
+    assert not defaults.of_kind("ClusterRole")
+    assert not defaults.of_kind("ClusterRoleBinding")
+
+
+def test_the_worker_role_allows_get_and_patch_on_pods_only(defaults: Rendered) -> None:
+    (role,) = defaults.of_kind("Role")
+    assert role["metadata"]["name"] == "celeriac-worker"
+    assert role["metadata"]["namespace"] == "tasks"
+    assert role["rules"] == WORKER_RULES
+    (binding,) = defaults.of_kind("RoleBinding")
+    assert binding["metadata"]["namespace"] == "tasks"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "celeriac-worker",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "celeriac-worker", "namespace": "tasks"}
+    ]
+
+
+def test_only_worker_pods_with_deletion_cost_run_as_the_worker_account(
+    renders: dict[str, Rendered],
+) -> None:
+    rendered = renders["multiple-groups"]
+    accounts = {
+        w["metadata"]["name"]: (
+            pod_spec(w)["serviceAccountName"],
+            pod_spec(w)["automountServiceAccountToken"],
+        )
+        for w in rendered.workloads()
+    }
+    assert accounts.pop("celeriac-worker-cpu") == ("celeriac-worker", True)
+    assert accounts.pop("celeriac-worker-io") == ("celeriac-worker", True)
+    assert accounts.pop("celeriac-worker-default") == ("celeriac-worker", True)
+    # engine none: nothing scales in, so no token and the release's account
+    assert accounts.pop("celeriac-worker-fixed") == ("celeriac", False)
+    assert set(accounts.values()) == {("celeriac", False)}
+    worker = rendered.get("Deployment", "celeriac-worker-cpu")
+    (container,) = pod_spec(worker)["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["CELERIAC_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["CELERIAC_POD_NAMESPACE"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.namespace"}
+    }
+
+
+def test_deletion_cost_off_renders_no_token_no_role_no_account() -> None:
+    from tests.chart.render import render
+
+    rendered = render({"workerDefaults": {"deletionCost": {"enabled": False}}})
+    assert [a["metadata"]["name"] for a in rendered.of_kind("ServiceAccount")] == ["celeriac"]
+    assert not rendered.of_kind("Role")
+    assert not rendered.of_kind("RoleBinding")
+    for workload in rendered.workloads():
+        assert pod_spec(workload)["automountServiceAccountToken"] is False
+        for container in pod_spec(workload)["containers"]:
+            names = {e["name"] for e in container.get("env") or []}
+            assert not names & {"CELERIAC_WORKER_DELETION_COST", "CELERIAC_POD_NAME"}
+    rendered = render({"workers": {"default": {"autoscaling": {"engine": "none"}}}})
+    assert not rendered.of_kind("Role")
+    # one group on is enough for the Role; the others stay without a token
+    rendered = render(
+        {
+            "workerDefaults": {"deletionCost": {"enabled": False}},
+            "workers": {
+                "io": {
+                    "resources": {"limits": {"cpu": "1"}},
+                    "deletionCost": {"enabled": True},
+                }
+            },
+        }
+    )
+    assert [r["rules"] for r in rendered.of_kind("Role")] == [WORKER_RULES]
+    tokens = {
+        w["metadata"]["name"]: pod_spec(w)["automountServiceAccountToken"]
+        for w in rendered.workloads()
+        if w["metadata"]["name"].startswith("celeriac-worker-")
+    }
+    assert tokens == {"celeriac-worker-default": False, "celeriac-worker-io": True}
+
+
+def test_without_created_accounts_the_role_binds_the_named_one(
+    renders: dict[str, Rendered],
+) -> None:
+    rendered = renders["existing-secrets-digest"]
+    assert not rendered.of_kind("ServiceAccount")
+    (binding,) = rendered.of_kind("RoleBinding")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "tasks", "namespace": "tasks"}
+    ]
+    worker = rendered.get("Deployment", "celeriac-worker-default")
+    assert pod_spec(worker)["serviceAccountName"] == "tasks"
+    assert pod_spec(worker)["automountServiceAccountToken"] is True
 
 
 def test_a_component_security_context_is_merged_over_the_shared_one() -> None:

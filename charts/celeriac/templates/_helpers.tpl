@@ -122,11 +122,24 @@ checkov.io/skip9: CKV2_K8S_6=networkPolicy.enabled is false so the cluster opera
 {{- end -}}
 
 {{/*
-Pod-level fields every workload shares. Args: (dict "root" $ "values" <component block> "grace" <seconds>)
+The ServiceAccount of worker groups with deletionCost on: its own (token mounted in those pods
+only, bound to the deletion-cost Role), or the release's named one when the chart creates none.
+*/}}
+{{- define "celeriac.worker.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- include "celeriac.componentName" (dict "root" . "suffix" "worker") -}}
+{{- else -}}
+{{- include "celeriac.serviceAccountName" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Pod-level fields every workload shares. Args: (dict "root" $ "values" <component block> "grace" <seconds>
+["serviceAccount" <name> "token" true]): only worker pods with deletionCost pass a token.
 */}}
 {{- define "celeriac.podCommon" -}}
-serviceAccountName: {{ include "celeriac.serviceAccountName" .root }}
-automountServiceAccountToken: false
+serviceAccountName: {{ default (include "celeriac.serviceAccountName" .root) .serviceAccount }}
+automountServiceAccountToken: {{ if .token }}true{{ else }}false{{ end }}
 # Service links would inject variables such as CELERIAC_API_PORT (from a Service named
 # celeriac-api) into every container and collide with celeriac's own configuration.
 enableServiceLinks: false
@@ -268,6 +281,8 @@ bad group fails with the same message whichever template renders first.
 {{- fail (printf "workers.%s.shutdownMarginSeconds (%d) must be less than workers.%s.terminationGracePeriodSeconds (%d): running tasks get the difference" $name $margin $name $grace) -}}
 {{- end -}}
 {{- $_ := set $g "shutdownTimeoutSeconds" (sub $grace $margin) -}}
+{{- /* Idle workers first on scale-in: only where something scales in (keda, hpa). */ -}}
+{{- $_ := set $g "deletionCostOn" (and $g.deletionCost.enabled (ne $g.autoscaling.engine "none")) -}}
 {{- $visibility := int $root.Values.celery.visibilityTimeoutSeconds -}}
 {{- if le $visibility $grace -}}
 {{- fail (printf "celery.visibilityTimeoutSeconds (%d) must exceed workers.%s.terminationGracePeriodSeconds (%d), or a task still finishing during shutdown is delivered again; raise celery.visibilityTimeoutSeconds" $visibility $name $grace) -}}
