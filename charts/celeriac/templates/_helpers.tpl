@@ -190,6 +190,28 @@ Args: (dict "name" "livenessProbe" "probe" <values block> "handler" <dict> "inde
 {{- end -}}
 {{- end -}}
 
+{{/*
+A generated Secret value (base64): the one the Secret already holds in the cluster (kept across
+upgrades), else random. Drawn once per render and remembered on the root context, so that a
+pod's checksum of the Secret's template (celeriac.checksum renders it again) hashes the value the
+Secret gets: a second random draw would make the first upgrade roll every pod.
+Args: root, name (the Secret), key, length.
+*/}}
+{{- define "celeriac.generatedSecretValue" -}}
+{{- $memo := get .root "celeriacGeneratedSecretValues" -}}
+{{- if not $memo -}}
+{{- $memo = dict -}}
+{{- $_ := set .root "celeriacGeneratedSecretValues" $memo -}}
+{{- end -}}
+{{- $id := printf "%s/%s" .name .key -}}
+{{- if not (hasKey $memo $id) -}}
+{{- $existing := lookup "v1" "Secret" .root.Release.Namespace .name -}}
+{{- $current := dig "data" .key "" (default dict $existing) -}}
+{{- $_ := set $memo $id (default (randAlphaNum .length | b64enc) $current) -}}
+{{- end -}}
+{{- get $memo $id -}}
+{{- end -}}
+
 {{/* A pod annotation that changes, and so rolls the pods, when the named template's output changes. */}}
 {{- define "celeriac.checksum" -}}
 {{- include (print .root.Template.BasePath "/" .template) .root | sha256sum -}}
