@@ -19,7 +19,8 @@ reused when present), then starts and waits for, each with a deadline:
 Logs go to ``state_dir/logs/<component>.log``. On exit every process group is stopped; the
 bridge stays (the node agent may still use it; ``python -m tests.cluster.network down``).
 
-``python -m tests.cluster.controlplane STATE_DIR`` runs it until interrupted.
+``python -m tests.cluster.controlplane STATE_DIR [--node NAME]`` runs it until interrupted (with
+``--node``, the process kubelet too).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import contextlib
 import datetime
 import ipaddress
 import json
+import logging
 import os
 import shutil
 import signal
@@ -720,6 +722,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-keda", action="store_true", help="only the Kubernetes components")
     parser.add_argument("--apiserver-port", type=int, default=APISERVER_PORT)
     parser.add_argument("--adapter-port", type=int, default=ADAPTER_PORT)
+    parser.add_argument(
+        "--node",
+        metavar="NAME",
+        help="also run the process kubelet (tests/cluster/kubelet.py) as Node NAME",
+    )
     args = parser.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -729,7 +736,15 @@ def main(argv: list[str] | None = None) -> int:
         apiserver_port=args.apiserver_port,
         adapter_port=args.adapter_port,
     )
-    with plane:
+    with plane, contextlib.ExitStack() as node:
+        if args.node:
+            from tests.cluster.kubelet import Kubelet
+
+            logging.basicConfig(
+                level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+            )
+            kubelet = Kubelet(str(plane.kubeconfig), args.node, plane.state_dir).start()
+            node.callback(kubelet.stop)
         print(f"ready: export KUBECONFIG={plane.kubeconfig}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()

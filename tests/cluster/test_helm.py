@@ -1,0 +1,261 @@
+"""`helm install` of charts/celeriac on the local control plane (issue 9, item 3): the real Helm
+engine (helm-python-sdk) against the real kube-apiserver (admission and validation applied),
+KEDA's operator and adapter, and the process kubelet running every pod. The scenario is
+tests/e2e/scenario.py's, shared with the kind test.
+
+Values: k8s/values-dev.yaml and tests/e2e/values.yaml (KEDA on) as on kind, plus this cluster's
+layer: Redis on a PersistentVolumeClaim (the agent binds it to a folder) and one worker replica,
+so that the pool checked is the only one. The image is irrelevant: the agent runs the commands
+from this virtual environment. NetworkPolicies are rendered and admitted (checked below) but not
+enforced: there is no network plugin.
+
+One test, in order, since each step needs the one before: install, every pod Ready, KEDA's
+ScaledObject Ready and its HPA reading the exporter's backlog, `helm test`, a task through the
+API Service run by the worker pod, the pool equal to the CPU limit, `helm upgrade` of the worker's
+CPU limit rolling the worker alone, `helm uninstall` leaving nothing but the Redis claim the
+chart keeps on purpose.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from celeriac.testing import wait_until
+from tests.cluster import netns
+from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane
+from tests.cluster.kubelet import Kubelet
+from tests.e2e import scenario
+from tests.e2e.scenario import COMPONENT_LABEL, Release, condition, kubectl_json
+from tests.support import missing
+
+pytestmark = [
+    pytest.mark.cluster,
+    # The agent's watch threads hold TLS connections that the garbage collector may close.
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
+
+NODE = "process-node"
+RELEASE = "smoke"
+NAMESPACE = "celeriac"
+COMPONENTS = {"redis", "api", "beat", "exporter", "worker"}
+TIMEOUT = 180.0
+WORKER_METRICS_PORT = 9541
+LOCAL_VALUES: dict[str, Any] = {
+    "redis": {"persistence": {"enabled": True, "size": "1Gi"}},
+    "workerDefaults": {"autoscaling": {"minReplicas": 1, "maxReplicas": 1}},
+}
+# The upgrade: the worker's CPU limit 1 -> 2 (the node's cores: the worker caps its pool at the
+# CPUs it may use). A pool of 1 before differs from Celery's own default (one per core).
+UPGRADE_VALUES: dict[str, Any] = {"workers": {"default": {"resources": {"limits": {"cpu": "2"}}}}}
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    if os.geteuid() != 0:
+        missing("root", "run as root: the bridge, network and mount namespaces need it")
+    if importlib.util.find_spec("helm_python") is None:
+        missing("helm-python-sdk", "pip install -e '.[test,chart]'")
+    with ControlPlane(
+        tmp_path_factory.mktemp("helm"),
+        apiserver_port=int(os.environ.get("CELERIAC_CLUSTER_APISERVER_PORT", APISERVER_PORT)),
+        adapter_port=int(os.environ.get("CELERIAC_CLUSTER_ADAPTER_PORT", ADAPTER_PORT)),
+    ) as plane:
+        kubelet = Kubelet(str(plane.kubeconfig), NODE, plane.state_dir).start()
+        try:
+            yield plane
+        finally:
+            kubelet.stop()
+
+
+def diagnostics(plane: ControlPlane) -> str:
+    sections = []
+    for args in (
+        ["get", "all,scaledobject,hpa,pvc", "-n", NAMESPACE, "-o", "wide"],
+        ["get", "events", "-n", NAMESPACE, "--sort-by=.lastTimestamp"],
+    ):
+        sections.append(f"$ kubectl {' '.join(args)}\n{plane.kubectl(*args, check=False)}")
+    return "\n".join(sections)
+
+
+def by_component(pods: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    found = {pod["metadata"]["labels"][COMPONENT_LABEL]: pod for pod in pods}
+    assert set(found) == COMPONENTS, sorted(found)
+    assert len(pods) == len(COMPONENTS), [pod["metadata"]["name"] for pod in pods]
+    return found
+
+
+def api_base_url(plane: ControlPlane, release: Release) -> str:
+    """The API Service's ready endpoint, from its EndpointSlice: a pod address on the bridge."""
+    service = release.one(plane, "service", "api")["metadata"]["name"]
+
+    def endpoint() -> str | None:
+        slices = kubectl_json(
+            plane,
+            "get",
+            "endpointslices",
+            "-n",
+            NAMESPACE,
+            "-l",
+            f"kubernetes.io/service-name={service}",
+        )["items"]
+        for item in slices:
+            port = next(p["port"] for p in item["ports"] if p["name"] == "http")
+            for ready in item.get("endpoints") or []:
+                if ready["conditions"].get("ready"):
+                    return f"http://{ready['addresses'][0]}:{port}"
+        return None
+
+    return wait_until(endpoint, timeout=TIMEOUT, message=f"a ready endpoint of {service}")
+
+
+def worker_pool(plane: ControlPlane, worker: dict[str, Any]) -> list[int]:
+    """The worker container's pool processes, read from /proc for the pids of its cgroup."""
+    uid = worker["metadata"]["uid"]
+    cpu_cgroup = netns.cgroup_dirs(f"{uid}-worker")[0]
+    table = {}
+    for pid in (cpu_cgroup / "cgroup.procs").read_text().split():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        table[int(pid)] = (ppid, [a.decode() for a in argv if a])
+    return scenario.pool_processes(table)
+
+
+def wait_pool(plane: ControlPlane, worker: dict[str, Any], size: int) -> list[int]:
+    """Until the pool has ``size`` processes (forked once the worker starts consuming)."""
+
+    def pool() -> list[int] | None:
+        found = worker_pool(plane, worker)
+        return found if len(found) == size else None
+
+    return wait_until(pool, timeout=60, message=f"the worker's pool of {size}")
+
+
+def tasks_succeeded(worker: dict[str, Any], task: str) -> float:
+    """celeriac_tasks_succeeded_total of ``task`` on the worker pod's metrics port."""
+    url = f"http://{worker['status']['podIP']}:{WORKER_METRICS_PORT}/metrics"
+    with httpx.Client(timeout=5) as client:
+        text = client.get(url).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "celeriac_tasks_succeeded_total" and sample.labels["task"] == task:
+                return float(sample.value)
+    return 0.0
+
+
+def run_task_on_worker(
+    plane: ControlPlane, release: Release, worker: dict[str, Any], seconds: float
+) -> None:
+    """A task through the API Service, its result read back, and counted by the worker pod
+    (the group's only one) as its first success."""
+    task = "celeriac.demo.sleep"
+    assert tasks_succeeded(worker, task) == 0
+    token = release.api_token(plane)
+    with scenario.api_client(api_base_url(plane, release), token) as api:
+        status = scenario.run_task(api, task, timeout=TIMEOUT, seconds=seconds)
+    assert status["state"] == "SUCCESS", status
+    assert status["result"] == seconds
+    wait_until(
+        lambda: tasks_succeeded(worker, task) == 1,
+        timeout=30,
+        message=f"the worker pod counting {task} once",
+    )
+
+
+def test_install_test_upgrade_uninstall(plane: ControlPlane) -> None:
+    release = Release(plane.kubeconfig, RELEASE, NAMESPACE)
+    values = scenario.values(LOCAL_VALUES)
+    try:
+        release.install(values, timeout=int(TIMEOUT))
+
+        # Every pod of the release Ready, one per component.
+        pods = by_component(scenario.wait_all_ready(plane, release, expected=5, timeout=TIMEOUT))
+        worker = pods["worker"]
+        # Admitted, not enforced (no network plugin): the API reached from the host below
+        # would be refused by the default-deny policy on a cluster that enforced it.
+        policies = kubectl_json(plane, "get", "networkpolicy", "-n", NAMESPACE)["items"]
+        assert len(policies) >= 5
+        claim = kubectl_json(plane, "get", "pvc", "-n", NAMESPACE, "-l", release.selector)
+        assert [c["status"]["phase"] for c in claim["items"]] == ["Bound"]
+
+        # KEDA: the ScaledObject Ready, and the HPA it made reads the exporter's backlog
+        # through the external metrics API (ScalingActive only once a metric was read).
+        scaled = release.one(plane, "scaledobject", "worker")
+        wait_until(
+            lambda: condition(release.one(plane, "scaledobject", "worker"), "Ready") == "True",
+            timeout=TIMEOUT,
+            message="the ScaledObject Ready",
+        )
+        hpa_name = scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["name"]
+        wait_until(
+            lambda: (
+                condition(
+                    kubectl_json(plane, "get", "hpa", hpa_name, "-n", NAMESPACE), "ScalingActive"
+                )
+                == "True"
+            ),
+            timeout=TIMEOUT,
+            message="KEDA's HPA reading the external metric",
+        )
+
+        # `helm test`: the test pod ran (the hook's last run) and passed.
+        release.test(timeout=int(TIMEOUT))
+        (hook,) = release.hooks()
+        assert hook["last_run"]["phase"] == "Succeeded", hook["last_run"]
+
+        run_task_on_worker(plane, release, worker, 0.2)
+        limit = worker["spec"]["containers"][0]["resources"]["limits"]["cpu"]
+        assert limit == "1"
+        wait_pool(plane, worker, 1)
+
+        # `helm upgrade`: the worker's CPU limit changes, so the worker rolls and nothing else.
+        before = {c: p["metadata"]["uid"] for c, p in pods.items()}
+        token = release.api_token(plane)
+        release.upgrade(scenario.values(LOCAL_VALUES, UPGRADE_VALUES), timeout=int(TIMEOUT))
+        pods = by_component(scenario.wait_all_ready(plane, release, expected=5, timeout=TIMEOUT))
+        after = {c: p["metadata"]["uid"] for c, p in pods.items()}
+        assert {c for c in COMPONENTS if before[c] != after[c]} == {"worker"}
+        worker = pods["worker"]
+        assert worker["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "2"
+        wait_pool(plane, worker, 2)
+        assert release.api_token(plane) == token  # the generated Secret kept across upgrades
+        run_task_on_worker(plane, release, worker, 0.1)
+    except BaseException:
+        print(diagnostics(plane))
+        raise
+
+    # `helm uninstall`: no pods, nothing of the release but the Redis claim, which the chart
+    # keeps on purpose (charts/celeriac/README.md: delete it by its label when unwanted).
+    release.uninstall(timeout=int(TIMEOUT))
+    wait_until(
+        lambda: not kubectl_json(plane, "get", "pods", "-n", NAMESPACE)["items"],
+        timeout=TIMEOUT,
+        message="every pod of the namespace gone",
+    )
+    assert namespace_objects(plane) == [f"PersistentVolumeClaim/data-{RELEASE}-celeriac-redis-0"]
+    plane.kubectl("delete", "pvc", "-n", NAMESPACE, "-l", release.selector, "--wait=true")
+    assert namespace_objects(plane) == []
+
+
+# Made by Kubernetes in every namespace, not by the release.
+NAMESPACE_DEFAULTS = {"ServiceAccount/default", "ConfigMap/kube-root-ca.crt"}
+
+
+def namespace_objects(plane: ControlPlane) -> list[str]:
+    """Every object left in the namespace (events and Kubernetes' own defaults aside)."""
+    kinds = plane.kubectl("api-resources", "--verbs=list", "--namespaced", "-o", "name").split()
+    kinds = [k for k in kinds if k not in ("events", "events.events.k8s.io")]
+    listed = kubectl_json(plane, "get", ",".join(kinds), "-n", NAMESPACE)["items"]
+    names = {f"{obj['kind']}/{obj['metadata']['name']}" for obj in listed}
+    return sorted(names - NAMESPACE_DEFAULTS)
