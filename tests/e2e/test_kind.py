@@ -13,7 +13,6 @@ end (set CELERIAC_E2E_KEEP_CLUSTER=1 to keep it for a look; delete it with
 
 from __future__ import annotations
 
-import base64
 import importlib.util
 import json
 import os
@@ -26,10 +25,9 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from celeriac.testing import Child, free_port, wait_until
-from tests.chart.render import deep_merge
+from tests.e2e import scenario
 from tests.support import REPO_ROOT, missing, require_tool
 
 pytestmark = pytest.mark.e2e
@@ -39,11 +37,8 @@ KEDA_MANIFEST = (
     f"https://github.com/kedacore/keda/releases/download/v{KEDA_VERSION}/keda-{KEDA_VERSION}.yaml"
 )
 KEDA_NAMESPACE = "keda"
-CHART = REPO_ROOT / "charts" / "celeriac"
-VALUES_FILES = [REPO_ROOT / "k8s" / "values-dev.yaml", Path(__file__).with_name("values.yaml")]
 RELEASE = "e2e"
 NAMESPACE = "celeriac"
-GROUP = "default"
 
 # 60 tasks of 2 s: two minutes of work for the one process of the minimum replica, so the
 # autoscaler has time to add pods (KEDA polls every 5 s, the HPA acts every 15 s).
@@ -162,64 +157,35 @@ def keda(cluster: Cluster) -> None:
 
 
 @dataclass(frozen=True)
-class Release:
+class Deployed:
+    release: scenario.Release
     api: httpx.Client
     worker_deployment: str
     min_replicas: int
     max_replicas: int
+    worker_cpu_limit: str
 
 
 @pytest.fixture(scope="module")
-def release(
+def deployed(
     cluster: Cluster, image: tuple[str, str], keda: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Release]:
-    import helm_python as helm
-
-    values: dict[str, Any] = {}
-    for path in VALUES_FILES:
-        values = deep_merge(values, yaml.safe_load(path.read_text()))
+) -> Iterator[Deployed]:
     repository, tag = image
-    values = deep_merge(values, {"image": {"repository": repository, "tag": tag}})
+    values = scenario.values({"image": {"repository": repository, "tag": tag}})
     autoscaling = values["workerDefaults"]["autoscaling"]
-
-    with helm.Config(kubeconfig_path=cluster.kubeconfig, namespace=NAMESPACE) as config:
-        config.install(
-            CHART,
-            RELEASE,
-            values,
-            namespace=NAMESPACE,
-            create_namespace=True,
-            wait="watcher",
-            timeout=600,
-        )
-        # The chart's own `helm test`: the exporter reads Redis and the API is ready.
-        config.test(RELEASE, timeout=300)
-
-    selector = f"app.kubernetes.io/instance={RELEASE}"
-    secrets_found = cluster.kubectl_json(
-        "get", "secret", "-n", NAMESPACE, "-l", f"{selector},app.kubernetes.io/component=api"
-    )["items"]
-    tokens = [s["data"]["tokens"] for s in secrets_found if "tokens" in s.get("data", {})]
-    assert len(tokens) == 1, f"expected one API token Secret, found {len(tokens)}"
-    token = base64.b64decode(tokens[0]).decode().split()[0]
-
-    deployments = cluster.kubectl_json(
-        "get",
-        "deployment",
-        "-n",
-        NAMESPACE,
-        "-l",
-        f"{selector},app.kubernetes.io/component=worker,celeriac.io/worker-group={GROUP}",
-    )["items"]
-    assert len(deployments) == 1, f"expected one worker Deployment for group {GROUP}"
-    services = cluster.kubectl_json(
-        "get", "service", "-n", NAMESPACE, "-l", f"{selector},app.kubernetes.io/component=api"
-    )["items"]
-    assert len(services) == 1, "expected one API Service"
+    release = scenario.Release(cluster.kubeconfig, RELEASE, NAMESPACE)
+    release.install(values, timeout=600)
+    # One pod per component (redis, api, beat, exporter, the worker's minimum), all Ready.
+    scenario.wait_all_ready(cluster, release, expected=5, timeout=300)
+    # The chart's own `helm test`: the exporter reads Redis and the API is ready.
+    release.test(timeout=300)
+    token = release.api_token(cluster)
+    deployment = release.worker_deployment(cluster)
+    service = release.one(cluster, "service", "api")["metadata"]["name"]
+    limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
 
     port = free_port()
     log = tmp_path_factory.mktemp("port-forward") / "api.log"
-    service = f"service/{services[0]['metadata']['name']}"
     kubectl = ["kubectl", "--kubeconfig", str(cluster.kubeconfig)]
     forward = Child(
         [
@@ -229,16 +195,12 @@ def release(
             NAMESPACE,
             "--address",
             "127.0.0.1",
-            service,
+            f"service/{service}",
             f"{port}:8000",
         ],
         log_path=log,
     )
-    client = httpx.Client(
-        base_url=f"http://127.0.0.1:{port}",
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=10,
-    )
+    client = scenario.api_client(f"http://127.0.0.1:{port}", token)
     try:
         wait_until(
             lambda: client.get("/readyz").status_code == 200,
@@ -246,72 +208,79 @@ def release(
             interval=0.5,
             message=f"the API through kubectl port-forward (log: {log})",
         )
-        yield Release(
+        yield Deployed(
+            release=release,
             api=client,
-            worker_deployment=deployments[0]["metadata"]["name"],
+            worker_deployment=deployment["metadata"]["name"],
             min_replicas=int(autoscaling["minReplicas"]),
             max_replicas=int(autoscaling["maxReplicas"]),
+            worker_cpu_limit=str(limits["cpu"]),
         )
     finally:
         client.close()
         forward.stop()
 
 
+def test_a_task_runs_and_the_pool_equals_the_cpu_limit(
+    cluster: Cluster, deployed: Deployed
+) -> None:
+    try:
+        status = scenario.run_task(deployed.api, "celeriac.demo.sleep", seconds=0.2)
+        assert status["state"] == "SUCCESS", status
+        assert status["result"] == 0.2
+        (worker,) = deployed.release.pods(cluster, "app.kubernetes.io/component=worker")
+        table = cluster.kubectl(
+            "exec",
+            "-n",
+            NAMESPACE,
+            worker["metadata"]["name"],
+            "--",
+            "python",
+            "-c",
+            scenario.PROCESS_TABLE_SCRIPT,
+        )
+        pool = scenario.pool_processes(scenario.parse_process_table(table))
+        assert len(pool) == int(deployed.worker_cpu_limit)
+    except BaseException:
+        print(cluster.diagnostics())
+        raise
+
+
 def test_burst_scales_workers_out_and_in_and_every_task_succeeds(
-    cluster: Cluster, release: Release
+    cluster: Cluster, deployed: Deployed
 ) -> None:
     def replicas() -> int:
         deployment = cluster.kubectl_json(
-            "get", "deployment", release.worker_deployment, "-n", NAMESPACE
+            "get", "deployment", deployed.worker_deployment, "-n", NAMESPACE
         )
         return int(deployment["spec"].get("replicas", 0))
 
     try:
-        assert replicas() == release.min_replicas
+        assert replicas() == deployed.min_replicas
 
-        ids = []
-        for _ in range(BURST_TASKS):
-            response = release.api.post(
-                "/v1/tasks",
-                json={"task": "celeriac.demo.sleep", "kwargs": {"seconds": TASK_SECONDS}},
-            )
-            assert response.status_code == 202, response.text
-            ids.append(response.json()["id"])
+        ids = [
+            scenario.submit(deployed.api, "celeriac.demo.sleep", seconds=TASK_SECONDS)
+            for _ in range(BURST_TASKS)
+        ]
 
         scaled_to = wait_until(
-            lambda: (count := replicas()) > release.min_replicas and count,
+            lambda: (count := replicas()) > deployed.min_replicas and count,
             timeout=SCALE_OUT_TIMEOUT_SECONDS,
             interval=2,
-            message=f"{release.worker_deployment} to scale out past {release.min_replicas}",
+            message=f"{deployed.worker_deployment} to scale out past {deployed.min_replicas}",
         )
-        assert scaled_to <= release.max_replicas
+        assert scaled_to <= deployed.max_replicas
 
-        # Poll every id until each has ended; a failure is collected, not retried.
-        pending, finished = set(ids), {}
-
-        def all_finished() -> bool:
-            for task_id in sorted(pending):
-                status = release.api.get(f"/v1/tasks/{task_id}").json()
-                if status["state"] in ("SUCCESS", "FAILURE", "REVOKED"):
-                    finished[task_id] = status
-                    pending.discard(task_id)
-            return not pending
-
-        wait_until(
-            all_finished,
-            timeout=TASKS_DONE_TIMEOUT_SECONDS,
-            interval=2,
-            message=f"all {BURST_TASKS} tasks to finish",
-        )
+        finished = scenario.wait_finished(deployed.api, ids, timeout=TASKS_DONE_TIMEOUT_SECONDS)
         unsuccessful = [s for s in finished.values() if s["state"] != "SUCCESS"]
         assert not unsuccessful
         assert {s["result"] for s in finished.values()} == {TASK_SECONDS}
 
         wait_until(
-            lambda: replicas() == release.min_replicas,
+            lambda: replicas() == deployed.min_replicas,
             timeout=SCALE_IN_TIMEOUT_SECONDS,
             interval=5,
-            message=f"{release.worker_deployment} to scale back in to {release.min_replicas}",
+            message=f"{deployed.worker_deployment} to scale back in to {deployed.min_replicas}",
         )
     except BaseException:
         print(cluster.diagnostics())
