@@ -26,7 +26,6 @@ from tests.cluster.controlplane import (
 
 pytestmark = [
     pytest.mark.cluster,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (bridge, netns, mount namespace)"),
 ]
 
 CONTROLLER_TIMEOUT = 60.0

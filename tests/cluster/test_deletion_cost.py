@@ -26,7 +26,6 @@ from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlan
 
 pytestmark = [
     pytest.mark.cluster,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the test bridge)"),
 ]
 
 NS = "deletion-cost"

@@ -6,7 +6,6 @@ deletion with grace (SIGTERM, then SIGKILL at the grace period, then the pod obj
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,7 +22,6 @@ from tests.cluster.kubelet import Kubelet
 
 pytestmark = [
     pytest.mark.cluster,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (bridge, netns, mount namespace)"),
     # The agent's watch threads hold TLS connections that the garbage collector may close.
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
