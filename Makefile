@@ -40,7 +40,8 @@ test-e2e: $(STAMP)
 	$(BIN)/pytest -m e2e tests/e2e
 
 # The local control plane (tests/cluster/README.md): builds etcd, Kubernetes and KEDA from the
-# pinned sources if not cached, then runs its tests (root: bridge, network and mount namespaces).
+# pinned sources if not cached, then runs its tests (root: bridge, network and mount namespaces),
+# test_helm.py among them: helm install/test/upgrade/uninstall of the chart, every pod a process.
 e2e: $(STAMP)
 	$(BIN)/python -m tests.cluster.build
 	$(BIN)/pytest -m cluster tests/cluster --durations=10
