@@ -37,6 +37,11 @@ CASES = {
     "CELERIAC_BROKER_URL": Case(WORKER, "amqp://x"),
     "CELERIAC_RESULT_BACKEND_URL": Case(WORKER, "amqp://x"),
     "CELERIAC_REDIS_PASSWORD_FILE": Case(WORKER, "/nonexistent/password"),
+    # Set without a sentinel:// URL: the baseline's is redis://.
+    "CELERIAC_REDIS_SENTINEL_MASTER": Case(WORKER, "mymaster"),
+    "CELERIAC_REDIS_SENTINEL_AUTH": Case(WORKER, "maybe"),
+    "CELERIAC_REDIS_WAIT_REPLICAS": Case(WORKER, "-1"),
+    "CELERIAC_REDIS_WAIT_TIMEOUT_SECONDS": Case(WORKER, "10"),
     "CELERIAC_DEFAULT_QUEUE": Case(WORKER, "bad queue"),
     "CELERIAC_QUEUES": Case(WORKER, "ok,bad queue"),
     "CELERIAC_PRIORITY_STEPS": Case(WORKER, "3,0"),
