@@ -247,8 +247,22 @@ def test_queues_report_waiting_in_flight_and_scheduled(
     assert response.status_code == 200
     assert response.json() == {
         "queues": [
-            {"name": "default", "waiting": 2, "in_flight": 2, "scheduled": 1, "backlog": 4},
-            {"name": "cpu", "waiting": 1, "in_flight": 0, "scheduled": 0, "backlog": 1},
+            {
+                "name": "default",
+                "waiting": 2,
+                "in_flight": 2,
+                "scheduled": 1,
+                "backlog": 4,
+                "dead_letters": 0,
+            },
+            {
+                "name": "cpu",
+                "waiting": 1,
+                "in_flight": 0,
+                "scheduled": 0,
+                "backlog": 1,
+                "dead_letters": 0,
+            },
         ]
     }
 

@@ -117,10 +117,22 @@ def test_tasks_run_by_a_real_worker(
     assert "RETRY" in seen, seen  # three retries, a second apart each
     assert "Traceback" not in client.get(f"/v1/tasks/{flaky}", headers=AUTH).text
 
-    queues = client.get("/v1/queues", headers=AUTH).json()["queues"]
-    assert queues == [
-        {"name": "default", "waiting": 0, "in_flight": 0, "scheduled": 0, "backlog": 0}
-    ], worker.output()[-2000:]
+    idle = [
+        {
+            "name": "default",
+            "waiting": 0,
+            "in_flight": 0,
+            "scheduled": 0,
+            "backlog": 0,
+            "dead_letters": 0,
+        }
+    ]
+    # A task's result is stored before its message is acknowledged: wait for the last ack.
+    wait_until(
+        lambda: client.get("/v1/queues", headers=AUTH).json()["queues"] == idle,
+        timeout=10,
+        message=f"idle queues\n{worker.output()[-2000:]}",
+    )
 
 
 def _assert_unavailable(response: httpx.Response, elapsed: float) -> None:
