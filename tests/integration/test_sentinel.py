@@ -257,8 +257,9 @@ def windows_of_refusal(answers: list[tuple[float, int, str | None]]) -> list[flo
 @pytest.mark.parametrize("live_switch", [False, True], ids=["sigkill", "sigkill-then-live-switch"])
 def test_failover_mid_burst_loses_no_task_and_every_component_follows(
     live_switch: bool,
-    spawn: Spawn,
+    # Redis before the children: torn down after them, so they stop against a live Redis.
     group: SentinelGroup,
+    spawn: Spawn,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:

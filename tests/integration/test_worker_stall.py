@@ -138,7 +138,11 @@ def kill_connections(server: RedisServer) -> int:
 
 
 def test_after_redis_restarts_and_killed_connections_every_worker_consumes_or_fails_its_probe(
-    spawn: Spawn, own_redis: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    # Redis before the children: torn down after them, so they stop against a live Redis.
+    own_redis: RedisServer,
+    spawn: Spawn,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     url = own_redis.url()
     names = ["w1", "w2"]
