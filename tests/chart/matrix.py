@@ -86,6 +86,7 @@ MATRIX: dict[str, dict[str, Any]] = {
         "externalRedis": {"url": "redis://redis.infra.svc:6379/2"},
     },
     "persistence-off": {"redis": {"persistence": {"enabled": False}}},
+    "sentinel": {"redis": {"sentinel": {"enabled": True}}},
     "scale-to-zero": {"workers": {"default": {"autoscaling": {"minReplicas": 0}}}},
     "hpa-engine": {"workers": {"default": {"autoscaling": {"engine": "hpa", "minReplicas": 2}}}},
     "none-engine": {"workers": {"default": {"autoscaling": {"engine": "none", "replicas": 3}}}},

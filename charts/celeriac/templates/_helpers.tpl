@@ -224,8 +224,56 @@ Redis: where the broker is and where its password lives.
 {{- include "celeriac.componentName" (dict "root" . "suffix" "redis") -}}
 {{- end -}}
 
+{{- define "celeriac.redis.headless" -}}
+{{- include "celeriac.componentName" (dict "root" . "suffix" "redis-headless") -}}
+{{- end -}}
+
+{{/* "true" when the bundled Redis runs with replicas and Sentinel, else empty. */}}
+{{- define "celeriac.redis.sentinel" -}}
+{{- if and .Values.redis.enabled .Values.redis.sentinel.enabled }}true{{ end -}}
+{{- end -}}
+
+{{/* Redis pods: redis.replicas, else 1 (3 with Sentinel). check-values.yaml checks the range. */}}
+{{- define "celeriac.redis.replicas" -}}
+{{- if not (kindIs "invalid" .Values.redis.replicas) -}}
+{{- int .Values.redis.replicas -}}
+{{- else if include "celeriac.redis.sentinel" . -}}
+3
+{{- else -}}
+1
+{{- end -}}
+{{- end -}}
+
+{{/* Sentinel's quorum: redis.sentinel.quorum, else a majority of the pods. */}}
+{{- define "celeriac.redis.quorum" -}}
+{{- if not (kindIs "invalid" .Values.redis.sentinel.quorum) -}}
+{{- int .Values.redis.sentinel.quorum -}}
+{{- else -}}
+{{- add (div (int (include "celeriac.redis.replicas" .)) 2) 1 -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The stable DNS name of each Redis pod (through the headless Service), space-separated, in
+ordinal order: what Redis and Sentinel announce and what clients are told by the sentinels.
+*/}}
+{{- define "celeriac.redis.hosts" -}}
+{{- $root := . -}}
+{{- $hosts := list -}}
+{{- range $i := until (int (include "celeriac.redis.replicas" .)) -}}
+{{- $hosts = append $hosts (printf "%s-%d.%s.%s.svc.%s" (include "celeriac.redis.fullname" $root) $i (include "celeriac.redis.headless" $root) $root.Release.Namespace $root.Values.clusterDomain) -}}
+{{- end -}}
+{{- join " " $hosts -}}
+{{- end -}}
+
 {{- define "celeriac.brokerUrl" -}}
-{{- if .Values.redis.enabled -}}
+{{- if include "celeriac.redis.sentinel" . -}}
+{{- $urls := list -}}
+{{- range $host := splitList " " (include "celeriac.redis.hosts" .) -}}
+{{- $urls = append $urls (printf "sentinel://%s:26379" $host) -}}
+{{- end -}}
+{{- join ";" $urls -}}
+{{- else if .Values.redis.enabled -}}
 {{- printf "redis://%s:6379/0" (include "celeriac.redis.fullname" .) -}}
 {{- else -}}
 {{- .Values.externalRedis.url -}}
@@ -365,6 +413,14 @@ components read it from the mounted Secret (CELERIAC_REDIS_PASSWORD_FILE).
 {{- if include "celeriac.redis.secretName" . }}
 - name: CELERIAC_REDIS_PASSWORD_FILE
   value: /etc/celeriac/redis/password
+{{- end }}
+{{- if include "celeriac.redis.sentinel" . }}
+- name: CELERIAC_REDIS_SENTINEL_MASTER
+  value: {{ .Values.redis.sentinel.masterName | quote }}
+- name: CELERIAC_REDIS_WAIT_REPLICAS
+  value: {{ int .Values.redis.waitReplicas | quote }}
+- name: CELERIAC_REDIS_WAIT_TIMEOUT_SECONDS
+  value: {{ toString .Values.redis.waitTimeoutSeconds | quote }}
 {{- end }}
 - name: CELERIAC_DEFAULT_QUEUE
   value: {{ .Values.celery.defaultQueue | quote }}
