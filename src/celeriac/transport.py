@@ -25,6 +25,15 @@ Unix time, 0 without one), written and removed in the same MULTI/EXEC as kombu's
 twice: a set member is added and removed together with its ``unacked`` entry, and adding or
 removing it again changes nothing.
 
+Fanout (pub/sub) reads. redis-py 8's ``PubSub.parse_response``, kombu's read of a fanout
+message, blocks with no timeout, and when the connection drops it reconnects and reads again
+inside the same call. The new connection is not subscribed (kombu sets the pub/sub's connection
+itself, so redis-py's resubscribe callback never runs), nothing ever arrives on it, and the
+worker's event loop waits in that read for ever: connected, heartbeat alive, taking nothing
+(Celery's remote-control mailbox is such a fanout queue, so every worker has one). Here that
+read takes the one reply the event loop found, within the socket timeout, and a dropped
+connection is a connection error, as kombu expects: Celery reconnects.
+
 Producers keep kombu's key layout: messages are published as kombu does, with one header more
 (the publish time), so a plain Celery producer still works (its messages just have no known
 age). Processes that consume (celeriac's workers) must use this transport, which
@@ -41,10 +50,12 @@ from time import monotonic, time
 from typing import Any, cast
 
 import redis
+import redis.client
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
+from kombu.utils.objects import cached_property
 
 from celeriac.keys import (
     ALL_DEAD_LETTERS_KEY,
@@ -316,6 +327,30 @@ class QoS(kombu_redis.QoS):
             conn.transaction(restore_transaction, self.unacked_key)
 
 
+class ListenPubSub(redis.client.PubSub):
+    """kombu's fanout connection: a read takes a reply the event loop found, never waits on.
+
+    redis-py's own ``parse_response`` (see the module doc) blocks without a timeout and, on a
+    connection error, reconnects and reads again: the event loop would wait for ever on an
+    unsubscribed connection. Here the read is one reply within the socket timeout, and a
+    dropped connection raises, so kombu clears its LISTEN state and Celery reconnects.
+    """
+
+    def parse_response(self, block: bool = True, timeout: float = 0) -> Any:
+        connection = self.connection
+        if connection is None or connection._sock is None:
+            # Never connect here: a new socket would be behind the poller's back, unsubscribed.
+            raise redis.ConnectionError("the pub/sub connection was closed")
+        self.check_health()
+        # The connection's socket timeout bounds the read; on an error it disconnects (kombu's
+        # poller forgets the socket) and raises.
+        response = connection.read_response(push_request=True)
+        if self.is_health_check_response(response):
+            self.health_check_response_counter -= 1
+            return None
+        return response
+
+
 class Channel(kombu_redis.Channel):
     QoS = QoS
     # Deliveries that did not finish (the worker was lost) before a message is dead-lettered;
@@ -327,6 +362,7 @@ class Channel(kombu_redis.Channel):
     _expires: dict[str, int]
     _queue_cycle: Any
     _flush_brpop_reauth: Any
+    _create_client: Any
     connection_errors: tuple[type[BaseException], ...]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -339,6 +375,14 @@ class Channel(kombu_redis.Channel):
         self._fetch_replies = 0
         # Queues consumed without acknowledgements: their messages are never recorded as held.
         self._no_ack_queues: set[str] = set()
+
+    @cached_property
+    def subclient(self) -> ListenPubSub:
+        """The pub/sub connection of fanout queues (kombu's), read as ``ListenPubSub`` reads."""
+        client = self._create_client(asynchronous=True)
+        return ListenPubSub(
+            client.connection_pool, event_dispatcher=getattr(client, "_event_dispatcher", None)
+        )
 
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
         if no_ack:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 from celery import Celery
-from kombu import Connection, Consumer, Message, Queue
+from kombu import Connection, Consumer, Exchange, Message, Queue
+from kombu.asynchronous import Hub
 
 from celeriac import dead_letters
 from celeriac.app import create_app
@@ -243,3 +245,72 @@ def test_deliveries_that_never_finish_lead_to_the_dead_letters(
         assert letter is not None
         assert letter.deliveries == limit
         assert redis_client.llen(QUEUE) == 0
+
+
+def listen_address(channel: Channel) -> str:
+    """The client address Redis sees for the channel's pub/sub (fanout) connection."""
+    sock = channel.subclient.connection._sock
+    assert sock is not None
+    host, port = sock.getsockname()[:2]
+    return f"{host}:{port}"
+
+
+def test_a_killed_fanout_connection_is_a_connection_error_not_an_endless_wait(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    # A worker's consumer: its task queue and a fanout queue (as Celery's remote-control
+    # mailbox), on an event loop as Celery's (kombu's hub and the transport's poller).
+    received = Received()
+    connection = app.connection_for_read()
+    hub = Hub()
+    channel = connection.channel()
+    assert isinstance(channel, Channel)
+    channel.basic_qos(0, 1, False)
+    control = Queue("control", Exchange("control", type="fanout"), auto_delete=True)
+    Consumer(channel, [Queue(QUEUE, routing_key=QUEUE), control], callbacks=[received]).consume()
+    connection.transport.register_with_event_loop(connection.connection, hub)
+    loop = hub.create_loop()
+
+    def subscribed() -> bool:
+        next(loop)
+        address = listen_address(channel)
+        return any(
+            info["addr"] == address and int(info["psub"]) == 1
+            for info in redis_client.client_list()
+        )
+
+    wait_until(subscribed, timeout=10, message="the fanout queue subscribed")
+    # Redis drops the pub/sub connection (a restart, CLIENT KILL, its output buffer limit).
+    redis_client.client_kill_filter(addr=listen_address(channel))
+    outcome: list[BaseException] = []
+
+    def run_loop() -> None:
+        try:
+            while True:
+                next(loop)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    # In a thread: redis-py's own read would wait for ever on a new, unsubscribed connection
+    # (the worker stalled, taking nothing), and the test must fail, not hang.
+    thread = threading.Thread(target=run_loop, name="event-loop", daemon=True)
+    thread.start()
+    wait_until(
+        lambda: outcome,
+        timeout=15,
+        message="the event loop to end with a connection error (it waits in a read instead)",
+    )
+    thread.join()
+    assert isinstance(outcome[0], channel.connection_errors), repr(outcome[0])
+    connection.close()
+    hub.close()
+
+    # Reconnected as Celery's consumer does after a connection error, it takes messages again.
+    app.send_task("t.a", queue=QUEUE)
+    again = Received()
+    connection, _channel = consume(app, again)
+    try:
+        assert drain_one(connection, again, timeout=5).headers["task"] == "t.a"
+    finally:
+        connection.close()
+    assert not received.messages
