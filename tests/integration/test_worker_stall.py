@@ -125,6 +125,12 @@ def test_probe_fails_while_the_consumer_takes_nothing_and_passes_once_it_consume
     assert worker.process.poll() is None
 
 
+def client_count(server: RedisServer) -> int:
+    """Connections to ``server`` other than the one asking."""
+    with server.client() as client:
+        return len(client.client_list()) - 1
+
+
 def kill_connections(server: RedisServer) -> int:
     """CLIENT KILL every connection but our own; returns how many were killed."""
     killed = 0
@@ -154,8 +160,9 @@ def test_after_redis_restarts_and_killed_connections_every_worker_consumes_or_fa
     for _ in range(2):
         own_redis.kill()
         own_redis.start()
+        # The ready files may still exist from before the fault: wait for connections too.
         wait_until(
-            lambda: all(path.exists() for path in ready),
+            lambda: all(path.exists() for path in ready) and client_count(own_redis) > 0,
             timeout=60,
             message="workers connected again",
         )
