@@ -1,0 +1,354 @@
+"""The autoscaling burst (issue 10, items 1 and 6), shared by the local control plane's test
+(tests/cluster/test_autoscaling.py) and any other cluster that can reach the pods' ports.
+
+A burst of ``tasks`` celeriac.demo.sleep tasks of ``seconds`` each goes in through the API; a
+timeline is sampled about once a second (the exporter's backlog and tasks in flight, the HPA's
+desired and current replicas, the Deployment's replicas and ready replicas, the worker pods, the
+tasks finished according to the API, and the runs counted by the workers' own counters) until
+every task has finished and the group is back at its minimum. The timeline is written as CSV
+(always) and drawn as a PNG (when matplotlib is installed: the `bench` extra).
+
+Only how a test reaches the API and a pod's port differs between clusters (``BurstCluster``).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from celeriac.testing import wait_until
+from tests.e2e.scenario import (
+    COMPONENT_LABEL,
+    FINISHED,
+    Kubectl,
+    Obj,
+    Release,
+    kubectl_json,
+    submit,
+)
+from tests.support import REPO_ROOT
+
+RESULTS = REPO_ROOT / "bench" / "results"
+TASK = "celeriac.demo.sleep"
+EXPORTER_PORT = 9540
+WORKER_METRICS_PORT = 9541
+BACKLOG = "celeriac_group_backlog_messages"
+IN_FLIGHT = "celeriac_queue_in_flight_messages"
+SUCCEEDED = "celeriac_tasks_succeeded_total"
+
+# The burst's layer over the scenario's values. Scale-up: the chart's defaults (behavior
+# scaleUp as shipped). Shortened for the test, and said so in the README: KEDA's polling interval
+# (5 s, as values-dev), the scale-down stabilization window (20 s instead of 300 s) and the
+# scale-down policy (100 % per 15 s instead of 50 % per 60 s), so that the group is back at its
+# minimum within a minute of the drain. A small CPU limit (500m: a pool of 1) so that several
+# worker pods fit on two cores.
+MAX_REPLICAS = 6
+
+
+def burst_values(max_replicas: int = MAX_REPLICAS) -> dict[str, Any]:
+    return {
+        "workerDefaults": {
+            "autoscaling": {
+                "engine": "keda",
+                "minReplicas": 1,
+                "maxReplicas": max_replicas,
+                "keda": {
+                    "pollingIntervalSeconds": 5,
+                    "behavior": {
+                        "scaleDown": {
+                            "stabilizationWindowSeconds": 20,
+                            "selectPolicy": "Max",
+                            "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}],
+                        }
+                    },
+                },
+            }
+        },
+        "workers": {
+            "default": {
+                "resources": {
+                    "requests": {"cpu": "50m", "memory": "128Mi"},
+                    "limits": {"cpu": "500m", "memory": "384Mi"},
+                }
+            }
+        },
+    }
+
+
+class BurstCluster(Kubectl, Protocol):
+    def http_get(self, pod: Obj, port: int, path: str) -> str:
+        """GET ``path`` on ``pod``'s ``port``; the body (raises when unreachable)."""
+        ...
+
+
+@dataclass
+class Sample:
+    t: float
+    backlog: float | None
+    in_flight: float | None
+    hpa_desired: int | None
+    hpa_current: int | None
+    replicas: int | None
+    ready_replicas: int | None
+    worker_pods: int
+    completed: int
+    runs: int
+
+
+@dataclass
+class Burst:
+    tasks: int
+    seconds: float
+    pool: int
+    min_replicas: int
+    max_replicas: int
+    samples: list[Sample] = field(default_factory=list)
+    results: dict[str, Obj] = field(default_factory=dict)
+    # Per worker pod uid: the highest count of successful runs its metrics showed.
+    runs_by_pod: dict[str, int] = field(default_factory=dict)
+    finished_at: float | None = None
+
+    @property
+    def needed(self) -> int:
+        return min(self.max_replicas, math.ceil(self.tasks / self.pool))
+
+    @property
+    def runs(self) -> int:
+        return sum(self.runs_by_pod.values())
+
+    def figures(self) -> dict[str, Any]:
+        """Times from the submission of the first task (t=0)."""
+
+        def first(predicate: Any) -> float | None:
+            return next((s.t for s in self.samples if predicate(s)), None)
+
+        work = self.tasks * self.seconds
+        ideal_drain = work / (self.max_replicas * self.pool)
+        drain = self.finished_at
+        seen = first(lambda s: (s.backlog or 0) > 0)
+        first_up = first(lambda s: (s.replicas or 0) > self.min_replicas)
+        needed_at = first(lambda s: (s.replicas or 0) >= self.needed)
+        ready_at = first(lambda s: (s.ready_replicas or 0) >= self.needed)
+        replica_seconds = 0.0
+        for before, after in zip(self.samples, self.samples[1:], strict=False):
+            if drain is not None and before.t >= drain:
+                break
+            replica_seconds += (before.worker_pods) * (after.t - before.t)
+        ideal_replica_seconds = work / self.pool
+
+        def ratio(value: float | None, ideal: float) -> float | None:
+            return None if value is None else round(value / ideal, 2)
+
+        return {
+            "tasks": self.tasks,
+            "task_seconds": self.seconds,
+            "pool_per_pod": self.pool,
+            "max_replicas": self.max_replicas,
+            "needed_replicas": self.needed,
+            "backlog_seen_by_exporter_s": seen,
+            "first_scale_up_s": first_up,
+            "needed_replicas_set_s": needed_at,
+            "needed_replicas_ready_s": ready_at,
+            "needed_after_backlog_seen_s": (
+                None if needed_at is None or seen is None else round(needed_at - seen, 1)
+            ),
+            "drain_s": None if drain is None else round(drain, 1),
+            "ideal_drain_s": round(ideal_drain, 1),
+            "drain_vs_ideal": ratio(drain, ideal_drain),
+            "replica_seconds": round(replica_seconds, 1),
+            "ideal_replica_seconds": round(ideal_replica_seconds, 1),
+            "replica_seconds_vs_ideal": ratio(replica_seconds, ideal_replica_seconds),
+            "back_to_min_s": self.samples[-1].t if self.samples else None,
+            "runs_counted": self.runs,
+        }
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def run_burst(
+    cluster: BurstCluster,
+    release: Release,
+    api: httpx.Client,
+    *,
+    tasks: int,
+    seconds: float,
+    group: str = "default",
+    timeout: float = 600,
+) -> Burst:
+    """Submit the burst and sample until every task finished and the group is back at its
+    minimum with no worker pod terminating."""
+    scaled = release.one(cluster, "scaledobject", "worker")
+    hpa_name = scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["name"]
+    deployment = release.worker_deployment(cluster)["metadata"]["name"]
+    # The chart's trigger target is pool x targetTasksPerProcess (1 in these values).
+    (trigger,) = scaled["spec"]["triggers"]
+    pool = int(float(trigger["metadata"]["targetValue"]))
+    burst = Burst(
+        tasks=tasks,
+        seconds=seconds,
+        pool=pool,
+        min_replicas=int(scaled["spec"]["minReplicaCount"]),
+        max_replicas=int(scaled["spec"]["maxReplicaCount"]),
+    )
+    worker_selector = f"{COMPONENT_LABEL}=worker"
+
+    start = time.monotonic()
+    ids = [submit(api, TASK, seconds=seconds) for _ in range(tasks)]
+    pending = set(ids)
+
+    def sample() -> bool:
+        now = time.monotonic() - start
+        for task_id in sorted(pending):
+            status = api.get(f"/v1/tasks/{task_id}").json()
+            if status["state"] in FINISHED:
+                burst.results[task_id] = status
+                pending.discard(task_id)
+        if not pending and burst.finished_at is None:
+            burst.finished_at = now
+        objects = kubectl_json(
+            cluster, "get", f"hpa/{hpa_name}", f"deployment/{deployment}", "-n", release.namespace
+        )["items"]
+        hpa, deploy = objects[0]["status"], objects[1]
+        pods = release.pods(cluster, worker_selector)
+        for pod in pods:
+            if not pod["status"].get("podIP"):
+                continue
+            try:
+                text = cluster.http_get(pod, WORKER_METRICS_PORT, "/metrics")
+            except (httpx.HTTPError, OSError):
+                continue  # starting or gone
+            uid = pod["metadata"]["uid"]
+            count = int(metric(text, SUCCEEDED, task=TASK))
+            burst.runs_by_pod[uid] = max(burst.runs_by_pod.get(uid, 0), count)
+        backlog = in_flight = None
+        for exporter in release.pods(cluster, f"{COMPONENT_LABEL}=exporter"):
+            try:
+                text = cluster.http_get(exporter, EXPORTER_PORT, "/metrics")
+            except (httpx.HTTPError, OSError):
+                continue
+            backlog = metric(text, BACKLOG, group=group)
+            in_flight = metric(text, IN_FLIGHT)
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        burst.samples.append(
+            Sample(
+                t=round(now, 2),
+                backlog=backlog,
+                in_flight=in_flight,
+                hpa_desired=hpa.get("desiredReplicas"),
+                hpa_current=hpa.get("currentReplicas"),
+                replicas=deploy["spec"].get("replicas"),
+                ready_replicas=deploy["status"].get("readyReplicas", 0),
+                worker_pods=len(live),
+                completed=len(burst.results),
+                runs=burst.runs,
+            )
+        )
+        return (
+            not pending
+            and max(s.replicas or 0 for s in burst.samples) >= burst.needed
+            and deploy["spec"].get("replicas") == burst.min_replicas
+            and len(pods) == burst.min_replicas
+        )
+
+    # A measurement taken about once a second; the deadline is wait_until's.
+    wait_until(
+        sample,
+        timeout=timeout,
+        interval=1,
+        message=f"{tasks} tasks finished and the workers back to their minimum",
+    )
+    return burst
+
+
+def save(burst: Burst, name: str = "autoscaling-burst", directory: Path = RESULTS) -> list[Path]:
+    """The timeline and the figures as CSV (always), and a PNG when matplotlib is
+    installed (the `bench` extra); returns the files written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    csv_path = directory / f"{name}.csv"
+    columns = list(Sample.__dataclass_fields__)
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for item in burst.samples:
+            writer.writerow(asdict(item))
+    # Not JSON: bench/report.py reads every bench/results/*.json as a benchmark document.
+    figures_path = directory / f"{name}-figures.csv"
+    with figures_path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["figure", "value"])
+        writer.writerows(burst.figures().items())
+    written = [csv_path, figures_path]
+    png = plot(burst, directory / f"{name}.png")
+    if png is not None:
+        written.append(png)
+    return written
+
+
+def plot(burst: Burst, path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"matplotlib missing (pip install -e '.[bench]'): {path.name} not drawn")
+        return None
+    samples = burst.samples
+    t = [s.t for s in samples]
+
+    def column(name: str) -> Sequence[float]:
+        return [float("nan") if getattr(s, name) is None else getattr(s, name) for s in samples]
+
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 6.5))
+    top.plot(t, column("backlog"), label="backlog (exporter)")
+    top.plot(t, column("in_flight"), label="in flight (busy processes)")
+    top.plot(t, column("completed"), label="completed (API)")
+    top.set_ylabel("tasks")
+    top.legend(loc="center right")
+    top.set_title(
+        f"Burst: {burst.tasks} x {burst.seconds:g} s tasks, pool {burst.pool}/pod, "
+        f"max {burst.max_replicas} replicas"
+    )
+    # Desired, spec and pods mostly coincide: drawn widest first, so each stays visible.
+    bottom.step(
+        t, column("hpa_desired"), where="post", linewidth=6, alpha=0.35, label="HPA desired"
+    )
+    bottom.step(t, column("replicas"), where="post", linewidth=3.5, label="Deployment replicas")
+    bottom.step(t, column("worker_pods"), where="post", linestyle="--", label="worker pods")
+    bottom.step(t, column("ready_replicas"), where="post", linewidth=1.5, label="ready replicas")
+    if burst.finished_at is not None:
+        for axis in (top, bottom):
+            axis.axvline(burst.finished_at, color="grey", linestyle=":", linewidth=1)
+    bottom.set_ylabel("replicas")
+    bottom.set_xlabel("seconds since the first submit")
+    bottom.legend(loc="center right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def check(burst: Burst, results: Mapping[str, Obj]) -> None:
+    """The behaviour (no timing): scaled up to the needed count, every task once, back to min."""
+    assert len(results) == burst.tasks
+    states = {task_id: status["state"] for task_id, status in results.items()}
+    assert set(states.values()) == {"SUCCESS"}, states
+    assert all(status["result"] == burst.seconds for status in results.values())
+    assert max(s.replicas or 0 for s in burst.samples) == burst.needed
+    assert burst.samples[-1].replicas == burst.min_replicas
