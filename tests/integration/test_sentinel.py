@@ -327,11 +327,16 @@ def test_failover_mid_burst_loses_no_task_and_every_component_follows(
         poller.stop()
 
     # Writes go to the master the sentinels name; the other node is a replica that refuses a
-    # write of its own (a client still writing to it would get READONLY).
+    # write of its own (a client still writing to it would get READONLY). A restarted old
+    # master comes back as a master until the sentinels reconfigure it: wait for that.
     current = group.master()
     other = next(node for node in group.nodes if node is not current)
     with current.client() as master_client, other.client() as replica_client:
-        assert replica_client.info("replication")["role"] == "slave"
+        wait_until(
+            lambda: replica_client.info("replication")["role"] == "slave",
+            timeout=30,
+            message="the sentinels to make the other node a replica",
+        )
         with pytest.raises(redis.ReadOnlyError):
             replica_client.set("celeriac:test:write", "1")
         assert master_client.info("replication")["role"] == "master"
