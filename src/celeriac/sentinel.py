@@ -47,6 +47,8 @@ import redis.sentinel
 from celery.backends.redis import SentinelBackend
 from kombu.transport import redis as kombu_redis
 from kombu.utils.imports import symbol_by_name
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from celeriac.backend import ResultBackend
 from celeriac.settings import SENTINEL_SEPARATOR, Settings, is_sentinel_url
@@ -123,6 +125,22 @@ def client(settings: Settings, url: str, **options: Any) -> redis.Redis:
         _master_name(settings), redis_class=redis.Redis, **_db_and_credentials(url), **options
     )
     return cast(redis.Redis, master)
+
+
+def polling_client(settings: Settings, timeout: float, name: str) -> redis.Redis:
+    """A broker client for code that reads Redis in rounds (the exporter's scrape, the
+    worker's stall check): it gives up after ``timeout`` and never retries, because the next
+    round is the retry and a retry would double the wait."""
+    return client(
+        settings,
+        settings.broker_connection_url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        socket_keepalive=True,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_timeout=False,
+        client_name=name,
+    )
 
 
 def async_client(settings: Settings, url: str, **options: Any) -> redis.asyncio.Redis:

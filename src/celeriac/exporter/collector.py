@@ -15,8 +15,6 @@ from collections.abc import Callable, Iterable, Sequence
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from celeriac import sentinel
 from celeriac.backlog import QueueBacklog, read_backlog
@@ -168,18 +166,8 @@ class _Families:
 
 def redis_client(settings: ExporterSettings) -> redis.Redis:
     """A client that gives up fast: a scrape must answer before KEDA's timeout, Redis or not."""
-    timeout = settings.redis_timeout_seconds
-    # Through Sentinel when the broker URL is sentinel:// (celeriac.sentinel).
-    return sentinel.client(
-        settings.common,
-        settings.common.broker_connection_url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        socket_keepalive=True,
-        # No retries: the next scrape is the retry, and a retry would double the wait.
-        retry=Retry(NoBackoff(), 0),
-        retry_on_timeout=False,
-        client_name="celeriac-exporter",
+    return sentinel.polling_client(
+        settings.common, settings.redis_timeout_seconds, "celeriac-exporter"
     )
 
 

@@ -32,8 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from celeriac import heartbeat, sentinel
 from celeriac.keys import priority_list_keys
@@ -93,16 +91,10 @@ def channel_can_take(consumer: Any) -> bool:
 
 def redis_client(settings: WorkerSettings) -> redis.Redis:
     """The watcher's own connection: short timeouts, no retries (the next check is the retry)."""
-    timeout = settings.common.redis_socket_timeout_seconds
-    # Through Sentinel when the broker URL is sentinel:// (celeriac.sentinel).
-    return sentinel.client(
+    return sentinel.polling_client(
         settings.common,
-        settings.common.broker_connection_url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        socket_keepalive=True,
-        retry=Retry(NoBackoff(), 0),
-        client_name="celeriac-worker-stall-check",
+        settings.common.redis_socket_timeout_seconds,
+        "celeriac-worker-stall-check",
     )
 
 
