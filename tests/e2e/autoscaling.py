@@ -31,6 +31,7 @@ from tests.e2e.scenario import (
     Kubectl,
     Obj,
     Release,
+    condition,
     kubectl_json,
     submit,
 )
@@ -352,3 +353,104 @@ def check(burst: Burst, results: Mapping[str, Obj]) -> None:
     assert all(status["result"] == burst.seconds for status in results.values())
     assert max(s.replicas or 0 for s in burst.samples) == burst.needed
     assert burst.samples[-1].replicas == burst.min_replicas
+
+
+# -- scale to zero, exporter down, Redis restarted (issue 10, items 3 and 4) -------------------
+
+# Scale to zero: minReplicas 0 and a cooldown shortened for the test (20 s instead of 300 s,
+# said so in the README); the chart requires cooldown >= terminationGracePeriodSeconds, so the
+# grace period is 20 s too (10 s for running tasks: shutdownMarginSeconds 10).
+ZERO_COOLDOWN_SECONDS = 20
+
+
+def zero_values(cooldown: int = ZERO_COOLDOWN_SECONDS) -> dict[str, Any]:
+    values = burst_values(max_replicas=2)
+    values["workerDefaults"]["autoscaling"]["minReplicas"] = 0
+    values["workerDefaults"]["autoscaling"]["keda"]["cooldownPeriodSeconds"] = cooldown
+    values["workerDefaults"]["terminationGracePeriodSeconds"] = cooldown
+    return values
+
+
+def hpa_name(cluster: Kubectl, release: Release) -> str:
+    scaled = release.one(cluster, "scaledobject", "worker")
+    name: str = scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["name"]
+    return name
+
+
+def spec_replicas(cluster: Kubectl, release: Release) -> int:
+    return int(release.worker_deployment(cluster)["spec"].get("replicas") or 0)
+
+
+def worker_pods(cluster: Kubectl, release: Release) -> list[Obj]:
+    return release.pods(cluster, f"{COMPONENT_LABEL}=worker")
+
+
+def wait_group_at(cluster: Kubectl, release: Release, replicas: int, *, timeout: float) -> None:
+    """Until the group's Deployment asks for ``replicas`` and has exactly that many worker pods,
+    none terminating, all Ready."""
+
+    def settled() -> bool:
+        pods = worker_pods(cluster, release)
+        return (
+            spec_replicas(cluster, release) == replicas
+            and len(pods) == replicas
+            and not any(p["metadata"].get("deletionTimestamp") for p in pods)
+            and all(condition(p, "Ready") == "True" for p in pods)
+        )
+
+    wait_until(settled, timeout=timeout, interval=1, message=f"worker group at {replicas}")
+
+
+@dataclass
+class Watched:
+    """One task followed to its end, with the worker pods seen while it ran."""
+
+    task_id: str
+    status: Obj
+    seconds_to_result: float
+    # Per sample while the task had not finished: (spec replicas, worker pod uids, pods
+    # terminating, the exporter's backlog of the group or None when unreachable).
+    while_running: list[tuple[int, frozenset[str], int, float | None]]
+
+
+def watch_task(
+    cluster: BurstCluster,
+    release: Release,
+    api: httpx.Client,
+    *,
+    seconds: float,
+    timeout: float,
+) -> Watched:
+    """Submit one celeriac.demo.sleep through the API and sample the worker group each second
+    until its result is read back; the time from the submit to the result read."""
+    start = time.monotonic()
+    task_id = submit(api, TASK, seconds=seconds)
+    seen: list[tuple[int, frozenset[str], int, float | None]] = []
+    final: dict[str, Obj] = {}
+
+    def finished() -> bool:
+        status = api.get(f"/v1/tasks/{task_id}").json()
+        if status["state"] in FINISHED:
+            final["status"] = status
+            return True
+        pods = worker_pods(cluster, release)
+        live = frozenset(p["metadata"]["uid"] for p in pods)
+        terminating = sum(1 for p in pods if p["metadata"].get("deletionTimestamp"))
+        try:
+            backlog: float | None = exporter_backlog(cluster, release)
+        except (httpx.HTTPError, OSError, ValueError):
+            backlog = None
+        seen.append((spec_replicas(cluster, release), live, terminating, backlog))
+        return False
+
+    wait_until(finished, timeout=timeout, interval=1, message=f"task {task_id} finished")
+    return Watched(task_id, final["status"], round(time.monotonic() - start, 1), seen)
+
+
+def exporter_backlog(cluster: BurstCluster, release: Release, group: str = "default") -> float:
+    """The exporter's backlog gauge of ``group`` (waiting + running); raises when unreachable."""
+    exporters = release.pods(cluster, f"{COMPONENT_LABEL}=exporter")
+    if len(exporters) != 1:
+        raise ValueError(f"{len(exporters)} exporter pods")
+    (exporter,) = exporters
+    return metric(cluster.http_get(exporter, EXPORTER_PORT, "/metrics"), BACKLOG, group=group)
