@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -403,8 +404,13 @@ def test_a_real_prometheus_scrapes_the_exporter(
         if prometheus.process.poll() is not None:
             raise AssertionError(f"prometheus exited:\n{prometheus.output()}")
         url = f"http://127.0.0.1:{web_port}/api/v1/query?query={query}"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            result = json.load(response)["data"]["result"]
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                result = json.load(response)["data"]["result"]
+        except urllib.error.HTTPError as exc:
+            # Prometheus answers 503 while it starts; the error holds the open response.
+            exc.close()
+            return None
         return result[0]["value"][1] if result else None
 
     assert wait_until(scraped, timeout=60, message="prometheus scraped the exporter") == "3"
