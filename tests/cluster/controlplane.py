@@ -41,7 +41,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -714,6 +714,21 @@ class ControlPlane:
         url = f"https://{network.HOST_IP}:{self.adapter_port}/readyz"
         self._wait("keda-adapter", lambda: _get(url, context) == "ok")
         self._wait("keda-adapter", self.apiservice_available)
+
+
+@contextlib.contextmanager
+def plane_with_node(
+    state_dir: Path, node: str, apiserver_port: int, adapter_port: int
+) -> Iterator[ControlPlane]:
+    """The control plane with KEDA and one process kubelet as Node ``node``."""
+    from tests.cluster.kubelet import Kubelet  # the agent imports this module
+
+    with ControlPlane(state_dir, apiserver_port=apiserver_port, adapter_port=adapter_port) as plane:
+        kubelet = Kubelet(str(plane.kubeconfig), node, plane.state_dir).start()
+        try:
+            yield plane
+        finally:
+            kubelet.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,8 +21,7 @@ import httpx
 import pytest
 
 from celeriac.testing import wait_until
-from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane
-from tests.cluster.kubelet import Kubelet
+from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane, plane_with_node
 from tests.cluster.test_helm import LOCAL_VALUES, api_base_url, diagnostics
 from tests.e2e import autoscaling, scenario
 from tests.e2e.scenario import Obj, Release, condition, kubectl_json
@@ -61,16 +60,13 @@ class LocalCluster:
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     if importlib.util.find_spec("helm_python") is None:
         missing("helm-python-sdk", "pip install -e '.[test,chart]'")
-    with ControlPlane(
+    with plane_with_node(
         tmp_path_factory.mktemp("autoscaling"),
+        NODE,
         apiserver_port=int(os.environ.get("CELERIAC_CLUSTER_APISERVER_PORT", APISERVER_PORT)),
         adapter_port=int(os.environ.get("CELERIAC_CLUSTER_ADAPTER_PORT", ADAPTER_PORT)),
     ) as plane:
-        kubelet = Kubelet(str(plane.kubeconfig), NODE, plane.state_dir).start()
-        try:
-            yield plane
-        finally:
-            kubelet.stop()
+        yield plane
 
 
 def test_burst_scales_up_runs_each_task_once_and_scales_back(plane: ControlPlane) -> None:

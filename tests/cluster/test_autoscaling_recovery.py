@@ -19,8 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from celeriac.testing import wait_until
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.kubelet import Kubelet
+from tests.cluster.controlplane import ControlPlane, plane_with_node
 from tests.cluster.test_autoscaling import LocalCluster
 from tests.cluster.test_helm import LOCAL_VALUES, api_base_url, diagnostics
 from tests.e2e import autoscaling, scenario
@@ -51,16 +50,13 @@ HOLD_WINDOW_SECONDS = 45.0
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     if importlib.util.find_spec("helm_python") is None:
         missing("helm-python-sdk", "pip install -e '.[test,chart]'")
-    with ControlPlane(
+    with plane_with_node(
         tmp_path_factory.mktemp("recovery"),
+        NODE,
         apiserver_port=int(os.environ.get("CELERIAC_RECOVERY_APISERVER_PORT", APISERVER_PORT)),
         adapter_port=int(os.environ.get("CELERIAC_RECOVERY_ADAPTER_PORT", ADAPTER_PORT)),
     ) as plane:
-        kubelet = Kubelet(str(plane.kubeconfig), NODE, plane.state_dir).start()
-        try:
-            yield plane
-        finally:
-            kubelet.stop()
+        yield plane
 
 
 def wait_scaling_active(plane: ControlPlane, release: Release) -> None:

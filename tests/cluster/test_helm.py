@@ -30,8 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from celeriac.testing import wait_until
 from tests.cluster import netns
-from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane
-from tests.cluster.kubelet import Kubelet
+from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane, plane_with_node
 from tests.e2e import scenario
 from tests.e2e.scenario import COMPONENT_LABEL, Release, condition, kubectl_json
 from tests.support import missing
@@ -61,16 +60,13 @@ UPGRADE_VALUES: dict[str, Any] = {"workers": {"default": {"resources": {"limits"
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     if importlib.util.find_spec("helm_python") is None:
         missing("helm-python-sdk", "pip install -e '.[test,chart]'")
-    with ControlPlane(
+    with plane_with_node(
         tmp_path_factory.mktemp("helm"),
+        NODE,
         apiserver_port=int(os.environ.get("CELERIAC_CLUSTER_APISERVER_PORT", APISERVER_PORT)),
         adapter_port=int(os.environ.get("CELERIAC_CLUSTER_ADAPTER_PORT", ADAPTER_PORT)),
     ) as plane:
-        kubelet = Kubelet(str(plane.kubeconfig), NODE, plane.state_dir).start()
-        try:
-            yield plane
-        finally:
-            kubelet.stop()
+        yield plane
 
 
 def diagnostics(plane: ControlPlane) -> str:
