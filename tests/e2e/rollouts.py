@@ -1,0 +1,408 @@
+"""Scale-in and rollouts (issue 10, items 2 and 5), shared by the local control plane's test
+(tests/cluster/test_rollouts.py) and any cluster that can reach the release's Redis.
+
+What is measured comes from two exact records, not from sampling:
+
+- ``Watch``: every change the API server reports for the release's pods (or Deployments), in
+  order, through consecutive server-bounded watches (``kubectl get --raw ...?watch=1``), so a
+  pod that lived between two polls, or two beat pods at once for a moment, cannot be missed;
+- ``TaskEvents``: every task state the workers store, from the result backend's own
+  notifications (celeriac's backend, like Celery's, PUBLISHes each state on the task's key):
+  ``STARTED`` with the worker's node name (``celery@<pod name>``), then ``SUCCESS``. A task
+  requeued at a shutdown deadline and run again shows a second ``STARTED`` (the backend keeps a
+  ``SUCCESS`` but not an earlier state), so starts per task count requeues.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import redis
+
+from celeriac.testing import wait_until
+from celeriac.transport import PUBLISHED_AT_HEADER
+from celeriac.worker.deletion_cost import ANNOTATION
+from tests.e2e.autoscaling import TASK, burst_values
+from tests.e2e.scenario import COMPONENT_LABEL, Kubectl, Obj, Release, submit
+
+# Each watch request ends after this many seconds and the next one resumes from the last
+# resourceVersion seen (kubectl's own timeout is longer).
+WATCH_SECONDS = 5
+TERMINAL = ("Succeeded", "Failed")
+# The beat test's queue: consumed by no worker group, so what beat published stays in Redis with
+# its publish time (the transport's header) for the test to read.
+BEAT_QUEUE = "beat-probe"
+
+# The release's layer over the burst's: pool 1 (500m), at most 4 replicas, the scale-down
+# shortened (20 s window, 100 % per 15 s); a grace period of 45 s (40 s for running tasks), longer
+# than every task the rollout tests start, so a rollout drains them and requeues none; KEDA's
+# cooldown must be at least the grace period (the chart checks).
+MAX_REPLICAS = 4
+GRACE_SECONDS = 45
+MARGIN_SECONDS = 5
+
+
+def rollout_values(schedule: Mapping[str, Any]) -> dict[str, Any]:
+    values = burst_values(max_replicas=MAX_REPLICAS)
+    defaults = values["workerDefaults"]
+    defaults["terminationGracePeriodSeconds"] = GRACE_SECONDS
+    defaults["shutdownMarginSeconds"] = MARGIN_SECONDS
+    defaults["autoscaling"]["keda"]["cooldownPeriodSeconds"] = GRACE_SECONDS
+    values["beat"] = {"schedule": dict(schedule), "maxLoopIntervalSeconds": 1}
+    return values
+
+
+def beat_entry(every: float, marker: int) -> dict[str, Any]:
+    """A schedule entry sending celeriac.demo.add(marker, 0) to BEAT_QUEUE every ``every`` s."""
+    return {"task": "celeriac.demo.add", "every": every, "args": [marker, 0], "queue": BEAT_QUEUE}
+
+
+# -- the API server's record ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    received: float  # time.monotonic() when the test read it
+    type: str  # LISTED (present when the watch began), ADDED, MODIFIED, DELETED
+    object: Obj
+
+    @property
+    def name(self) -> str:
+        return str(self.object["metadata"]["name"])
+
+
+class Watch:
+    """Every change to ``resource`` objects matching ``selector`` in ``namespace``, in the API
+    server's order, from ``start()`` to ``stop()``."""
+
+    def __init__(self, cluster: Kubectl, namespace: str, resource: str, selector: str) -> None:
+        group = "/api/v1" if resource == "pods" else "/apis/apps/v1"
+        self.path = f"{group}/namespaces/{namespace}/{resource}"
+        self.cluster = cluster
+        self.selector = selector
+        self.events: list[Event] = []
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"watch-{resource}", daemon=True)
+        self._version = ""
+
+    def _get(self, **params: str) -> str:
+        query = urllib.parse.urlencode({"labelSelector": self.selector, **params})
+        return self.cluster.kubectl("get", "--raw", f"{self.path}?{query}")
+
+    def start(self) -> Watch:
+        listed = json.loads(self._get())
+        received = time.monotonic()
+        self.events.extend(Event(received, "LISTED", item) for item in listed["items"])
+        self._version = listed["metadata"]["resourceVersion"]
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                text = self._get(
+                    watch="1",
+                    resourceVersion=self._version,
+                    timeoutSeconds=str(WATCH_SECONDS),
+                    allowWatchBookmarks="true",
+                )
+                received = time.monotonic()
+                for line in text.splitlines():
+                    if not line.strip():
+                        continue
+                    change = json.loads(line)
+                    if change["type"] == "ERROR":
+                        raise RuntimeError(f"watch of {self.path}: {change['object']}")
+                    self._version = change["object"]["metadata"]["resourceVersion"]
+                    if change["type"] != "BOOKMARK":
+                        self.events.append(Event(received, change["type"], change["object"]))
+        except BaseException as exc:
+            self.error = exc
+
+    def stop(self) -> list[Event]:
+        self._stop.set()
+        self._thread.join(timeout=WATCH_SECONDS + 65)
+        if self.error is not None:
+            raise AssertionError(f"the watch of {self.path} failed") from self.error
+        return list(self.events)
+
+
+def live(pod: Obj) -> bool:
+    """Not in a terminal phase (Pending, Running, Unknown): its containers may run."""
+    return (pod.get("status") or {}).get("phase") not in TERMINAL
+
+
+def most_live_at_once(events: Iterable[Event]) -> tuple[int, list[str]]:
+    """The most objects alive at once in an event stream, and their names at that moment."""
+    current: dict[str, Obj] = {}
+    peak: tuple[int, list[str]] = (0, [])
+    for event in events:
+        if event.type == "DELETED":
+            current.pop(event.name, None)
+        else:
+            current[event.name] = event.object
+        alive = sorted(name for name, pod in current.items() if live(pod))
+        if len(alive) > peak[0]:
+            peak = (len(alive), alive)
+    return peak
+
+
+def deletions(events: Iterable[Event]) -> list[Event]:
+    """Per pod, the first event that shows it being deleted (deletionTimestamp set)."""
+    seen: set[str] = set()
+    found = []
+    for event in events:
+        if event.name in seen:
+            continue
+        if event.object["metadata"].get("deletionTimestamp") or event.type == "DELETED":
+            seen.add(event.name)
+            found.append(event)
+    return found
+
+
+def deletion_cost(pod: Obj) -> int | None:
+    value = (pod["metadata"].get("annotations") or {}).get(ANNOTATION)
+    return None if value is None else int(value)
+
+
+# -- the result backend's record --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    received: float
+    task_id: str
+    status: str
+    worker: str  # the pod's name (Celery's node name without "celery@"); "" when unknown
+
+
+class TaskEvents:
+    """Every task state stored while it runs, from the backend's PUBLISH on the task's key."""
+
+    PATTERN = "celery-task-meta-*"
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.events: list[TaskEvent] = []
+        self.error: BaseException | None = None
+        self._pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="task-events", daemon=True)
+
+    def start(self) -> TaskEvents:
+        self._pubsub.psubscribe(self.PATTERN)
+        # The subscription is active once Redis confirmed it (before any task is submitted).
+        reply = self._pubsub.get_message(timeout=10)
+        assert reply is not None, "no reply to PSUBSCRIBE"
+        assert reply["type"] == "psubscribe", reply
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                message = self._pubsub.get_message(timeout=0.5)
+                if message is None or message["type"] != "pmessage":
+                    continue
+                meta = json.loads(message["data"])
+                result = meta.get("result") if isinstance(meta.get("result"), dict) else {}
+                node = str(meta.get("worker") or result.get("hostname") or "")
+                self.events.append(
+                    TaskEvent(
+                        time.monotonic(),
+                        str(meta["task_id"]),
+                        str(meta["status"]),
+                        node.split("@", 1)[-1],
+                    )
+                )
+        except BaseException as exc:
+            self.error = exc
+
+    def stop(self) -> list[TaskEvent]:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._pubsub.close()
+        if self.error is not None:
+            raise AssertionError("reading the task events failed") from self.error
+        return list(self.events)
+
+    def starts(self, ids: Iterable[str]) -> dict[str, list[str]]:
+        """Per task id: the pods that started it, in order (two or more: it was requeued)."""
+        wanted = set(ids)
+        found: dict[str, list[str]] = {task_id: [] for task_id in wanted}
+        for event in list(self.events):
+            if event.status == "STARTED" and event.task_id in wanted:
+                found[event.task_id].append(event.worker)
+        return found
+
+    def busy(self, at: float) -> dict[str, str]:
+        """Pods running a task at ``at`` (monotonic): pod -> the task it had started."""
+        running: dict[str, str] = {}
+        for event in list(self.events):
+            if event.received > at:
+                break
+            if event.status == "STARTED":
+                running[event.task_id] = event.worker
+            else:
+                running.pop(event.task_id, None)
+        return {pod: task_id for task_id, pod in running.items()}
+
+    def succeeded(self, ids: Iterable[str]) -> Counter[str]:
+        wanted = set(ids)
+        return Counter(
+            e.task_id for e in list(self.events) if e.status == "SUCCESS" and e.task_id in wanted
+        )
+
+
+def check_each_ran_once(events: TaskEvents, ids: Sequence[str]) -> dict[str, list[str]]:
+    """Every task started exactly once (none requeued at a shutdown deadline) and succeeded
+    once; returns who started each."""
+    starts = events.starts(ids)
+    requeued = {task_id: pods for task_id, pods in starts.items() if len(pods) != 1}
+    assert not requeued, f"tasks started other than once (requeued or never run): {requeued}"
+    succeeded = events.succeeded(ids)
+    assert succeeded == Counter(ids), f"SUCCESS events per task: {dict(succeeded)}"
+    return starts
+
+
+# -- scale-in: idle pods first ----------------------------------------------------------------
+
+
+@dataclass
+class ScaleIn:
+    """What the API server and the workers recorded while a mixed group scaled in."""
+
+    short_ids: list[str]
+    long_ids: list[str]
+    # Per pod deleted: when (monotonic), its pod-deletion-cost at that moment, the task it was
+    # running (None: idle) and the pods that were idle and not being deleted at that moment.
+    deleted: list[tuple[float, str, int | None, str | None, list[str]]] = field(
+        default_factory=list
+    )
+    starts: dict[str, list[str]] = field(default_factory=dict)
+    longs_finished_at: float | None = None
+    # The most worker pods alive at once.
+    peak_pods: int = 0
+
+    def busy_chosen_over_idle(self) -> list[str]:
+        return [
+            f"{pod} (running {task}) while idle {idle}"
+            for _, pod, _, task, idle in self.deleted
+            if task is not None and idle
+        ]
+
+    def busy_deleted(self) -> list[str]:
+        return [pod for _, pod, _, task, _ in self.deleted if task is not None]
+
+
+def run_scale_in(
+    cluster: Kubectl,
+    release: Release,
+    api: httpx.Client,
+    events: TaskEvents,
+    *,
+    short_seconds: float,
+    long_seconds: float,
+    shorts: int = 2,
+    longs: int = 2,
+    timeout: float,
+) -> ScaleIn:
+    """From one worker pod, submit one short task, the long ones, then the other shorts: the
+    group scales out to shorts + longs pods (pool 1) and each pod takes one task. When the
+    shorts end, the backlog drops to the longs and the HPA scales in while they still run. The
+    pod watch, started before the submits, records every deletion; the task events say whether
+    that pod was running a task at that moment. Returns when the long tasks have succeeded."""
+    watch = Watch(
+        cluster, release.namespace, "pods", f"{release.selector},{COMPONENT_LABEL}=worker"
+    ).start()
+    try:
+        first = [submit(api, TASK, seconds=short_seconds)]
+        long_ids = [submit(api, TASK, seconds=long_seconds) for _ in range(longs)]
+        short_ids = first + [submit(api, TASK, seconds=short_seconds) for _ in range(shorts - 1)]
+        wait_until(
+            lambda: len(events.succeeded(long_ids)) == longs,
+            timeout=timeout,
+            interval=1,
+            message="the long tasks to succeed",
+        )
+        longs_finished_at = time.monotonic()
+    finally:
+        recorded = watch.stop()
+    scale_in = ScaleIn(short_ids, long_ids, longs_finished_at=longs_finished_at)
+    removed = deletions(recorded)
+    for event in removed:
+        at = event.received
+        if at > longs_finished_at:
+            continue  # a later scale-in, every pod idle
+        busy = events.busy(at)
+        going = {e.name for e in removed if e.received <= at}
+        idle = sorted(
+            name
+            for name, pod in _alive_at(recorded, at).items()
+            if name not in busy
+            and name not in going
+            and not pod["metadata"].get("deletionTimestamp")
+        )
+        scale_in.deleted.append(
+            (at, event.name, deletion_cost(event.object), busy.get(event.name), idle)
+        )
+    scale_in.starts = events.starts(short_ids + long_ids)
+    scale_in.peak_pods = most_live_at_once(recorded)[0]
+    return scale_in
+
+
+def _alive_at(events: Sequence[Event], at: float) -> dict[str, Obj]:
+    current: dict[str, Obj] = {}
+    for event in events:
+        if event.received > at:
+            break
+        if event.type == "DELETED":
+            current.pop(event.name, None)
+        else:
+            current[event.name] = event.object
+    return current
+
+
+# -- beat: one scheduler at a time, each entry once --------------------------------------------
+
+
+def beat_messages(client: redis.Redis) -> list[Obj]:
+    """What beat published to BEAT_QUEUE (every priority list), oldest first."""
+    raw: list[Any] = []
+    for key in client.scan_iter(match=f"{BEAT_QUEUE}*"):
+        raw.extend(client.lrange(key, 0, -1))
+    messages = [json.loads(item) for item in raw]
+    return sorted(messages, key=published_at)
+
+
+def published_at(message: Obj) -> float:
+    return float(message["headers"][PUBLISHED_AT_HEADER])
+
+
+def firings(messages: Iterable[Obj], marker: int) -> list[float]:
+    """Publish times of the entry whose first argument is ``marker`` (beat_entry)."""
+    return [published_at(m) for m in messages if task_args(m)[:1] == [marker]]
+
+
+def task_args(message: Obj) -> list[Any]:
+    """The positional arguments of a Celery (protocol 2) message as kombu stores it."""
+    body = message["body"]
+    if message["properties"].get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    args: list[Any] = list(json.loads(body)[0])
+    return args
+
+
+def gaps(times: Sequence[float]) -> list[float]:
+    return [round(later - earlier, 2) for earlier, later in itertools.pairwise(times)]
