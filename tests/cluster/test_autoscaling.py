@@ -6,9 +6,10 @@ The burst is tests/e2e/autoscaling.py's: ``TASKS`` celeriac.demo.sleep tasks of 
 through the API; the replicas rise to ceil(backlog / pool) capped by maxReplicas, every task
 finishes once (its result read back, and the workers' own success counters summing to the task
 count), and the group returns to its minimum through the HPA's scale-down behavior (shortened
-for the test: tests/e2e/autoscaling.py). The timeline and figures go to
-bench/results/autoscaling-burst.csv, autoscaling-burst-figures.csv
-and autoscaling-burst.png. No assertion on timing: the figures are reported.
+for the test: tests/e2e/autoscaling.py). The timeline and figures (autoscaling-burst.csv,
+autoscaling-burst-figures.csv and autoscaling-burst.png) go to the test's temporary directory, or
+to bench/results with CELERIAC_RECORD_RESULTS=1. No assertion on timing: the figures are
+reported.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -50,6 +52,9 @@ class LocalCluster:
     def kubectl(self, *args: str) -> str:
         return self.plane.kubectl(*args)
 
+    def kubectl_command(self, *args: str) -> list[str]:
+        return [self.plane.kubectl_binary, "--kubeconfig", str(self.plane.kubeconfig), *args]
+
     def http_get(self, pod: Obj, port: int, path: str) -> str:
         response = httpx.get(f"http://{pod['status']['podIP']}:{port}{path}", timeout=2)
         response.raise_for_status()
@@ -69,7 +74,9 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
         yield plane
 
 
-def test_burst_scales_up_runs_each_task_once_and_scales_back(plane: ControlPlane) -> None:
+def test_burst_scales_up_runs_each_task_once_and_scales_back(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
     cluster = LocalCluster(plane)
     release = Release(plane.kubeconfig, RELEASE, NAMESPACE)
     values = scenario.values(
@@ -96,7 +103,7 @@ def test_burst_scales_up_runs_each_task_once_and_scales_back(plane: ControlPlane
             burst = autoscaling.run_burst(
                 cluster, release, api, tasks=TASKS, seconds=SECONDS, timeout=600
             )
-        written = autoscaling.save(burst)
+        written = autoscaling.save(burst, autoscaling.results_directory(tmp_path))
         print("written:", *written)
         print("figures:", burst.figures())
         autoscaling.check(burst, burst.results)

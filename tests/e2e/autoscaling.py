@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,6 +39,9 @@ from tests.e2e.scenario import (
 from tests.support import REPO_ROOT
 
 RESULTS = REPO_ROOT / "bench" / "results"
+# Set to 1 to (re)write the tracked timeline and figures in bench/results; otherwise a run writes
+# them to its own temporary directory and the working tree stays clean.
+RECORD_RESULTS_ENV = "CELERIAC_RECORD_RESULTS"
 TASK = "celeriac.demo.sleep"
 EXPORTER_PORT = 9540
 WORKER_METRICS_PORT = 9541
@@ -277,9 +281,19 @@ def run_burst(
     return burst
 
 
-def save(burst: Burst, name: str = "autoscaling-burst", directory: Path = RESULTS) -> list[Path]:
+def results_directory(scratch: Path) -> Path:
+    """bench/results when CELERIAC_RECORD_RESULTS=1 asks to record, else ``scratch`` (a test's
+    temporary directory)."""
+    value = os.environ.get(RECORD_RESULTS_ENV, "")
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{RECORD_RESULTS_ENV}={value!r}: set it to 1 to record, or unset it")
+    return RESULTS if value == "1" else scratch
+
+
+def save(burst: Burst, directory: Path, name: str = "autoscaling-burst") -> list[Path]:
     """The timeline and the figures as CSV (always), and a PNG when matplotlib is
-    installed (the `bench` extra); returns the files written."""
+    installed (the `bench` extra), in ``directory`` (``results_directory``); returns the files
+    written."""
     directory.mkdir(parents=True, exist_ok=True)
     csv_path = directory / f"{name}.csv"
     columns = list(Sample.__dataclass_fields__)
