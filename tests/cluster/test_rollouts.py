@@ -131,10 +131,7 @@ def test_scale_in_removes_idle_workers_before_busy_ones(
             )
             results = scenario.wait_finished(api, result.short_ids + result.long_ids, timeout=60)
         events.stop()
-        print("started by:", result.starts)
-        print("deleted (pod, pod-deletion-cost, running task, idle pods left):")
-        for _, pod, cost, task, idle in result.deleted:
-            print(f"  {pod} cost={cost} running={task} idle={idle}")
+        print("worker pods, oldest first:", *result.report(), sep="\n  ")
         assert {r["state"] for r in results.values()} == {"SUCCESS"}, results
         # Four pods, one task each: a mix of busy and idle when the shorts ended.
         assert result.peak_pods == 4, result.peak_pods
@@ -290,7 +287,12 @@ def test_beat_upgrade_recreates_one_beat_and_fires_each_entry_once(
         tick = rollouts.gaps(rollouts.firings(messages, 1))
         tock = rollouts.gaps(rollouts.firings(messages, 2))
         print("beat pods:", names, "most at once:", peak)
-        print("tick gaps:", tick)
+        print(
+            "new beat pod Ready",
+            rollouts.replacement_seconds(recorded),
+            "s after the old one's deletion",
+        )
+        print("tick: longest gap", max(tick), "shortest", min(tick), "over", len(tick))
         print("tock gaps:", tock)
         # Recreate: the old pod replaced by a new one, never both alive at once.
         assert len(names) == 2, names

@@ -4,8 +4,9 @@
 What is measured comes from two exact records, not from sampling:
 
 - ``Watch``: every change the API server reports for the release's pods (or Deployments), in
-  order, through consecutive server-bounded watches (``kubectl get --raw ...?watch=1``), so a
-  pod that lived between two polls, or two beat pods at once for a moment, cannot be missed;
+  order, each stamped when it arrived, through consecutive server-bounded watches streamed by
+  ``kubectl get --raw ...?watch=1``, so a pod that lived between two polls, or two beat pods
+  at once for a moment, cannot be missed;
 - ``TaskEvents``: every task state the workers store, from the result backend's own
   notifications (celeriac's backend, like Celery's, PUBLISHes each state on the task's key):
   ``STARTED`` with the worker's node name (``celery@<pod name>``), then ``SUCCESS``. A task
@@ -18,13 +19,14 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import subprocess
 import threading
 import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import redis
@@ -36,8 +38,8 @@ from tests.e2e.autoscaling import TASK, burst_values
 from tests.e2e.scenario import COMPONENT_LABEL, Kubectl, Obj, Release, submit
 
 # Each watch request ends after this many seconds and the next one resumes from the last
-# resourceVersion seen (kubectl's own timeout is longer).
-WATCH_SECONDS = 5
+# resourceVersion seen.
+WATCH_SECONDS = 60
 TERMINAL = ("Succeeded", "Failed")
 # The beat test's queue: consumed by no worker group, so what beat published stays in Redis with
 # its publish time (the transport's header) for the test to read.
@@ -81,11 +83,19 @@ class Event:
         return str(self.object["metadata"]["name"])
 
 
+class StreamingKubectl(Kubectl, Protocol):
+    def kubectl_command(self, *args: str) -> list[str]:
+        """The kubectl command line (binary, kubeconfig, ``args``), for a streaming call."""
+        ...
+
+
 class Watch:
     """Every change to ``resource`` objects matching ``selector`` in ``namespace``, in the API
-    server's order, from ``start()`` to ``stop()``."""
+    server's order, each with the moment it arrived, from ``start()`` to ``stop()``."""
 
-    def __init__(self, cluster: Kubectl, namespace: str, resource: str, selector: str) -> None:
+    def __init__(
+        self, cluster: StreamingKubectl, namespace: str, resource: str, selector: str
+    ) -> None:
         group = "/api/v1" if resource == "pods" else "/apis/apps/v1"
         self.path = f"{group}/namespaces/{namespace}/{resource}"
         self.cluster = cluster
@@ -94,14 +104,15 @@ class Watch:
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"watch-{resource}", daemon=True)
+        self._process: subprocess.Popen[str] | None = None
         self._version = ""
 
-    def _get(self, **params: str) -> str:
+    def _url(self, **params: str) -> str:
         query = urllib.parse.urlencode({"labelSelector": self.selector, **params})
-        return self.cluster.kubectl("get", "--raw", f"{self.path}?{query}")
+        return f"{self.path}?{query}"
 
     def start(self) -> Watch:
-        listed = json.loads(self._get())
+        listed = json.loads(self.cluster.kubectl("get", "--raw", self._url()))
         received = time.monotonic()
         self.events.extend(Event(received, "LISTED", item) for item in listed["items"])
         self._version = listed["metadata"]["resourceVersion"]
@@ -111,28 +122,47 @@ class Watch:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                text = self._get(
+                url = self._url(
                     watch="1",
                     resourceVersion=self._version,
                     timeoutSeconds=str(WATCH_SECONDS),
                     allowWatchBookmarks="true",
                 )
-                received = time.monotonic()
-                for line in text.splitlines():
-                    if not line.strip():
-                        continue
-                    change = json.loads(line)
-                    if change["type"] == "ERROR":
-                        raise RuntimeError(f"watch of {self.path}: {change['object']}")
-                    self._version = change["object"]["metadata"]["resourceVersion"]
-                    if change["type"] != "BOOKMARK":
-                        self.events.append(Event(received, change["type"], change["object"]))
+                # kubectl copies the stream as it comes: each line is one event, read at once.
+                with subprocess.Popen(
+                    self.cluster.kubectl_command("get", "--raw", url),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                ) as process:
+                    self._process = process
+                    if self._stop.is_set():  # stop() came between two requests
+                        process.terminate()
+                    assert process.stdout is not None
+                    for line in process.stdout:
+                        self._record(line, time.monotonic())
+                    error = process.stderr.read() if process.stderr else ""
+                    if process.wait() != 0 and not self._stop.is_set():
+                        raise RuntimeError(f"kubectl watch of {self.path}: {error.strip()}")
         except BaseException as exc:
             self.error = exc
 
+    def _record(self, line: str, received: float) -> None:
+        if not line.strip():
+            return
+        change = json.loads(line)
+        if change["type"] == "ERROR":
+            raise RuntimeError(f"watch of {self.path}: {change['object']}")
+        self._version = change["object"]["metadata"]["resourceVersion"]
+        if change["type"] != "BOOKMARK":
+            self.events.append(Event(received, change["type"], change["object"]))
+
     def stop(self) -> list[Event]:
         self._stop.set()
-        self._thread.join(timeout=WATCH_SECONDS + 65)
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.terminate()
+        self._thread.join(timeout=30)
         if self.error is not None:
             raise AssertionError(f"the watch of {self.path} failed") from self.error
         return list(self.events)
@@ -291,9 +321,30 @@ class ScaleIn:
         default_factory=list
     )
     starts: dict[str, list[str]] = field(default_factory=dict)
+    submitted_at: float = 0.0
     longs_finished_at: float | None = None
     # The most worker pods alive at once.
     peak_pods: int = 0
+    # Every worker pod seen, oldest first: (name, creationTimestamp).
+    pods: list[tuple[str, str]] = field(default_factory=list)
+
+    def report(self) -> list[str]:
+        """One line per pod, oldest first: the task it ran and whether (when) it was removed
+        during the scale-in, times from the first submit."""
+        ran = {pods[0]: task for task, pods in self.starts.items() if pods}
+        removed = {pod: (at, cost) for at, pod, cost, _, _ in self.deleted}
+        lines = []
+        for name, created in self.pods:
+            task = ran.get(name)
+            role = "long" if task in self.long_ids else "short" if task else "no task"
+            line = f"{name} created {created}: {role}"
+            if name in removed:
+                at, cost = removed[name]
+                line += f"; removed at {at - self.submitted_at:.1f} s (cost {cost})"
+            lines.append(line)
+        if self.longs_finished_at is not None:
+            lines.append(f"longs done at {self.longs_finished_at - self.submitted_at:.1f} s")
+        return lines
 
     def busy_chosen_over_idle(self) -> list[str]:
         return [
@@ -307,7 +358,7 @@ class ScaleIn:
 
 
 def run_scale_in(
-    cluster: Kubectl,
+    cluster: StreamingKubectl,
     release: Release,
     api: httpx.Client,
     events: TaskEvents,
@@ -327,6 +378,7 @@ def run_scale_in(
         cluster, release.namespace, "pods", f"{release.selector},{COMPONENT_LABEL}=worker"
     ).start()
     try:
+        submitted_at = time.monotonic()
         first = [submit(api, TASK, seconds=short_seconds)]
         long_ids = [submit(api, TASK, seconds=long_seconds) for _ in range(longs)]
         short_ids = first + [submit(api, TASK, seconds=short_seconds) for _ in range(shorts - 1)]
@@ -339,7 +391,9 @@ def run_scale_in(
         longs_finished_at = time.monotonic()
     finally:
         recorded = watch.stop()
-    scale_in = ScaleIn(short_ids, long_ids, longs_finished_at=longs_finished_at)
+    scale_in = ScaleIn(
+        short_ids, long_ids, submitted_at=submitted_at, longs_finished_at=longs_finished_at
+    )
     removed = deletions(recorded)
     for event in removed:
         at = event.received
@@ -359,6 +413,8 @@ def run_scale_in(
         )
     scale_in.starts = events.starts(short_ids + long_ids)
     scale_in.peak_pods = most_live_at_once(recorded)[0]
+    created = {e.name: str(e.object["metadata"]["creationTimestamp"]) for e in recorded}
+    scale_in.pods = sorted(created.items(), key=lambda item: (item[1], item[0]))
     return scale_in
 
 
@@ -406,3 +462,18 @@ def task_args(message: Obj) -> list[Any]:
 
 def gaps(times: Sequence[float]) -> list[float]:
     return [round(later - earlier, 2) for earlier, later in itertools.pairwise(times)]
+
+
+def replacement_seconds(events: Sequence[Event]) -> float | None:
+    """From the first pod's deletion to the next pod's Ready (as the watch received them)."""
+    removed = deletions(events)
+    if not removed:
+        return None
+    start = removed[0].received
+    for event in events:
+        if event.received < start or event.name == removed[0].name:
+            continue
+        conditions = (event.object.get("status") or {}).get("conditions") or []
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+            return round(event.received - start, 1)
+    return None
