@@ -66,6 +66,36 @@ class ReplicationError(redis.ConnectionError):
     """
 
 
+# What a replica answers a write: a master demoted while a connection to it stayed open. redis-py
+# turns it into a connection error (reconnect: Sentinel names the new master) for a plain
+# command only; inside a script it arrives wrapped in the script's error.
+READONLY = "READONLY You can't write against a read only replica"
+
+
+class DemotedMaster(redis.ConnectionError):
+    """A write reached a replica (``READONLY``): reconnect, to the master Sentinel names now."""
+
+
+def demoted(reply: object) -> bool:
+    """Whether ``reply`` is a write refused by a replica, from a command or inside a script."""
+    return isinstance(reply, redis.ResponseError) and READONLY in str(reply)
+
+
+def check_replicated(acknowledged: object, replicas: int, timeout_ms: int) -> None:
+    """Raise ``ReplicationError`` unless ``WAIT replicas timeout_ms`` answered ``replicas``."""
+    if isinstance(acknowledged, int) and acknowledged >= replicas:
+        return
+    raise ReplicationError(
+        f"written, but {acknowledged} of {replicas} replicas acknowledged within "
+        f"{timeout_ms} ms (CELERIAC_REDIS_WAIT_REPLICAS)"
+    )
+
+
+def wait_timeout_ms(settings: Settings) -> int:
+    """``CELERIAC_REDIS_WAIT_TIMEOUT_SECONDS`` as ``WAIT`` takes it."""
+    return max(1, round(settings.redis_wait_timeout_seconds * 1000))
+
+
 def sentinel_addresses(url: str) -> list[tuple[str, int]]:
     """``(host, port)`` of each sentinel in a ``sentinel://a:26379;sentinel://b:26379`` URL."""
     addresses = []
@@ -183,12 +213,7 @@ class _WaitingPipeline:
     def execute(self, *args: Any, **kwargs: Any) -> list[Any]:
         self._pipe.execute_command("WAIT", self._replicas, self._timeout_ms)
         replies: list[Any] = self._pipe.execute(*args, **kwargs)
-        acknowledged = replies[-1]
-        if not isinstance(acknowledged, int) or acknowledged < self._replicas:
-            raise ReplicationError(
-                f"published, but {acknowledged} of {self._replicas} replicas acknowledged "
-                f"within {self._timeout_ms} ms (CELERIAC_REDIS_WAIT_REPLICAS)"
-            )
+        check_replicated(replies[-1], self._replicas, self._timeout_ms)
         return replies[:-1]
 
 
@@ -307,9 +332,7 @@ def configure(settings: Settings, config: dict[str, Any]) -> dict[str, Any]:
     config["broker_transport"] = transport_for(settings, config["broker_transport"])
     if settings.redis_wait_replicas > 0:
         broker_options["wait_replicas"] = settings.redis_wait_replicas
-        broker_options["wait_timeout_ms"] = max(
-            1, round(settings.redis_wait_timeout_seconds * 1000)
-        )
+        broker_options["wait_timeout_ms"] = wait_timeout_ms(settings)
     if settings.redis_sentinel_master is not None:
         sentinel_options = {
             "master_name": settings.redis_sentinel_master,

@@ -57,6 +57,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from kombu.utils.objects import cached_property
 
+from celeriac import sentinel
 from celeriac.keys import (
     ALL_DEAD_LETTERS_KEY,
     DEAD_LETTER_ENTRIES_KEY,
@@ -476,6 +477,13 @@ class Channel(kombu_redis.Channel):
                 _lost_fetches.append((self._fetch_key, self._fetch_nonce))
                 connection.disconnect()
                 raise
+            except redis.ResponseError as exc:
+                if not sentinel.demoted(exc):
+                    raise
+                # A demoted master refused the script's first write, so nothing was taken.
+                # A connection error, so the worker reconnects to the master Sentinel names.
+                connection.disconnect()
+                raise sentinel.DemotedMaster(str(exc)) from None
             if not reply:
                 self._fetch_waits = True
                 raise virtual.Empty()

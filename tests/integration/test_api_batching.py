@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import types
 
 import redis
 import redis.asyncio
@@ -16,14 +17,14 @@ def test_concurrent_units_share_transactions_and_get_their_own_replies(redis_url
         client = redis.asyncio.Redis.from_url(redis_url)
         queue = TransactionQueue(client)
         transactions = 0
-        execute = redis.asyncio.client.Pipeline.execute
+        round_trip = TransactionQueue._round_trip
 
-        async def counted(self: redis.asyncio.client.Pipeline, raise_on_error: bool = True):  # type: ignore[no-untyped-def]
+        async def counted(self: TransactionQueue, wire: list[tuple[object, ...]]) -> list[object]:
             nonlocal transactions
             transactions += 1
-            return await execute(self, raise_on_error)
+            return await round_trip(self, wire)
 
-        redis.asyncio.client.Pipeline.execute = counted  # type: ignore[method-assign]
+        queue._round_trip = types.MethodType(counted, queue)  # type: ignore[method-assign]
         try:
             replies = await asyncio.gather(
                 *(
@@ -32,7 +33,6 @@ def test_concurrent_units_share_transactions_and_get_their_own_replies(redis_url
                 )
             )
         finally:
-            redis.asyncio.client.Pipeline.execute = execute  # type: ignore[method-assign]
             await client.aclose()
         return replies, transactions
 

@@ -19,6 +19,12 @@ or not at all as before, in one command and one reply instead of ``MULTI``, one 
 command and ``EXEC`` (about half the client's time per unit). A Redis refusing scripts (an ACL
 without ``EVAL``) gets ``MULTI``/``EXEC`` from then on.
 
+Replicas: with ``wait_replicas``, each round trip ends with ``WAIT wait_replicas
+wait_timeout_ms`` on the same connection (Redis waits for the writes made on that connection), so
+a unit is answered only once that many replicas hold its writes, or fails with
+``sentinel.ReplicationError`` (a 503: the writes may be on the master alone, about to be lost in
+a failover). Each round trip is written and read on one pooled connection for that reason.
+
 When a transaction fails because Redis cannot be reached, the units that arrived while it was in
 flight fail with it (a 503) instead of trying again: a request never waits for more than one
 attempt (about two socket timeouts), as it did when each request had its own transaction.
@@ -32,11 +38,15 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.connection
 
+from celeriac import sentinel
 from celeriac.api.publish import Command
 
 # Failures saying Redis could not be reached (rather than refusing a command).
 UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
+# A unit of commands and the future its request awaits.
+Unit = tuple[Sequence[Command], "asyncio.Future[list[Any]]"]
 # Units per transaction at most: bounds one reply's size and the latency of a large burst.
 MAX_UNITS = 256
 # Runs a unit's commands, given as ARGV: the number of words of a command, then its words.
@@ -54,19 +64,31 @@ return replies
 SCRIPTABLE = frozenset(
     {"SET", "GET", "DEL", "EXPIRE", "LPUSH", "RPUSH", "LTRIM", "LLEN", "ZADD", "ZREMRANGEBYRANK"}
 )
-# Client methods whose arguments are the command's own, in order (``set`` with two only).
-METHODS = frozenset({"lpush", "rpush", "ltrim", "llen", "get", "set"})
 # What Redis answers when scripts are not allowed (ACL, or a proxy without them).
 NO_SCRIPTS = ("NOPERM", "ERR unknown command")
 
 
 class TransactionQueue:
-    """Sends queued units of commands to one Redis client, one MULTI/EXEC at a time."""
+    """Sends queued units of commands to one Redis client, one transaction at a time.
 
-    def __init__(self, client: redis.asyncio.Redis, max_units: int = MAX_UNITS) -> None:
+    A unit's commands are ``(method, args)`` pairs whose ``args`` are the command's own words
+    (``("execute_command", ("SET", key, value))`` or ``("lpush", (key, value))``), as kombu's
+    publish batch and ``celeriac.api.tracking`` write them.
+    """
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        max_units: int = MAX_UNITS,
+        *,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
+    ) -> None:
         self.client = client
         self.max_units = max_units
-        self._pending: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]] = []
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        self._pending: list[Unit] = []
         self._sender: asyncio.Task[None] | None = None
         self._scripts = True
 
@@ -96,20 +118,20 @@ class TransactionQueue:
         finally:
             self._sender = None
 
-    async def _send_batch(
-        self, batch: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]]
-    ) -> None:
-        if len(batch) == 1 and self._scripts:
-            words = _words(batch[0][0])
-            if words is not None:
-                await self._send_alone(batch[0][0], words, batch[0][1])
-                return
+    async def _send_batch(self, batch: list[Unit]) -> None:
+        """One round trip: a lone unit as one ``EVAL``, several in ``MULTI``/``EXEC``."""
+        commands = [_command(name, args) for unit, _ in batch for name, args in unit]
+        alone = len(batch) == 1 and self._scripts
+        if alone and all(str(command[0]).upper() in SCRIPTABLE for command in commands):
+            words = [word for command in commands for word in (len(command), *command)]
+            wire: list[tuple[Any, ...]] = [("EVAL", UNIT_SCRIPT, 0, *words)]
+        else:
+            alone = False
+            wire = [("MULTI",), *commands, ("EXEC",)]
+        if self.wait_replicas > 0:
+            wire.append(("WAIT", self.wait_replicas, self.wait_timeout_ms))
         try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                for commands, _ in batch:
-                    for name, args in commands:
-                        getattr(pipe, name)(*args)
-                replies = await pipe.execute(raise_on_error=False)
+            replies = await self._round_trip(wire)
         except Exception as exc:
             if isinstance(exc, UNREACHABLE):
                 # Units that arrived during the failed attempt fail with it: a request waits
@@ -124,66 +146,102 @@ class TransactionQueue:
             for _, future in batch:
                 future.cancel()  # the sender itself was cancelled (shutdown)
             raise
-        start = 0
-        for commands, future in batch:
-            own = replies[start : start + len(commands)]
-            start += len(commands)
+        replicated: Exception | None = None
+        if self.wait_replicas > 0:
+            try:
+                sentinel.check_replicated(replies.pop(), self.wait_replicas, self.wait_timeout_ms)
+            except sentinel.ReplicationError as exc:
+                replicated = exc
+        if alone:
+            (reply,) = replies
+            if isinstance(reply, redis.ResponseError) and str(reply).startswith(NO_SCRIPTS):
+                self._scripts = False  # nothing ran: send it, and all after, as MULTI/EXEC
+                await self._send_batch(batch)
+                return
+            outcomes: list[Exception | list[Any]] = [reply]
+        else:
+            outcomes = _exec_outcomes(batch, replies)
+        callbacks = self.client.response_callbacks
+        for (unit, future), outcome in zip(batch, outcomes, strict=True):
+            own, commands = commands[: len(unit)], commands[len(unit) :]
             if future.done():
                 continue
-            error = next((reply for reply in own if isinstance(reply, Exception)), None)
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+                continue
+            parsed = []
+            for command, reply in zip(own, outcome, strict=True):
+                callback = callbacks.get(str(command[0]).upper())
+                parsed.append(
+                    callback(reply) if callback and not isinstance(reply, Exception) else reply
+                )
+            error = next((reply for reply in parsed if isinstance(reply, Exception)), None)
             if error is not None:
                 future.set_exception(error)
+            elif replicated is not None:
+                future.set_exception(replicated)
             else:
-                future.set_result(own)
+                future.set_result(parsed)
 
-    async def _send_alone(
-        self, commands: Sequence[Command], words: list[Any], future: asyncio.Future[list[Any]]
-    ) -> None:
-        """One unit, as one ``EVAL`` (see the module); its replies as a transaction's."""
+    async def _round_trip(self, wire: list[tuple[Any, ...]]) -> list[Any]:
+        """``wire`` written at once on one pooled connection; each raw reply (errors as values).
+
+        A dropped connection is retried as the client's retry policy says, like a command.
+        """
+        pool = self.client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            replies = await self.client.execute_command(  # type: ignore[no-untyped-call]
-                "EVAL", UNIT_SCRIPT, 0, *words
+            replies: list[Any] = await connection.retry.call_with_retry(
+                lambda: _exchange(connection, wire),
+                lambda error: connection.disconnect(),
             )
-        except redis.ResponseError as exc:
-            if str(exc).startswith(NO_SCRIPTS):
-                self._scripts = False  # nothing ran: send it, and all after, as MULTI/EXEC
-                await self._send_batch([(commands, future)])
-            elif not future.done():
-                future.set_exception(exc)
-            return
-        except Exception as exc:
-            if isinstance(exc, UNREACHABLE):
-                waiting, self._pending = self._pending, []
-                for _, other in waiting:
-                    if not other.done():
-                        other.set_exception(exc)
-            if not future.done():
-                future.set_exception(exc)
-            return
+            return replies
         except BaseException:
-            future.cancel()  # the sender itself was cancelled (shutdown)
+            # Replies may be left unread: never hand the connection out again as it is.
+            await connection.disconnect(nowait=True)
             raise
-        callbacks = self.client.response_callbacks
-        out = []
-        for (name, args), reply in zip(commands, replies, strict=True):
-            command = str(args[0]).upper() if name == "execute_command" else name.upper()
-            callback = callbacks.get(command)
-            out.append(callback(reply) if callback is not None else reply)
-        if not future.done():
-            future.set_result(out)
+        finally:
+            await pool.release(connection)
 
 
-def _words(commands: Sequence[Command]) -> list[Any] | None:
-    """The unit as the script's ARGV, or None when a command is not sent as it is named."""
-    words: list[Any] = []
-    for name, args in commands:
-        if name == "execute_command":
-            command = list(args)
-            if not command or str(command[0]).upper() not in SCRIPTABLE:
-                return None
-        elif name in METHODS and (name != "set" or len(args) == 2):
-            command = [name.upper(), *args]
+async def _exchange(
+    connection: redis.asyncio.connection.AbstractConnection, wire: list[tuple[Any, ...]]
+) -> list[Any]:
+    await connection.send_packed_command(connection.pack_commands(wire))
+    replies: list[Any] = []
+    for _ in wire:
+        try:
+            replies.append(await connection.read_response())
+        except redis.ResponseError as exc:
+            replies.append(exc)
+    refused = next((reply for reply in replies if sentinel.demoted(reply)), None)
+    if refused is not None:
+        # Connected to a demoted master (a script's READONLY is not turned into a connection
+        # error by redis-py): retried on a new connection, to the master Sentinel names now.
+        raise sentinel.DemotedMaster(str(refused))
+    return replies
+
+
+def _exec_outcomes(batch: list[Unit], replies: list[Any]) -> list[Exception | list[Any]]:
+    """Per unit, its commands' replies from the replies to ``MULTI``, each command, ``EXEC``.
+
+    A command Redis refused while queueing aborts the whole transaction (``EXECABORT``): its
+    unit gets that refusal, the others the abort.
+    """
+    executed = replies[-1]
+    outcomes: list[Exception | list[Any]] = []
+    start = 1
+    for unit, _ in batch:
+        queued = replies[start : start + len(unit)]
+        refused = next((reply for reply in queued if isinstance(reply, Exception)), None)
+        if isinstance(executed, Exception):
+            outcomes.append(refused or executed)
         else:
-            return None
-        words += [len(command), *command]
-    return words
+            outcomes.append(list(executed[start - 1 : start - 1 + len(unit)]))
+        start += len(unit)
+    return outcomes
+
+
+def _command(name: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The words a unit's ``(method, args)`` sends."""
+    return args if name == "execute_command" else (name.upper(), *args)

@@ -58,9 +58,15 @@ class Services:
             else _async_client(self.settings, self.settings.result_backend_connection_url, timeout)
         )
         self.aio.broker, self.aio.results = broker, results
-        self.aio.writes = TransactionQueue(broker)
+        # Every write of a submission waits for the replicas the settings ask, as Celery's
+        # publishes do (``celeriac.sentinel``): a 202 survives a failover.
+        wait = {
+            "wait_replicas": self.settings.redis_wait_replicas,
+            "wait_timeout_ms": sentinel.wait_timeout_ms(self.settings),
+        }
+        self.aio.writes = TransactionQueue(broker, **wait)
         self.aio.results_writes = (
-            self.aio.writes if results is broker else TransactionQueue(results)
+            self.aio.writes if results is broker else TransactionQueue(results, **wait)
         )
 
     async def aclose(self) -> None:
