@@ -46,11 +46,11 @@ TERMINAL = ("Succeeded", "Failed")
 BEAT_QUEUE = "beat-probe"
 
 # The release's layer over the burst's: pool 1 (500m), at most 4 replicas, the scale-down
-# shortened (20 s window, 100 % per 15 s); a grace period of 45 s (40 s for running tasks), longer
+# shortened (20 s window, 100 % per 15 s); a grace period of 60 s (55 s for running tasks), longer
 # than every task the rollout tests start, so a rollout drains them and requeues none; KEDA's
 # cooldown must be at least the grace period (the chart checks).
 MAX_REPLICAS = 4
-GRACE_SECONDS = 45
+GRACE_SECONDS = 60
 MARGIN_SECONDS = 5
 
 
@@ -309,17 +309,25 @@ def check_each_ran_once(events: TaskEvents, ids: Sequence[str]) -> dict[str, lis
 # -- scale-in: idle pods first ----------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Removal:
+    """One worker pod chosen for deletion, and the group at that moment."""
+
+    at: float  # monotonic
+    pod: str
+    cost: int | None  # its pod-deletion-cost when it was chosen
+    task: str | None  # the task it was running; None: idle
+    busy: frozenset[str]  # the pods running a task
+    idle_left: tuple[str, ...]  # the other pods that were idle and not being deleted
+
+
 @dataclass
 class ScaleIn:
     """What the API server and the workers recorded while a mixed group scaled in."""
 
     short_ids: list[str]
     long_ids: list[str]
-    # Per pod deleted: when (monotonic), its pod-deletion-cost at that moment, the task it was
-    # running (None: idle) and the pods that were idle and not being deleted at that moment.
-    deleted: list[tuple[float, str, int | None, str | None, list[str]]] = field(
-        default_factory=list
-    )
+    deleted: list[Removal] = field(default_factory=list)
     starts: dict[str, list[str]] = field(default_factory=dict)
     submitted_at: float = 0.0
     longs_finished_at: float | None = None
@@ -332,7 +340,7 @@ class ScaleIn:
         """One line per pod, oldest first: the task it ran and whether (when) it was removed
         during the scale-in, times from the first submit."""
         ran = {pods[0]: task for task, pods in self.starts.items() if pods}
-        removed = {pod: (at, cost) for at, pod, cost, _, _ in self.deleted}
+        removed = {r.pod: (r.at, r.cost) for r in self.deleted}
         lines = []
         for name, created in self.pods:
             task = ran.get(name)
@@ -348,13 +356,13 @@ class ScaleIn:
 
     def busy_chosen_over_idle(self) -> list[str]:
         return [
-            f"{pod} (running {task}) while idle {idle}"
-            for _, pod, _, task, idle in self.deleted
-            if task is not None and idle
+            f"{r.pod} (running {r.task}) while idle {list(r.idle_left)}"
+            for r in self.deleted
+            if r.task is not None and r.idle_left
         ]
 
     def busy_deleted(self) -> list[str]:
-        return [pod for _, pod, _, task, _ in self.deleted if task is not None]
+        return [r.pod for r in self.deleted if r.task is not None]
 
 
 def run_scale_in(
@@ -409,7 +417,14 @@ def run_scale_in(
             and not pod["metadata"].get("deletionTimestamp")
         )
         scale_in.deleted.append(
-            (at, event.name, deletion_cost(event.object), busy.get(event.name), idle)
+            Removal(
+                at,
+                event.name,
+                deletion_cost(event.object),
+                busy.get(event.name),
+                frozenset(busy),
+                tuple(idle),
+            )
         )
     scale_in.starts = events.starts(short_ids + long_ids)
     scale_in.peak_pods = most_live_at_once(recorded)[0]
