@@ -65,3 +65,10 @@ ALL_DEAD_LETTERS_KEY = "celeriac:dead_letters"
 def dead_letters_key(queue: str) -> str:
     """The sorted set of ``queue``'s dead-lettered task ids."""
     return f"{DEAD_LETTERS_PREFIX}{queue}"
+
+
+# The worker registry (celeriac.worker.registry): every live celeriac worker's node name, scored
+# by the time (Redis' clock, seconds) until which it counts as live; and per node name, a JSON
+# object of what it consumes ({"queues": [...], "pool": processes}).
+WORKERS_KEY = "celeriac:workers"
+WORKER_INFO_KEY = "celeriac:workers:info"

@@ -16,6 +16,7 @@ from celeriac.worker.settings import (
     DEFAULT_METRICS_PORT,
     DEFAULT_POOL,
     DEFAULT_READY_FILE,
+    DEFAULT_REGISTRY_INTERVAL_SECONDS,
     DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
     WorkerSettings,
 )
@@ -37,6 +38,7 @@ def test_defaults() -> None:
     assert settings.metrics_dir == DEFAULT_METRICS_DIR
     assert (settings.mingle, settings.gossip, settings.event_heartbeats) == (False, False, False)
     assert settings.common.queues == (DEFAULT_QUEUE,)
+    assert settings.registry_interval_seconds == DEFAULT_REGISTRY_INTERVAL_SECONDS
 
 
 @pytest.mark.parametrize(
@@ -49,6 +51,10 @@ def test_defaults() -> None:
         ("CELERIAC_WORKER_METRICS_PORT", str(DEFAULT_METRICS_PORT)),
         ("CELERIAC_WORKER_METRICS_HOST", DEFAULT_METRICS_HOST),
         ("CELERIAC_WORKER_METRICS_DIR", str(DEFAULT_METRICS_DIR)),
+        (
+            "CELERIAC_WORKER_REGISTRY_INTERVAL_SECONDS",
+            f"{DEFAULT_REGISTRY_INTERVAL_SECONDS:g}",
+        ),
     ],
 )
 def test_the_worker_readme_documents_the_defaults(variable: str, default: str) -> None:
@@ -81,6 +87,7 @@ def test_every_variable() -> None:
             "CELERIAC_WORKER_MINGLE": "true",
             "CELERIAC_WORKER_GOSSIP": "yes",
             "CELERIAC_WORKER_EVENT_HEARTBEATS": "1",
+            "CELERIAC_WORKER_REGISTRY_INTERVAL_SECONDS": "0.5",
         }
     )
     assert settings.common.queues == ("a", "b")
@@ -97,6 +104,7 @@ def test_every_variable() -> None:
     assert (settings.metrics_host, settings.metrics_port) == ("127.0.0.1", 0)
     assert settings.metrics_dir == Path("/run/metrics")
     assert (settings.mingle, settings.gossip, settings.event_heartbeats) == (True, True, True)
+    assert settings.registry_interval_seconds == 0.5
 
 
 @pytest.mark.parametrize(
@@ -112,6 +120,8 @@ def test_every_variable() -> None:
         ("CELERIAC_WORKER_CONCURRENCY_PER_CPU", "0", "must be at least 0.01"),
         ("CELERIAC_WORKER_MAX_MEMORY_PER_CHILD_KB", "-5", "must be at least 0"),
         ("CELERIAC_WORKER_MINGLE", "maybe", "is not a boolean"),
+        ("CELERIAC_WORKER_REGISTRY_INTERVAL_SECONDS", "0", "must be at least 0.1"),
+        ("CELERIAC_WORKER_REGISTRY_INTERVAL_SECONDS", "soon", "is not a number"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, message: str) -> None:

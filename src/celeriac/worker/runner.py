@@ -22,6 +22,7 @@ from celeriac.worker.steps import (
     Heartbeat,
     ProbedConsumer,
     Ready,
+    Registry,
     StallCheck,
 )
 
@@ -59,7 +60,9 @@ def run_worker(settings: WorkerSettings) -> int:
     if settings.metrics_port:
         _start_metrics(settings)
     pod = deletion_cost_pod(settings)
-    app.steps["worker"].update({Heartbeat, StallCheck, Drain, ApplyTaskLimits, DeletionCost})
+    app.steps["worker"].update(
+        {Heartbeat, StallCheck, Registry, Drain, ApplyTaskLimits, DeletionCost}
+    )
     app.steps["consumer"].add(Ready)
     worker = app.Worker(**worker_options(settings, sizing), celeriac_pod=pod)
     # After app.Worker(): Celery has set up logging by now.

@@ -35,6 +35,11 @@ DEFAULT_STALL_SECONDS = 60.0
 # Below this a busy Redis or a fetch's 1 s wait could pass for a stall.
 MIN_STALL_SECONDS = 1.0
 STALLED_SUFFIX = ".stalled"
+# How often a worker writes its entry in the worker registry (celeriac.worker.registry); it
+# counts as live for 3 intervals after each write. Below the minimum, refreshes would cost
+# Redis more than they tell.
+DEFAULT_REGISTRY_INTERVAL_SECONDS = 10.0
+MIN_REGISTRY_INTERVAL_SECONDS = 0.1
 MAX_LABEL_LENGTH = 63
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -74,6 +79,9 @@ class WorkerSettings:
     # Seconds without taking a message, while messages wait and the worker could take one,
     # after which liveness fails (celeriac.worker.stall); 0: never.
     stall_seconds: float = DEFAULT_STALL_SECONDS
+    # Seconds between writes of the worker's entry in the worker registry, which readers
+    # (celeriac inspect) count live workers from.
+    registry_interval_seconds: float = DEFAULT_REGISTRY_INTERVAL_SECONDS
     # Per task name: time and rate limits applied to the app's tasks at start.
     task_limits: Mapping[str, TaskLimits] = field(default_factory=dict)
     # Keep the pod's pod-deletion-cost annotation at the tasks held (celeriac.worker.deletion_cost).
@@ -120,6 +128,11 @@ class WorkerSettings:
             event_heartbeats=env.boolean("WORKER_EVENT_HEARTBEATS", False),
             log_tasks=env.boolean("WORKER_LOG_TASKS", False),
             stall_seconds=_stall_seconds(env),
+            registry_interval_seconds=env.number(
+                "WORKER_REGISTRY_INTERVAL_SECONDS",
+                DEFAULT_REGISTRY_INTERVAL_SECONDS,
+                minimum=MIN_REGISTRY_INTERVAL_SECONDS,
+            ),
             task_limits=parse_task_limits(
                 env.raw("TASK_LIMITS"), common.visibility_timeout_seconds
             ),

@@ -1,5 +1,5 @@
-"""Celery bootsteps that give the worker its probe files, its SIGTERM drain, its stall check and
-its pod-deletion-cost.
+"""Celery bootsteps that give the worker its probe files, its SIGTERM drain, its stall check, its
+entry in the worker registry and its pod-deletion-cost.
 
 They receive the worker's ``WorkerSettings`` as the ``celeriac_settings`` keyword, which Celery
 passes from ``app.Worker(...)`` to every worker and consumer step; without it they do nothing,
@@ -18,6 +18,7 @@ from celery.worker.consumer import Consumer
 from celeriac import heartbeat
 from celeriac.worker.deletion_cost import DeletionCostUpdater, PodAnnotations, held_tasks
 from celeriac.worker.limits import apply_task_limits
+from celeriac.worker.registry import WorkerRegistry, registry_client
 from celeriac.worker.settings import HEARTBEAT_INTERVAL_SECONDS, WorkerSettings
 from celeriac.worker.shutdown import GracefulShutdown
 from celeriac.worker.stall import StallWatcher, channel_can_take, redis_client
@@ -118,6 +119,42 @@ class StallCheck(bootsteps.StartStopStep):
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None
+
+
+class Registry(bootsteps.StartStopStep):
+    """Keeps the worker's entry in the worker registry (``celeriac.worker.registry``): its node
+    name, queues and pool size, refreshed every ``CELERIAC_WORKER_REGISTRY_INTERVAL_SECONDS``
+    from a thread of its own, removed when the worker stops (a warm or a cold shutdown)."""
+
+    label = "celeriac worker registry"
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, w: Any, celeriac_settings: WorkerSettings | None = None, **kwargs: Any):
+        super().__init__(w, **kwargs)
+        self.settings = celeriac_settings
+        self.registry: WorkerRegistry | None = None
+
+    def include_if(self, w: Any) -> bool:
+        return self.settings is not None
+
+    def start(self, w: Any) -> None:
+        assert self.settings is not None
+        self.registry = WorkerRegistry(
+            registry_client(self.settings.common),
+            name=w.hostname,
+            queues=self.settings.common.queues,
+            pool=int(w.concurrency),
+            interval=self.settings.registry_interval_seconds,
+        )
+        self.registry.start()
+
+    def stop(self, w: Any) -> None:
+        if self.registry is not None:
+            self.registry.stop()
+            self.registry = None
+
+    def terminate(self, w: Any) -> None:
+        self.stop(w)
 
 
 class DeletionCost(bootsteps.StartStopStep):
