@@ -4,14 +4,20 @@ The same counts as the exporter and ``GET /v1/queues`` (``celeriac.backlog``: on
 read, constant cost per queue), plus each queue's dead letters (``ZCARD``). Per worker group,
 the sums over its queues. No worker is asked anything (no broadcast).
 
-What Redis cannot say: how many workers are running, or their replicas. Celery keeps no
-registry of workers in Redis (its worker heartbeats are events, which celeriac turns off, and
-kombu's pidbox bindings outlive the workers that made them), so a count from there would be a
-guess. What is shown instead is the work workers hold: ``in flight`` counts the messages a
-worker has taken and not acknowledged. With acks late and a prefetch multiplier of 1, each is
-reserved by, or running in, one pool process: the busy processes of the group (an upper bound
-while a worker still has a message reserved for a process that is finishing the one before).
-Replicas are Kubernetes' to tell (``kubectl get deployments``).
+Live workers come from celeriac's worker registry (``celeriac.worker.registry``): Celery keeps
+none in Redis, so each celeriac worker writes its node name, queues and pool size there every
+``CELERIAC_WORKER_REGISTRY_INTERVAL_SECONDS`` and removes them on a graceful shutdown. A worker
+is live for ``LIVE_INTERVALS`` (3) of its intervals after its last write, by Redis' clock (so
+the nodes' clocks do not matter): a killed worker stops counting within 3 intervals. Each live
+worker belongs to the group whose queues are exactly the queues it consumes (the chart runs one
+Deployment per group, consuming the group's queues); per group, its live workers (its replicas
+that run) and their pool processes. Workers that consume another set of queues are counted
+apart, as other workers. Plain ``celery worker`` processes are not in the registry.
+
+``busy`` is the work workers hold: ``in flight`` counts the messages a worker has taken and not
+acknowledged. With acks late and a prefetch multiplier of 1, each is reserved by, or running
+in, one pool process: the busy processes of the group (an upper bound while a worker still has
+a message reserved for a process that is finishing the one before).
 """
 
 from __future__ import annotations
@@ -22,17 +28,26 @@ from dataclasses import asdict, dataclass
 
 import redis
 
+from celeriac import sentinel
 from celeriac.backlog import read_backlog
 from celeriac.env import Env
 from celeriac.exporter.groups import WorkerGroup, all_queues, default_groups, load_groups
 from celeriac.keys import dead_letters_key
 from celeriac.settings import Settings, redact_url
+from celeriac.worker.registry import LIVE_INTERVALS, LiveWorker, live_workers, read_live_workers
+from celeriac.worker.settings import DEFAULT_REGISTRY_INTERVAL_SECONDS
 
 SHOWN_NOTE = (
+    f"workers = live celeriac workers consuming exactly the group's queues, pool = their pool "
+    f"processes (each worker writes itself to Redis every "
+    f"CELERIAC_WORKER_REGISTRY_INTERVAL_SECONDS, {DEFAULT_REGISTRY_INTERVAL_SECONDS:g}s by "
+    f"default, and is live for {LIVE_INTERVALS} intervals after, by Redis' clock); "
     "busy = tasks workers hold now (in flight: with acks late and prefetch 1, one pool process "
-    "each). Live workers and replicas are not in Redis (Celery keeps no worker registry there): "
-    "kubectl get deployments."
+    "each)."
 )
+
+# Workers in no group named in the table's line about them; --json lists every one.
+OTHERS_NAMED = 5
 
 
 @dataclass(frozen=True)
@@ -55,6 +70,10 @@ class GroupReport:
     name: str
     queues: tuple[str, ...]
     waiting: int
+    # Live workers consuming exactly the group's queues (its running replicas), and the sum
+    # of their pool processes.
+    workers: int
+    pool: int
     # Messages the group's workers hold: its busy pool processes (see the module).
     busy: int
     scheduled: int
@@ -90,11 +109,8 @@ class InspectSettings:
 def inspect(settings: InspectSettings) -> Report:
     """Read the report from the broker's Redis; an error naming it when Redis cannot be read."""
     timeout = settings.common.redis_socket_timeout_seconds
-    client = redis.Redis.from_url(
-        settings.common.broker_connection_url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-    )
+    # Through Sentinel when the broker URL names sentinels, as every component connects.
+    client = sentinel.polling_client(settings.common, timeout, "celeriac-inspect")
     try:
         return read_report(client, settings.queues, settings.groups, settings.common.priority_steps)
     except (redis.RedisError, OSError) as exc:
@@ -112,6 +128,13 @@ class RedisUnavailable(Exception):
 class Report:
     queues: tuple[QueueReport, ...]
     groups: tuple[GroupReport, ...]
+    # Every live worker, by name.
+    workers: tuple[LiveWorker, ...] = ()
+
+    @property
+    def other_workers(self) -> tuple[LiveWorker, ...]:
+        """Live workers whose queues are no group's: counted in no group."""
+        return tuple(w for w in self.workers if group_of(w, self.groups) is None)
 
 
 def read_report(
@@ -126,7 +149,9 @@ def read_report(
     with client.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.zcard(dead_letters_key(name))
-        dead: list[int] = pipe.execute()
+        read_live_workers(pipe)
+        *dead, live = pipe.execute()
+    workers = live_workers(live)
     by_name = {
         name: QueueReport(
             name=name,
@@ -140,15 +165,31 @@ def read_report(
     }
     return Report(
         queues=tuple(by_name.values()),
-        groups=tuple(_group(group, [by_name[q] for q in group.queues]) for group in groups),
+        groups=tuple(
+            _group(
+                group,
+                [by_name[q] for q in group.queues],
+                [w for w in workers if group_of(w, groups) == group.name],
+            )
+            for group in groups
+        ),
+        workers=workers,
     )
 
 
-def _group(group: WorkerGroup, queues: list[QueueReport]) -> GroupReport:
+def group_of(worker: LiveWorker, groups: Sequence[WorkerGroup | GroupReport]) -> str | None:
+    """The first group whose queues are exactly the worker's; None when there is none."""
+    consumed = set(worker.queues)
+    return next((group.name for group in groups if set(group.queues) == consumed), None)
+
+
+def _group(group: WorkerGroup, queues: list[QueueReport], workers: list[LiveWorker]) -> GroupReport:
     return GroupReport(
         name=group.name,
         queues=group.queues,
         waiting=sum(q.waiting for q in queues),
+        workers=len(workers),
+        pool=sum(w.pool for w in workers),
         busy=sum(q.in_flight for q in queues),
         scheduled=sum(q.scheduled for q in queues),
         dead_letters=sum(q.dead_letters for q in queues),
@@ -166,11 +207,17 @@ def _oldest(queues: list[QueueReport]) -> float | None:
 
 def to_json(report: Report) -> str:
     """The report for machines: counts as numbers, unknown ages as null."""
+    other = report.other_workers
     return json.dumps(
         {
             "queues": [{**asdict(q), "backlog": q.backlog} for q in report.queues],
             "groups": [
                 {**asdict(g), "queues": list(g.queues), "backlog": g.backlog} for g in report.groups
+            ],
+            "other_workers": {"workers": len(other), "pool": sum(w.pool for w in other)},
+            "workers": [
+                {**asdict(w), "queues": list(w.queues), "group": group_of(w, report.groups)}
+                for w in report.workers
             ],
             "note": SHOWN_NOTE,
         },
@@ -200,6 +247,8 @@ def to_table(report: Report) -> str:
                 g.name,
                 ",".join(g.queues),
                 str(g.waiting),
+                str(g.workers),
+                str(g.pool),
                 str(g.busy),
                 str(g.scheduled),
                 str(g.dead_letters),
@@ -207,10 +256,34 @@ def to_table(report: Report) -> str:
             ]
             for g in report.groups
         ]
-        headers = ["GROUP", "QUEUES", "WAITING", "BUSY", "SCHEDULED", "DEAD LETTERS", "OLDEST"]
+        headers = [
+            "GROUP",
+            "QUEUES",
+            "WAITING",
+            "WORKERS",
+            "POOL",
+            "BUSY",
+            "SCHEDULED",
+            "DEAD LETTERS",
+            "OLDEST",
+        ]
         blocks.append(_table(headers, group_rows))
+    other = report.other_workers
+    if other:
+        blocks.append(_other_workers(other))
     blocks.append(SHOWN_NOTE)
     return "\n\n".join(blocks)
+
+
+def _other_workers(workers: Sequence[LiveWorker]) -> str:
+    """One line: the live workers in no group, and what each consumes."""
+    each = ", ".join(
+        f"{w.name} ({','.join(w.queues) or 'no queues'})" for w in workers[:OTHERS_NAMED]
+    )
+    if len(workers) > OTHERS_NAMED:
+        each += f" and {len(workers) - OTHERS_NAMED} more (--json lists them)"
+    pool = sum(w.pool for w in workers)
+    return f"other workers: {len(workers)}, pool {pool}, consuming no group's queues: {each}"
 
 
 def _age(seconds: float | None, waiting: int) -> str:

@@ -1,14 +1,16 @@
 """``celeriac inspect`` against a real Redis: messages published by Celery, held messages and
 dead letters as the transport writes them, shown per queue and per worker group, as a table
-and as JSON, through the real command."""
+and as JSON, through the real command; and through Sentinel, with a worker registered through
+it. Live workers per group: ``test_worker_registry.py``."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -17,10 +19,12 @@ from celery import Celery
 from celeriac.app import create_app
 from celeriac.keys import dead_letters_key, in_flight_key
 from celeriac.settings import Settings
-from celeriac.testing import celeriac_command, free_port
+from celeriac.testing import Child, SentinelGroup, celeriac_command, free_port, wait_until
+from tests.integration.workers import worker_env
 
 pytestmark = pytest.mark.integration
 
+SENTINEL_PASSWORD = "inspect-s3ntinel"
 GROUPS = "web:\n  queues: [default]\nbatch:\n  queues: [cpu, reports]\n"
 
 
@@ -85,7 +89,11 @@ def test_json_per_queue_and_group(
         1,
         2,
     )
-    assert "not in Redis" in report["note"]
+    # No worker runs: none live, none elsewhere.
+    assert (batch["workers"], batch["pool"]) == (0, 0)
+    assert report["other_workers"] == {"workers": 0, "pool": 0}
+    assert report["workers"] == []
+    assert "live for 3 intervals" in report["note"]
 
 
 def test_table_by_default_with_the_default_group(
@@ -114,12 +122,15 @@ def test_table_by_default_with_the_default_group(
         "default",
         "default,cpu,reports",
         "4",
+        "0",
+        "0",
         "3",
         "1",
         "2",
         group.split()[-1],
     ]
-    assert "BUSY" in done.stdout
+    assert "WORKERS  POOL  BUSY" in done.stdout
+    assert "other workers" not in done.stdout
 
 
 def test_redis_unreachable_is_one_line_and_exit_1() -> None:
@@ -137,3 +148,66 @@ def test_bad_settings_exit_2() -> None:
     done = _run({"CELERIAC_WORKER_GROUPS_FILE": "/nonexistent/groups.yaml"})
     assert done.returncode == 2
     assert done.stderr.startswith("celeriac: configuration error: CELERIAC_WORKER_GROUPS_FILE=")
+
+
+def test_through_sentinel_with_a_worker_registered_through_it(
+    spawn: Callable[..., Child], tmp_path: Path
+) -> None:
+    with SentinelGroup(SENTINEL_PASSWORD, replicas=0, sentinels=1, quorum=1) as group:
+        sentinel_env = {
+            "CELERIAC_BROKER_URL": group.url(),
+            "CELERIAC_REDIS_SENTINEL_MASTER": group.master_name,
+            "CELERIAC_REDIS_PASSWORD": SENTINEL_PASSWORD,
+        }
+        worker = spawn(
+            celeriac_command("worker"),
+            env=worker_env(
+                group.url(),
+                tmp_path,
+                "w",
+                queues="default",
+                worker_hostname="w@sentinel",
+                worker_concurrency="3",
+                worker_pool="threads",
+            )
+            | sentinel_env,
+            name="worker",
+        )
+        settings = Settings(
+            broker_url=group.url(),
+            redis_password=SENTINEL_PASSWORD,
+            redis_sentinel_master=group.master_name,
+            queues=("default", "cpu"),
+        )
+        producer = create_app("test-inspect-sentinel", settings)
+        try:
+            # Nobody consumes cpu: its messages wait.
+            for _ in range(2):
+                producer.send_task("t.b", queue="cpu")
+        finally:
+            producer.close()
+        groups = tmp_path / "groups.yaml"
+        groups.write_text("web:\n  queues: [default]\nbatch:\n  queues: [cpu]\n")
+        env = sentinel_env | {"CELERIAC_QUEUES": "default,cpu"}
+
+        def registered() -> dict[str, Any] | None:
+            worker.check_alive()
+            done = _run(env, "--json", "--worker-groups-file", str(groups))
+            assert done.returncode == 0, done.stderr
+            report: dict[str, Any] = json.loads(done.stdout)
+            return report if report["groups"][0]["workers"] == 1 else None
+
+        report = wait_until(registered, timeout=60, message="the worker seen through Sentinel")
+        web, batch = report["groups"]
+        assert (web["name"], web["workers"], web["pool"]) == ("web", 1, 3)
+        assert (batch["name"], batch["workers"], batch["waiting"]) == ("batch", 0, 2)
+        assert [w["name"] for w in report["workers"]] == ["w@sentinel"]
+        # The table too, and the password never shown.
+        done = _run(env, "--worker-groups-file", str(groups))
+        assert done.returncode == 0, done.stderr
+        assert SENTINEL_PASSWORD not in done.stdout + done.stderr
+        rows = {line.split()[0]: line.split() for line in done.stdout.splitlines() if line}
+        assert rows["web"][:5] == ["web", "default", "0", "1", "3"]
+        assert rows["cpu"][:2] == ["cpu", "2"]
+        worker.terminate()
+        worker.wait(timeout=30)

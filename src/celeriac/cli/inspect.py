@@ -1,4 +1,5 @@
-"""``celeriac inspect``: per queue and worker group, what waits, runs and was set aside."""
+"""``celeriac inspect``: per queue and worker group, what waits, runs and was set aside, and
+the live workers per group."""
 
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ def command(as_json: bool, **options: object) -> None:
     """Show each queue and worker group, read from Redis alone.
 
     Per queue: waiting, in flight, scheduled, dead letters and the oldest wait; per worker
-    group: the same summed over its queues, in flight shown as busy pool processes. Exit 0, or
-    1 with one line when Redis cannot be read (2 for bad settings).
+    group: the same summed over its queues, in flight shown as busy pool processes, and its
+    live workers (consuming exactly its queues) with their pool processes, from the registry
+    celeriac workers keep in Redis; workers of no group are counted apart. Exit 0, or 1 with
+    one line when Redis cannot be read (2 for bad settings).
     """
     from celeriac.inspect import InspectSettings, inspect, to_json, to_table
 
