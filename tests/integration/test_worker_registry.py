@@ -234,5 +234,10 @@ def test_a_redis_outage_is_one_warning_and_the_entry_comes_back(
             with own_redis.client() as check:
                 assert check.hget(WORKER_INFO_KEY, "w@test") == info_json(["default"], 2).encode()
                 assert check.zscore(WORKERS_KEY, "w@test") is not None
+        # Stopped during a third outage: no removal tried, nothing more logged.
+        own_redis.kill()
+        assert not registry.refresh()
+        registry.stop()
+        assert len(warnings()) == 3, warnings()
     finally:
         registry.stop()

@@ -49,6 +49,8 @@ LIVE_INTERVALS = 3
 # Entries past their time removed by one refresh at most: each refresh stays short whatever
 # died at once; the others go at the next refreshes.
 PRUNE_BATCH = 100
+# How long a shutdown waits for a write under way before it leaves the entry to expire.
+STOP_WAIT_SECONDS = 1.0
 # Node names per HMGET in the reader's script (Lua's unpack has a stack limit near 8,000).
 READ_BATCH = 1000
 
@@ -182,25 +184,35 @@ class WorkerRegistry:
         self._thread.start()
 
     def stop(self) -> None:
-        """Remove the entry (a graceful shutdown: the worker stops counting at once)."""
+        """Remove the entry (a graceful shutdown: the worker stops counting at once).
+
+        Never holds up the shutdown for long: during an outage (the last write failed), or
+        while a write still waits for Redis after ``STOP_WAIT_SECONDS``, nothing is removed
+        and the entry expires at its time instead.
+        """
         if self._stopped.is_set():
             return
-        with self._lock:
-            self._stopped.set()
+        self._stopped.set()
+        if self._lock.acquire(timeout=STOP_WAIT_SECONDS):
             try:
-                self._remove(keys=[WORKERS_KEY, WORKER_INFO_KEY], args=[self.name])
-            except (redis.RedisError, OSError) as exc:
                 if not self._outage:
-                    logger.warning(
-                        "worker registry: could not remove %s (%s); it stops counting as live "
-                        "within %gs",
-                        self.name,
-                        exc,
-                        self.live_seconds,
-                    )
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=1)
+                    self._remove_entry()
+            finally:
+                self._lock.release()
         self._client.close()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=STOP_WAIT_SECONDS)
+
+    def _remove_entry(self) -> None:
+        try:
+            self._remove(keys=[WORKERS_KEY, WORKER_INFO_KEY], args=[self.name])
+        except (redis.RedisError, OSError) as exc:
+            logger.warning(
+                "worker registry: could not remove %s (%s); it stops counting as live within %gs",
+                self.name,
+                exc,
+                self.live_seconds,
+            )
 
     def refresh(self) -> bool:
         """Write the entry once; False when Redis could not be written (logged once per
@@ -227,9 +239,9 @@ class WorkerRegistry:
                         self.live_seconds,
                     )
                 return False
-        if self._outage:
-            self._outage = False
-            logger.info("worker registry: written to Redis again")
+            if self._outage:
+                self._outage = False
+                logger.info("worker registry: written to Redis again")
         if pruned:
             logger.info("worker registry: removed %d workers not seen in time", pruned)
         return True
