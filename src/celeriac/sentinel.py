@@ -66,19 +66,25 @@ class ReplicationError(redis.ConnectionError):
     """
 
 
-# What a replica answers a write: a master demoted while a connection to it stayed open. redis-py
-# turns it into a connection error (reconnect: Sentinel names the new master) for a plain
-# command only; inside a script it arrives wrapped in the script's error.
-READONLY = "READONLY You can't write against a read only replica"
+# Writes refused by a node that is not (or no longer) the master to write to: a replica (a
+# master demoted while a connection to it stayed open), or a master cut off from its replicas
+# (``min-replicas-to-write``: about to be replaced). redis-py turns the first into a connection
+# error (reconnect: Sentinel names the master) for a plain command only; inside a script, and
+# for the second, the reply is a plain error.
+NOT_THE_MASTER = ("READONLY You can't write against a read only replica", "NOREPLICAS")
 
 
 class DemotedMaster(redis.ConnectionError):
-    """A write reached a replica (``READONLY``): reconnect, to the master Sentinel names now."""
+    """A write refused by a replica or an isolated master: reconnect to the master Sentinel
+    names now (a connection error, so clients do, and a publish or a submit is retried)."""
 
 
 def demoted(reply: object) -> bool:
-    """Whether ``reply`` is a write refused by a replica, from a command or inside a script."""
-    return isinstance(reply, redis.ResponseError) and READONLY in str(reply)
+    """Whether ``reply`` is a write refused because the node is not the master to write to,
+    from a command or inside a script (see ``NOT_THE_MASTER``)."""
+    return isinstance(reply, redis.ResponseError) and any(
+        reason in str(reply) for reason in NOT_THE_MASTER
+    )
 
 
 def check_replicated(acknowledged: object, replicas: int, timeout_ms: int) -> None:

@@ -480,7 +480,8 @@ class Channel(kombu_redis.Channel):
             except redis.ResponseError as exc:
                 if not sentinel.demoted(exc):
                     raise
-                # A demoted master refused the script's first write, so nothing was taken.
+                # Not the master (a replica, or cut off from its replicas) refused the first
+                # write of the script, so nothing was taken.
                 # A connection error, so the worker reconnects to the master Sentinel names.
                 connection.disconnect()
                 raise sentinel.DemotedMaster(str(exc)) from None
