@@ -17,6 +17,12 @@ import pytest
 import redis
 import yaml
 
+from celeriac.api.settings import (
+    DEFAULT_IDEMPOTENCY_WINDOW_SECONDS,
+    DEFAULT_RECENT_TASKS,
+    MAX_RECENT_TASKS,
+    ApiSettings,
+)
 from celeriac.api.settings import DEFAULT_PORT as API_PORT
 from celeriac.beat.settings import DEFAULT_HEARTBEAT_FILE as BEAT_HEARTBEAT_FILE
 from celeriac.exporter.collector import GROUP_BACKLOG, GROUP_OLDEST_AGE, create_registry
@@ -164,6 +170,25 @@ def test_the_chart_helpers_check_group_names_with_the_python_rule() -> None:
 def test_schema_priority_bounds_are_the_python_bounds() -> None:
     priority = SCHEMA["definitions"]["scheduleEntry"]["properties"]["priority"]
     assert (priority["minimum"], priority["maximum"]) == (MIN_PRIORITY, MAX_PRIORITY)
+
+
+def test_api_defaults_and_bounds_are_the_python_ones(defaults: Rendered) -> None:
+    """The chart's API settings start where the code's do, within the code's bounds."""
+    api = SCHEMA["properties"]["api"]["properties"]
+    assert api["recentTasks"]["maximum"] == MAX_RECENT_TASKS
+    assert api["idempotencyWindowSeconds"]["minimum"] == 1
+    (container,) = pod_spec(defaults.get("Deployment", "celeriac-api"))["containers"]
+    env = env_of(container)
+    settings = ApiSettings.from_env(
+        {
+            name: env[name]["value"]
+            for name in env
+            if name.startswith("CELERIAC_API_") and name != "CELERIAC_API_TOKENS_FILE"
+        }
+        | {"CELERIAC_API_TOKENS": "facts-test-token"}
+    )
+    assert settings.recent_tasks == DEFAULT_RECENT_TASKS
+    assert settings.idempotency_window_seconds == DEFAULT_IDEMPOTENCY_WINDOW_SECONDS
 
 
 # --- the union of queues -----------------------------------------------------------------------
