@@ -24,7 +24,10 @@ from kombu import Connection, Producer
 from kombu.common import maybe_declare
 
 from celeriac import transport
+from celeriac.api import templates
 
+# A template not built yet (None: none can be built for that task, queue and priority).
+_UNBUILT = object()
 # How the API's publisher names its transport in Celery's ``broker_transport``.
 TRANSPORT = "celeriac.api.publish:Transport"
 
@@ -74,6 +77,8 @@ class Publisher:
         self._connection: Connection | None = None
         self._control: Connection | None = None
         self._producer: Producer | None = None
+        # (task, queue, priority) -> its template, or None where none can be used.
+        self._templates: dict[tuple[str, Any, Any], object] = {}
 
     @property
     def connected(self) -> bool:
@@ -106,7 +111,27 @@ class Publisher:
             self.app.control.revoke(task_id, connection=self._control)
 
     def commands(self, name: str, **options: Any) -> list[Command]:
-        """The Redis commands that publish the task, as ``send_task`` would send them."""
+        """The Redis commands that publish the task, as ``send_task`` would send them.
+
+        From a template when nothing but the id and arguments varies (``templates``).
+        """
+        if not templates.usable(self.app, options):
+            return self._send(name, **options)
+        key = (name, options.get("queue"), options.get("priority"))
+        template = self._templates.get(key, _UNBUILT)
+        if template is _UNBUILT:
+            probe = {**options, "args": [], "kwargs": {}, "task_id": templates.PROBE_ID}
+            if len(self._templates) >= templates.MAX_TEMPLATES:
+                self._templates.clear()
+            template = self._templates[key] = templates.build(self.app, self._send(name, **probe))
+        if template is None:
+            return self._send(name, **options)
+        return cast(templates.Template, template).fill(
+            options["task_id"], options.get("args") or [], options.get("kwargs") or {}
+        )
+
+    def _send(self, name: str, **options: Any) -> list[Command]:
+        """The Redis commands ``send_task`` produces for the task (no I/O)."""
         producer = self._producer
         if producer is None:
             raise RuntimeError("Publisher.connect() first")
