@@ -6,7 +6,9 @@ sent by kombu. They are handed over through kombu's publish-batch protocol (``_p
 ``LPUSH`` to a batch object when given one) and the API writes them with ``redis.asyncio``, in
 the same round trip as its record of the id. A request then costs one Redis round trip, awaited
 on the event loop: no thread-pool hop, no producer or connection acquired from a pool, no
-Redis client built per publish.
+Redis client built per publish. Where only the id and arguments differ from an earlier
+submit of the same task to the same queue and priority, the commands come from a template
+``send_task`` built then (``celeriac.api.templates``).
 
 Only setting up the channel talks to Redis through kombu (a PING, and the binding of each
 served queue, as kombu's own producer does on first use); that runs once, in a thread, with one
