@@ -305,9 +305,9 @@ def save(burst: Burst, directory: Path, name: str = "autoscaling-burst") -> list
     # Not JSON: bench/report.py reads every bench/results/*.json as a benchmark document.
     figures_path = directory / f"{name}-figures.csv"
     with figures_path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["figure", "value"])
-        writer.writerows(burst.figures().items())
+        rows = csv.writer(handle)
+        rows.writerow(["figure", "value"])
+        rows.writerows(burst.figures().items())
     written = [csv_path, figures_path]
     png = plot(burst, directory / f"{name}.png")
     if png is not None:
