@@ -2,7 +2,8 @@
 the real KEDA operator and metrics adapter, the controller-manager's HPA (its default 15 s sync:
 controlplane.py does not set --horizontal-pod-autoscaler-sync-period) and the process kubelet.
 
-The burst is tests/e2e/autoscaling.py's: ``TASKS`` celeriac.demo.sleep tasks of ``SECONDS``
+The burst is tests/e2e/autoscaling.py's (``burst_scenario``, which kind's
+tests/e2e/test_autoscaling.py runs too): ``TASKS`` celeriac.demo.sleep tasks of ``SECONDS``
 through the API; the replicas rise to ceil(backlog / pool) capped by maxReplicas, every task
 finishes once (its result read back, and the workers' own success counters summing to the task
 count), and the group returns to its minimum through the HPA's scale-down behavior (shortened
@@ -14,6 +15,7 @@ reported.
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import os
 from collections.abc import Iterator
@@ -21,12 +23,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
-from celeriac.testing import wait_until
 from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane, plane_with_node
 from tests.cluster.test_helm import LOCAL_VALUES, api_base_url, diagnostics
-from tests.e2e import autoscaling, scenario
-from tests.e2e.scenario import Obj, Release, condition, kubectl_json
+from tests.e2e import autoscaling
+from tests.e2e.scenario import COMPONENT_LABEL, Obj, Release
 from tests.support import missing
 
 pytestmark = [
@@ -38,13 +40,15 @@ NODE = "process-node"
 RELEASE = "burst"
 NAMESPACE = "celeriac"
 TIMEOUT = 180.0
+REDIS_PORT = 6379
 # 72 x 2.5 s = 180 task-seconds; 6 replicas of pool 1 drain them ideally in 30 s.
 TASKS = 72
 SECONDS = 2.5
 
 
 class LocalCluster:
-    """The control plane, with pods reached at their bridge addresses from the host."""
+    """The control plane, with pods reached at their bridge addresses from the host (the
+    scenarios' cluster: tests/e2e/autoscaling.py ScenarioCluster, rollouts.py RolloutCluster)."""
 
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
@@ -59,6 +63,21 @@ class LocalCluster:
         response = httpx.get(f"http://{pod['status']['podIP']}:{port}{path}", timeout=2)
         response.raise_for_status()
         return response.text
+
+    def api_url(self, release: Release) -> str:
+        return api_base_url(self.plane, release)
+
+    def redis_client(self, release: Release) -> redis.Redis:
+        """The release's Redis at its pod address, with the generated password."""
+        (pod,) = release.pods(self, f"{COMPONENT_LABEL}=redis")
+        secret = release.one(self, "secret", "redis")
+        password = base64.b64decode(secret["data"]["redis-password"]).decode()
+        return redis.Redis(
+            host=pod["status"]["podIP"], port=REDIS_PORT, password=password, socket_timeout=10
+        )
+
+    def diagnostics(self) -> str:
+        return diagnostics(self.plane)
 
 
 @pytest.fixture(scope="module")
@@ -77,41 +96,12 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
 def test_burst_scales_up_runs_each_task_once_and_scales_back(
     plane: ControlPlane, tmp_path: Path
 ) -> None:
-    cluster = LocalCluster(plane)
-    release = Release(plane.kubeconfig, RELEASE, NAMESPACE)
-    values = scenario.values(
+    autoscaling.burst_scenario(
+        LocalCluster(plane),
+        Release(plane.kubeconfig, RELEASE, NAMESPACE),
         {"redis": LOCAL_VALUES["redis"]},
-        autoscaling.burst_values(),
+        tmp_path,
+        tasks=TASKS,
+        seconds=SECONDS,
+        timeout=TIMEOUT,
     )
-    try:
-        release.install(values, timeout=int(TIMEOUT))
-        scenario.wait_all_ready(plane, release, expected=5, timeout=TIMEOUT)
-        scaled = release.one(plane, "scaledobject", "worker")
-        hpa_name = scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["name"]
-        wait_until(
-            lambda: (
-                condition(
-                    kubectl_json(plane, "get", "hpa", hpa_name, "-n", NAMESPACE), "ScalingActive"
-                )
-                == "True"
-            ),
-            timeout=TIMEOUT,
-            message="KEDA's HPA reading the external metric",
-        )
-        token = release.api_token(plane)
-        with scenario.api_client(api_base_url(plane, release), token) as api:
-            burst = autoscaling.run_burst(
-                cluster, release, api, tasks=TASKS, seconds=SECONDS, timeout=600
-            )
-        written = autoscaling.save(burst, autoscaling.results_directory(tmp_path))
-        print("written:", *written)
-        print("figures:", burst.figures())
-        autoscaling.check(burst, burst.results)
-        # Exactly once: the workers' own success counters (read each second from every pod,
-        # including those later removed at scale-in) add up to the task count.
-        assert burst.runs == TASKS, burst.runs_by_pod
-        assert len(burst.runs_by_pod) >= burst.needed
-    except BaseException:
-        print(diagnostics(plane))
-        raise
-    release.uninstall(timeout=int(TIMEOUT))

@@ -26,6 +26,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from celeriac.testing import wait_until
+from tests.e2e import scenario
 from tests.e2e.scenario import (
     COMPONENT_LABEL,
     FINISHED,
@@ -91,6 +92,19 @@ def burst_values(max_replicas: int = MAX_REPLICAS) -> dict[str, Any]:
 class BurstCluster(Kubectl, Protocol):
     def http_get(self, pod: Obj, port: int, path: str) -> str:
         """GET ``path`` on ``pod``'s ``port``; the body (raises when unreachable)."""
+        ...
+
+
+class ScenarioCluster(BurstCluster, Protocol):
+    """What a whole scenario needs of a cluster (tests/cluster/test_autoscaling.py's
+    LocalCluster, tests/e2e/kind.py's KindCluster)."""
+
+    def api_url(self, release: Release) -> str:
+        """A base URL, reachable from the test, of a Ready pod of ``release``'s API."""
+        ...
+
+    def diagnostics(self) -> str:
+        """What to print when a scenario fails."""
         ...
 
 
@@ -367,6 +381,61 @@ def check(burst: Burst, results: Mapping[str, Obj]) -> None:
     assert all(status["result"] == burst.seconds for status in results.values())
     assert max(s.replicas or 0 for s in burst.samples) == burst.needed
     assert burst.samples[-1].replicas == burst.min_replicas
+
+
+def wait_scaling_active(cluster: Kubectl, release: Release, *, timeout: float) -> None:
+    """Until KEDA's HPA of the worker group reads the external metric."""
+    name = hpa_name(cluster, release)
+    wait_until(
+        lambda: (
+            condition(
+                kubectl_json(cluster, "get", "hpa", name, "-n", release.namespace),
+                "ScalingActive",
+            )
+            == "True"
+        ),
+        timeout=timeout,
+        message="KEDA's HPA reading the external metric",
+    )
+
+
+def burst_scenario(
+    cluster: ScenarioCluster,
+    release: Release,
+    layer: Mapping[str, Any],
+    scratch: Path,
+    *,
+    tasks: int,
+    seconds: float,
+    timeout: float,
+    burst_timeout: float = 600,
+) -> Burst:
+    """The burst, installed over the cluster's values ``layer``: every pod Ready, KEDA's HPA
+    reading the backlog, the burst run and saved (``results_directory(scratch)``), checked
+    (``check``, and each task run once by the workers' own counters), then uninstalled."""
+    values = scenario.values(layer, burst_values())
+    try:
+        release.install(values, timeout=int(timeout))
+        scenario.wait_all_ready(cluster, release, expected=5, timeout=timeout)
+        wait_scaling_active(cluster, release, timeout=timeout)
+        token = release.api_token(cluster)
+        with scenario.api_client(cluster.api_url(release), token) as api:
+            burst = run_burst(
+                cluster, release, api, tasks=tasks, seconds=seconds, timeout=burst_timeout
+            )
+        written = save(burst, results_directory(scratch))
+        print("written:", *written)
+        print("figures:", burst.figures())
+        check(burst, burst.results)
+        # Exactly once: the workers' own success counters (read each second from every pod,
+        # including those later removed at scale-in) add up to the task count.
+        assert burst.runs == tasks, burst.runs_by_pod
+        assert len(burst.runs_by_pod) >= burst.needed
+    except BaseException:
+        print(cluster.diagnostics())
+        raise
+    release.uninstall(timeout=int(timeout))
+    return burst
 
 
 # -- scale to zero, exporter down, Redis restarted (issue 10, items 3 and 4) -------------------

@@ -12,6 +12,13 @@ What is measured comes from two exact records, not from sampling:
   ``STARTED`` with the worker's node name (``celery@<pod name>``), then ``SUCCESS``. A task
   requeued at a shutdown deadline and run again shows a second ``STARTED`` (the backend keeps a
   ``SUCCESS`` but not an earlier state), so starts per task count requeues.
+
+The four scenarios at the end (``scale_in_scenario``, ``upgrade_keeps_replicas_scenario``,
+``worker_rollout_scenario``, ``beat_upgrade_scenario``), with their assertions, run in order on
+one release (``install``): the local control plane's tests/cluster/test_rollouts.py and kind's
+tests/e2e/test_rollouts.py call them with their cluster (``RolloutCluster``) and values layer.
+The duplicate rule: a task may run twice only when it was requeued at a shutdown deadline;
+every task here is shorter than that deadline, so each must start exactly once and succeed once.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ import redis
 from celeriac.testing import wait_until
 from celeriac.transport import PUBLISHED_AT_HEADER
 from celeriac.worker.deletion_cost import ANNOTATION
-from tests.e2e.autoscaling import TASK, burst_values
+from tests.e2e import autoscaling, scenario
+from tests.e2e.autoscaling import TASK, ScenarioCluster, burst_values
 from tests.e2e.scenario import COMPONENT_LABEL, Kubectl, Obj, Release, submit
 
 # Each watch request ends after this many seconds and the next one resumes from the last
@@ -52,6 +60,19 @@ BEAT_QUEUE = "beat-probe"
 MAX_REPLICAS = 4
 GRACE_SECONDS = 60
 MARGIN_SECONDS = 5
+# Scale-in: one short task on the first pod, two long ones, another short one: four pods, each
+# with one task. The shorts end, the backlog drops to 2, and the HPA removes two pods (20 s
+# window) while the longs still run for longer than the shutdown deadline (55 s): a busy pod
+# removed would show as a task requeued there.
+SHORT_SECONDS = 25.0
+LONG_SECONDS = 100.0
+# Held replicas: 3 tasks of 45 s keep the HPA at 3 through a worker upgrade (and 20 s more:
+# the scale-down window), and end before the shutdown deadline of a pod the rollout removes.
+HELD = 3
+HELD_SECONDS = 45.0
+# Worker rollout: 16 tasks of 6 s, the upgrade once some have started.
+ROLLOUT_TASKS = 16
+ROLLOUT_SECONDS = 6.0
 
 
 def rollout_values(schedule: Mapping[str, Any]) -> dict[str, Any]:
@@ -67,6 +88,11 @@ def rollout_values(schedule: Mapping[str, Any]) -> dict[str, Any]:
 def beat_entry(every: float, marker: int) -> dict[str, Any]:
     """A schedule entry sending celeriac.demo.add(marker, 0) to BEAT_QUEUE every ``every`` s."""
     return {"task": "celeriac.demo.add", "every": every, "args": [marker, 0], "queue": BEAT_QUEUE}
+
+
+# Beat: an entry every 2 s from the install on; the upgrade adds one every 3 s.
+TICK = beat_entry(2, marker=1)
+TOCK = beat_entry(3, marker=2)
 
 
 # -- the API server's record ------------------------------------------------------------------
@@ -492,3 +518,233 @@ def replacement_seconds(events: Sequence[Event]) -> float | None:
         if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
             return round(event.received - start, 1)
     return None
+
+
+# -- the scenarios, in order on one release ---------------------------------------------------
+
+
+class RolloutCluster(ScenarioCluster, StreamingKubectl, Protocol):
+    def redis_client(self, release: Release) -> redis.Redis:
+        """The release's Redis, reachable from the test, with its password."""
+        ...
+
+
+def release_values(
+    layer: Mapping[str, Any], schedule: Mapping[str, Any], mark: str | None = None
+) -> dict[str, Any]:
+    """The release's values over the cluster's ``layer``; ``mark``: a worker environment
+    variable, to change the workers' pod template (a worker setting changed by an upgrade)."""
+    values = scenario.values(layer, rollout_values(schedule))
+    if mark is not None:
+        values["workerDefaults"]["extraEnv"] = [{"name": "ROLLOUT_MARK", "value": mark}]
+    return values
+
+
+def install(
+    cluster: RolloutCluster, release: Release, layer: Mapping[str, Any], *, timeout: float
+) -> None:
+    """The release, beat firing TICK: every pod Ready and the worker group at 1."""
+    try:
+        release.install(release_values(layer, {"tick": TICK}), timeout=int(timeout))
+        scenario.wait_all_ready(cluster, release, expected=5, timeout=timeout)
+        autoscaling.wait_group_at(cluster, release, 1, timeout=timeout)
+    except BaseException:
+        print(cluster.diagnostics())
+        raise
+
+
+def wait_finished(
+    cluster: RolloutCluster, release: Release, ids: list[str], *, timeout: float
+) -> dict[str, Any]:
+    """The tasks' final states, read through the API's current pod: an upgrade may have
+    replaced the one the tasks were submitted to (when the chart's API settings changed)."""
+    with scenario.api_client(cluster.api_url(release), release.api_token(cluster)) as api:
+        return scenario.wait_finished(api, ids, timeout=timeout)
+
+
+def scale_in_scenario(cluster: RolloutCluster, release: Release, *, timeout: float) -> None:
+    """Scale-in removes idle workers before busy ones (``run_scale_in``)."""
+    client = cluster.redis_client(release)
+    events = TaskEvents(client).start()
+    try:
+        with scenario.api_client(cluster.api_url(release), release.api_token(cluster)) as api:
+            result = run_scale_in(
+                cluster,
+                release,
+                api,
+                events,
+                short_seconds=SHORT_SECONDS,
+                long_seconds=LONG_SECONDS,
+                timeout=timeout + LONG_SECONDS,
+            )
+            results = scenario.wait_finished(api, result.short_ids + result.long_ids, timeout=60)
+        events.stop()
+        print("worker pods, oldest first:", *result.report(), sep="\n  ")
+        assert {r["state"] for r in results.values()} == {"SUCCESS"}, results
+        # Four pods, and the HPA scaled in while the long tasks still ran, with busy and idle
+        # pods in the group (normally each pod ran one task: two busy, two idle).
+        assert result.peak_pods == 4, result.peak_pods
+        assert result.deleted, "no scale-in while the long tasks ran"
+        assert result.deleted[0].busy, result.deleted
+        # Idle pods only were chosen, each with a pod-deletion-cost of 0 at that moment.
+        assert not result.busy_chosen_over_idle(), result.busy_chosen_over_idle()
+        assert not result.busy_deleted(), result.deleted
+        assert {r.cost for r in result.deleted} == {0}, result.deleted
+        # Nothing requeued at a shutdown deadline: every task started once, succeeded once.
+        check_each_ran_once(events, result.short_ids + result.long_ids)
+    except BaseException:
+        print(cluster.diagnostics())
+        raise
+    finally:
+        client.close()
+
+
+def upgrade_keeps_replicas_scenario(
+    cluster: RolloutCluster, release: Release, layer: Mapping[str, Any], *, timeout: float
+) -> None:
+    """With the HPA at HELD replicas, `helm upgrade` of a worker setting rolls the pods and
+    keeps the count the HPA chose (the chart renders no replicas field with autoscaling on)."""
+    client = cluster.redis_client(release)
+    events = TaskEvents(client).start()
+    try:
+        with scenario.api_client(cluster.api_url(release), release.api_token(cluster)) as api:
+            ids = [submit(api, TASK, seconds=HELD_SECONDS) for _ in range(HELD)]
+            wait_until(
+                lambda: autoscaling.spec_replicas(cluster, release) == HELD,
+                timeout=timeout,
+                interval=1,
+                message=f"the HPA at {HELD} replicas",
+            )
+            deployment = release.worker_deployment(cluster)
+            before = deployment["spec"]["template"]
+            watch = Watch(
+                cluster,
+                release.namespace,
+                "deployments",
+                f"{release.selector},{COMPONENT_LABEL}=worker",
+            ).start()
+            # A worker setting changes (an environment variable): the pods roll, the count
+            # stays the HPA's.
+            started = time.monotonic()
+            release.upgrade(release_values(layer, {"tick": TICK}, mark="1"), timeout=int(timeout))
+            upgraded = time.monotonic()
+            recorded = watch.stop()
+            after = release.worker_deployment(cluster)
+            assert after["spec"]["template"] != before, "the upgrade did not change the pods"
+            replicas = [
+                (round(e.received - started, 1), e.object["spec"].get("replicas")) for e in recorded
+            ]
+            print(f"upgrade took {upgraded - started:.1f} s; Deployment replicas seen:", replicas)
+            assert after["spec"]["replicas"] == HELD, after["spec"]
+            assert all(count == HELD for _, count in replicas), replicas
+        results = wait_finished(cluster, release, ids, timeout=timeout)
+        events.stop()
+        assert {r["state"] for r in results.values()} == {"SUCCESS"}, results
+        check_each_ran_once(events, ids)
+    except BaseException:
+        print(cluster.diagnostics())
+        raise
+    finally:
+        client.close()
+
+
+def worker_rollout_scenario(
+    cluster: RolloutCluster, release: Release, layer: Mapping[str, Any], *, timeout: float
+) -> None:
+    """A worker rollout while tasks run: each task starts once and succeeds once, some on pods
+    of the old template and some on the new one's."""
+    client = cluster.redis_client(release)
+    events = TaskEvents(client).start()
+    pods = Watch(
+        cluster, release.namespace, "pods", f"{release.selector},{COMPONENT_LABEL}=worker"
+    ).start()
+    try:
+        with scenario.api_client(cluster.api_url(release), release.api_token(cluster)) as api:
+            ids = [submit(api, TASK, seconds=ROLLOUT_SECONDS) for _ in range(ROLLOUT_TASKS)]
+            wait_until(
+                lambda: sum(1 for v in events.starts(ids).values() if v) >= 3,
+                timeout=timeout,
+                interval=0.5,
+                message="tasks running",
+            )
+            release.upgrade(release_values(layer, {"tick": TICK}, mark="2"), timeout=int(timeout))
+        results = wait_finished(cluster, release, ids, timeout=timeout)
+        recorded = pods.stop()
+        events.stop()
+        assert {r["state"] for r in results.values()} == {"SUCCESS"}, results
+        starts = check_each_ran_once(events, ids)
+        # The rollout happened while tasks ran: some ran on pods of the old template, some on
+        # the new one's.
+        template = {e.name: e.object["metadata"]["labels"]["pod-template-hash"] for e in recorded}
+        hashes = {template[started_by[0]] for started_by in starts.values()}
+        print("templates that ran tasks:", hashes, "started by:", starts)
+        assert len(hashes) == 2, (hashes, starts)
+        drained = [
+            (e.name, task)
+            for e in deletions(recorded)
+            if (task := events.busy(e.received).get(e.name))
+        ]
+        print("pods removed while running a task (drained):", drained)
+    except BaseException:
+        print(cluster.diagnostics())
+        raise
+    finally:
+        client.close()
+
+
+def beat_upgrade_scenario(
+    cluster: RolloutCluster, release: Release, layer: Mapping[str, Any], *, timeout: float
+) -> None:
+    """`helm upgrade` of beat's schedule recreates beat (never two at once) and no entry fires
+    twice for one due time."""
+    client = cluster.redis_client(release)
+    try:
+        beat = release.one(cluster, "deployment", "beat")
+        assert beat["spec"]["strategy"]["type"] == "Recreate", beat["spec"]["strategy"]
+        # Beat has fired the first entry a few times already.
+        wait_until(
+            lambda: len(firings(beat_messages(client), 1)) >= 3,
+            timeout=timeout,
+            interval=0.5,
+            message="beat firing",
+        )
+        watch = Watch(
+            cluster, release.namespace, "pods", f"{release.selector},{COMPONENT_LABEL}=beat"
+        ).start()
+        upgraded_at = time.time()
+        # The schedule changes (an entry added), the workers' settings do not (the last mark).
+        release.upgrade(
+            release_values(layer, {"tick": TICK, "tock": TOCK}, mark="2"), timeout=int(timeout)
+        )
+
+        # The new beat runs the new schedule: both entries fire after the upgrade.
+        def fired_after() -> bool:
+            messages = beat_messages(client)
+            return all(
+                len([t for t in firings(messages, marker) if t > upgraded_at]) >= 3
+                for marker in (1, 2)
+            )
+
+        wait_until(fired_after, timeout=timeout, interval=0.5, message="both entries firing")
+        recorded = watch.stop()
+        messages = beat_messages(client)
+        names = sorted({e.name for e in recorded})
+        peak = most_live_at_once(recorded)
+        tick = gaps(firings(messages, 1))
+        tock = gaps(firings(messages, 2))
+        print("beat pods:", names, "most at once:", peak)
+        print("new beat pod Ready", replacement_seconds(recorded), "s after the old one's deletion")
+        print("tick: longest gap", max(tick), "shortest", min(tick), "over", len(tick))
+        print("tock gaps:", tock)
+        # Recreate: the old pod replaced by a new one, never both alive at once.
+        assert len(names) == 2, names
+        assert peak[0] == 1, peak
+        # No entry fired twice for one due time: consecutive firings at least most of an
+        # interval apart (the new beat kept each entry's last run in Redis).
+        assert min(tick) >= 2 * 0.75, tick
+        assert min(tock) >= 3 * 0.75, tock
+    except BaseException:
+        print(cluster.diagnostics())
+        raise
+    finally:
+        client.close()
