@@ -2,7 +2,8 @@
 image and installing KEDA take minutes): a unique name, a kubeconfig of its own (the user's
 current context is never touched), deleted at the end unless CELERIAC_E2E_KEEP_CLUSTER=1
 (delete it then with `kind delete cluster --name <name>`). Each module installs and uninstalls
-its own releases in it.
+its own releases in it; a release a failed test left behind is uninstalled when its module ends
+(kept with CELERIAC_E2E_KEEP_CLUSTER=1), so it does not load the next module's nodes.
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ import pytest
 from tests.e2e.kind import (
     KEDA_MANIFEST,
     KEDA_NAMESPACE,
+    NAMESPACE,
     REDIS_ON_A_CLAIM,
     KindCluster,
     require_prerequisites,
     run,
 )
+from tests.e2e.scenario import Release
 from tests.support import REPO_ROOT
+
+KEEP_CLUSTER_ENV = "CELERIAC_E2E_KEEP_CLUSTER"
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +49,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KindCluster]:
         yield kind
     finally:
         kind.close()
-        if os.environ.get("CELERIAC_E2E_KEEP_CLUSTER") != "1":
+        if os.environ.get(KEEP_CLUSTER_ENV) != "1":
             subprocess.run(["kind", "delete", "cluster", *target], capture_output=True, timeout=300)
 
 
@@ -80,3 +85,18 @@ def kind_layer(image: tuple[str, str], keda: None) -> dict[str, Any]:
     test that installs a release with it finds KEDA running."""
     repository, tag = image
     return {"image": {"repository": repository, "tag": tag}, **REDIS_ON_A_CLAIM}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_release_left(cluster: KindCluster) -> Iterator[None]:
+    """After the module: uninstall every Helm release still in NAMESPACE (Helm's release
+    Secrets, labelled owner=helm, name the releases)."""
+    yield
+    if os.environ.get(KEEP_CLUSTER_ENV) == "1":
+        return
+    secrets_of_releases = cluster.kubectl_json(
+        "get", "secrets", "-n", NAMESPACE, "-l", "owner=helm"
+    )["items"]
+    for name in sorted({item["metadata"]["labels"]["name"] for item in secrets_of_releases}):
+        print(f"uninstalling release {name}, left by a failed test")
+        Release(cluster.kubeconfig, name, NAMESPACE).uninstall(timeout=300)
