@@ -28,7 +28,7 @@ import redis
 from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane, plane_with_node
 from tests.cluster.test_helm import LOCAL_VALUES, api_base_url, diagnostics
 from tests.e2e import autoscaling
-from tests.e2e.scenario import COMPONENT_LABEL, Obj, Release
+from tests.e2e.scenario import COMPONENT_LABEL, Obj, Release, container_port
 from tests.support import missing
 
 pytestmark = [
@@ -40,7 +40,6 @@ NODE = "process-node"
 RELEASE = "burst"
 NAMESPACE = "celeriac"
 TIMEOUT = 180.0
-REDIS_PORT = 6379
 # 72 x 2.5 s = 180 task-seconds; 6 replicas of pool 1 drain them ideally in 30 s.
 TASKS = 72
 SECONDS = 2.5
@@ -73,7 +72,10 @@ class LocalCluster:
         secret = release.one(self, "secret", "redis")
         password = base64.b64decode(secret["data"]["redis-password"]).decode()
         return redis.Redis(
-            host=pod["status"]["podIP"], port=REDIS_PORT, password=password, socket_timeout=10
+            host=pod["status"]["podIP"],
+            port=container_port(pod, "redis"),
+            password=password,
+            socket_timeout=10,
         )
 
     def diagnostics(self) -> str:

@@ -23,7 +23,7 @@ import httpx
 import redis
 
 from celeriac.testing import Child, free_port, wait_until
-from tests.e2e.scenario import COMPONENT_LABEL, Obj, Release, condition
+from tests.e2e.scenario import COMPONENT_LABEL, Obj, Release, condition, container_port
 from tests.support import missing, require_tool
 
 KEDA_VERSION = "2.20.2"
@@ -36,7 +36,6 @@ NAMESPACE = "celeriac"
 FORWARD_READY = "Forwarding from 127.0.0.1:{port} ->"
 FORWARD_START_TIMEOUT_SECONDS = 15.0
 HTTP_TIMEOUT_SECONDS = 5.0
-REDIS_PORT = 6379
 # The values layer of every release the kind tests install besides the image: Redis on a
 # PersistentVolumeClaim (kind's default StorageClass, local-path), as the local control plane's
 # tests/cluster/test_helm.py LOCAL_VALUES, so queued tasks survive a Redis pod's deletion.
@@ -172,13 +171,7 @@ class KindCluster:
             return None
 
         pod = wait_until(ready, timeout=timeout, interval=1, message="a Ready API pod")
-        port = next(
-            int(item["containerPort"])
-            for container in pod["spec"]["containers"]
-            for item in container.get("ports") or []
-            if item.get("name") == "http"
-        )
-        return f"http://127.0.0.1:{self.local_port(pod, port)}"
+        return f"http://127.0.0.1:{self.local_port(pod, container_port(pod, 'http'))}"
 
     def redis_client(self, release: Release) -> redis.Redis:
         """The release's Redis through a forward to its pod, with the generated password."""
@@ -187,7 +180,7 @@ class KindCluster:
         password = base64.b64decode(secret["data"]["redis-password"]).decode()
         return redis.Redis(
             host="127.0.0.1",
-            port=self.local_port(pod, REDIS_PORT),
+            port=self.local_port(pod, container_port(pod, "redis")),
             password=password,
             socket_timeout=10,
         )

@@ -138,6 +138,15 @@ class Release:
         return self.one(cluster, "deployment", "worker", f"celeriac.io/worker-group={GROUP}")
 
 
+def container_port(pod: Obj, name: str) -> int:
+    """The port named ``name`` of one of ``pod``'s containers (the chart's: http, redis...)."""
+    for container in pod["spec"]["containers"]:
+        for port in container.get("ports") or []:
+            if port.get("name") == name:
+                return int(port["containerPort"])
+    raise AssertionError(f"no port named {name} in pod {pod['metadata']['name']}")
+
+
 def condition(obj: Obj, kind: str) -> str:
     for item in (obj.get("status") or {}).get("conditions") or []:
         if item["type"] == kind:
