@@ -1,5 +1,7 @@
 """The autoscaling burst (issue 10, items 1 and 6), shared by the local control plane's test
-(tests/cluster/test_autoscaling.py) and any other cluster that can reach the pods' ports.
+(tests/cluster/test_autoscaling.py) and kind's (tests/e2e/test_autoscaling.py): ``burst_scenario``
+installs, runs, checks and uninstalls; the helpers below also serve tests/e2e/recovery.py and
+rollouts.py.
 
 A burst of ``tasks`` celeriac.demo.sleep tasks of ``seconds`` each goes in through the API; a
 timeline is sampled about once a second (the exporter's backlog and tasks in flight, the HPA's
@@ -8,7 +10,9 @@ tasks finished according to the API, and the runs counted by the workers' own co
 every task has finished and the group is back at its minimum. The timeline is written as CSV
 (always) and drawn as a PNG (when matplotlib is installed: the `bench` extra).
 
-Only how a test reaches the API and a pod's port differs between clusters (``BurstCluster``).
+Only how a test reaches the API and a pod's port differs between clusters (``BurstCluster``,
+``ScenarioCluster``: tests/cluster/test_autoscaling.py's LocalCluster at the pods' bridge
+addresses, tests/e2e/kind.py's KindCluster through kubectl port-forward).
 """
 
 from __future__ import annotations
