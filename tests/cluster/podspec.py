@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import stat
 import sys
 from collections.abc import Callable, Mapping
 from decimal import Decimal
@@ -384,7 +385,7 @@ def executables() -> dict[str, str]:
 
     venv_bin = Path(sys.prefix) / "bin"
     redis_bin = find_redis_server().parent
-    return {
+    table = {
         "celeriac": str(venv_bin / "celeriac"),
         "python": sys.executable,
         "python3": sys.executable,
@@ -392,6 +393,31 @@ def executables() -> dict[str, str]:
         "redis-cli": str(redis_bin / "redis-cli"),
         "sh": "/bin/sh",  # the Redis pod's `sh -c`; PATH (container_path) finds the rest
     }
+    for path in table.values():
+        check_reachable_by_others(Path(path))
+    return table
+
+
+# Folders the sandbox mounts anew for every container (a tmpfs at mode 755 over /root, with
+# /root/.pyenv bound back): the host's mode of these does not matter.
+REMOUNTED = (Path("/root"),)
+
+
+def check_reachable_by_others(path: Path, top: Path = Path("/")) -> None:
+    """Pods run as other users (the chart's runAsUser): every folder above ``path`` (below
+    ``top``) must let others through. A checkout in ``mktemp -d`` (mode 700) does not, and
+    every container would fail with "not found"; say so at once instead."""
+    for folder in path.resolve().parents:
+        if folder == top.resolve():
+            return
+        if folder in REMOUNTED or folder.stat().st_mode & stat.S_IXOTH:
+            continue
+        raise SpecError(
+            "CreateContainerConfigError",
+            f"{path}: folder {folder} is closed to other users (mode "
+            f"{stat.S_IMODE(folder.stat().st_mode):o}); pods run as non-root users and "
+            f"cannot reach it (chmod o+x {folder})",
+        )
 
 
 def container_path(table: Mapping[str, str]) -> str:

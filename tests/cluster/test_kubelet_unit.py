@@ -424,3 +424,13 @@ def test_a_mount_path_through_a_symlink_stays_inside_the_container_root(tmp_path
     assert inside(str(root), "/etc/rel/x") == f"{root}/run/x"
     assert inside(str(root), "/../../tmp") == f"{root}/tmp"
     assert inside(str(root), "/tmp") == f"{root}/tmp"
+
+
+def test_a_program_behind_a_closed_folder_is_refused_at_once(tmp_path: Path) -> None:
+    program = tmp_path / "checkout" / "bin" / "celeriac"
+    program.parent.mkdir(parents=True)
+    program.write_text("#!/bin/sh\n")
+    podspec.check_reachable_by_others(program, top=tmp_path)
+    (tmp_path / "checkout").chmod(0o700)  # as `mktemp -d` makes it
+    with pytest.raises(SpecError, match=r"checkout is closed to other users \(mode 700\)"):
+        podspec.check_reachable_by_others(program, top=tmp_path)
