@@ -401,12 +401,22 @@ def executables() -> dict[str, str]:
 # Folders the sandbox mounts anew for every container (a tmpfs at mode 755 over /root, with
 # /root/.pyenv bound back): the host's mode of these does not matter.
 REMOUNTED = (Path("/root"),)
+# Where every pod the chart renders mounts an emptyDir (its writable /tmp): what the host
+# keeps below it is hidden inside the pods.
+HIDDEN_IN_PODS = Path("/tmp")
 
 
 def check_reachable_by_others(path: Path, top: Path = Path("/")) -> None:
     """Pods run as other users (the chart's runAsUser): every folder above ``path`` (below
     ``top``) must let others through. A checkout in ``mktemp -d`` (mode 700) does not, and
-    every container would fail with "not found"; say so at once instead."""
+    every container would fail with "not found"; say so at once instead. The same for a
+    program below /tmp, where the chart's pods mount an emptyDir (a checkout in /tmp)."""
+    if HIDDEN_IN_PODS in path.resolve().parents:
+        raise SpecError(
+            "CreateContainerConfigError",
+            f"{path}: below {HIDDEN_IN_PODS}, where the chart's pods mount an emptyDir, so "
+            "they cannot see it; use a checkout (and venv) outside /tmp",
+        )
     for folder in path.resolve().parents:
         if folder == top.resolve():
             return

@@ -426,7 +426,10 @@ def test_a_mount_path_through_a_symlink_stays_inside_the_container_root(tmp_path
     assert inside(str(root), "/tmp") == f"{root}/tmp"
 
 
-def test_a_program_behind_a_closed_folder_is_refused_at_once(tmp_path: Path) -> None:
+def test_a_program_behind_a_closed_folder_is_refused_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(podspec, "HIDDEN_IN_PODS", Path("/nowhere"))
     program = tmp_path / "checkout" / "bin" / "celeriac"
     program.parent.mkdir(parents=True)
     program.write_text("#!/bin/sh\n")
@@ -434,3 +437,14 @@ def test_a_program_behind_a_closed_folder_is_refused_at_once(tmp_path: Path) -> 
     (tmp_path / "checkout").chmod(0o700)  # as `mktemp -d` makes it
     with pytest.raises(SpecError, match=r"checkout is closed to other users \(mode 700\)"):
         podspec.check_reachable_by_others(program, top=tmp_path)
+
+
+def test_a_program_below_tmp_is_refused_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(podspec, "HIDDEN_IN_PODS", tmp_path)  # standing in for /tmp
+    program = tmp_path / "venv" / "bin" / "celeriac"
+    program.parent.mkdir(parents=True)
+    program.write_text("#!/bin/sh\n")
+    with pytest.raises(SpecError, match=r"where the chart's pods mount an emptyDir"):
+        podspec.check_reachable_by_others(program, top=tmp_path.parent)
