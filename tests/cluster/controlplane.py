@@ -29,6 +29,7 @@ import argparse
 import base64
 import contextlib
 import datetime
+import importlib.util
 import ipaddress
 import json
 import logging
@@ -731,6 +732,26 @@ def plane_with_node(
             yield plane
         finally:
             kubelet.stop()
+
+
+@contextlib.contextmanager
+def module_plane(
+    state_dir: Path, node: str, env_prefix: str, apiserver_port: int, adapter_port: int
+) -> Iterator[ControlPlane]:
+    """A test module's control plane with Helm's SDK checked, its ports overridable through
+    ``CELERIAC_<env_prefix>_APISERVER_PORT`` / ``CELERIAC_<env_prefix>_ADAPTER_PORT``."""
+    if importlib.util.find_spec("helm_python") is None:
+        from tests.support import missing
+
+        missing("helm-python-sdk", "pip install -e '.[test,chart]'")
+    variable = f"CELERIAC_{env_prefix}_{{}}_PORT"
+    with plane_with_node(
+        state_dir,
+        node,
+        apiserver_port=int(os.environ.get(variable.format("APISERVER"), apiserver_port)),
+        adapter_port=int(os.environ.get(variable.format("ADAPTER"), adapter_port)),
+    ) as plane:
+        yield plane
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,8 +16,6 @@ reported.
 from __future__ import annotations
 
 import base64
-import importlib.util
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,11 +23,10 @@ import httpx
 import pytest
 import redis
 
-from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane, plane_with_node
+from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane, module_plane
 from tests.cluster.test_helm import LOCAL_VALUES, api_base_url, diagnostics
 from tests.e2e import autoscaling
 from tests.e2e.scenario import COMPONENT_LABEL, Obj, Release, container_port
-from tests.support import missing
 
 pytestmark = [
     pytest.mark.cluster,
@@ -84,13 +81,8 @@ class LocalCluster:
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    if importlib.util.find_spec("helm_python") is None:
-        missing("helm-python-sdk", "pip install -e '.[test,chart]'")
-    with plane_with_node(
-        tmp_path_factory.mktemp("autoscaling"),
-        NODE,
-        apiserver_port=int(os.environ.get("CELERIAC_CLUSTER_APISERVER_PORT", APISERVER_PORT)),
-        adapter_port=int(os.environ.get("CELERIAC_CLUSTER_ADAPTER_PORT", ADAPTER_PORT)),
+    with module_plane(
+        tmp_path_factory.mktemp("autoscaling"), NODE, "CLUSTER", APISERVER_PORT, ADAPTER_PORT
     ) as plane:
         yield plane
 

@@ -18,8 +18,6 @@ chart keeps on purpose.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,10 +28,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from celeriac.testing import wait_until
 from tests.cluster import netns
-from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane, plane_with_node
+from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane, module_plane
 from tests.e2e import scenario
 from tests.e2e.scenario import COMPONENT_LABEL, Release, condition, kubectl_json
-from tests.support import missing
 
 pytestmark = [
     pytest.mark.cluster,
@@ -58,13 +55,8 @@ UPGRADE_VALUES: dict[str, Any] = {"workers": {"default": {"resources": {"limits"
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    if importlib.util.find_spec("helm_python") is None:
-        missing("helm-python-sdk", "pip install -e '.[test,chart]'")
-    with plane_with_node(
-        tmp_path_factory.mktemp("helm"),
-        NODE,
-        apiserver_port=int(os.environ.get("CELERIAC_CLUSTER_APISERVER_PORT", APISERVER_PORT)),
-        adapter_port=int(os.environ.get("CELERIAC_CLUSTER_ADAPTER_PORT", ADAPTER_PORT)),
+    with module_plane(
+        tmp_path_factory.mktemp("helm"), NODE, "CLUSTER", APISERVER_PORT, ADAPTER_PORT
     ) as plane:
         yield plane
 

@@ -20,8 +20,6 @@ reaches SUCCESS through the API.
 from __future__ import annotations
 
 import base64
-import importlib.util
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -33,12 +31,11 @@ import pytest
 import redis
 
 from celeriac.testing import wait_until
-from tests.cluster.controlplane import ControlPlane, plane_with_node
+from tests.cluster.controlplane import ControlPlane, module_plane
 from tests.cluster.test_autoscaling import LocalCluster
 from tests.cluster.test_helm import LOCAL_VALUES, api_base_url, diagnostics
 from tests.e2e import autoscaling, scenario
 from tests.e2e.scenario import COMPONENT_LABEL, Obj, Release, condition, kubectl_json
-from tests.support import missing
 
 pytestmark = [
     pytest.mark.cluster,
@@ -69,13 +66,8 @@ API_RECOVERY_SECONDS = 60.0
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    if importlib.util.find_spec("helm_python") is None:
-        missing("helm-python-sdk", "pip install -e '.[test,chart]'")
-    with plane_with_node(
-        tmp_path_factory.mktemp("sentinel"),
-        NODE,
-        apiserver_port=int(os.environ.get("CELERIAC_SENTINEL_APISERVER_PORT", APISERVER_PORT)),
-        adapter_port=int(os.environ.get("CELERIAC_SENTINEL_ADAPTER_PORT", ADAPTER_PORT)),
+    with module_plane(
+        tmp_path_factory.mktemp("sentinel"), NODE, "SENTINEL", APISERVER_PORT, ADAPTER_PORT
     ) as plane:
         yield plane
 

@@ -20,18 +20,15 @@ task here is shorter than that deadline, so each must start exactly once and suc
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster.controlplane import ControlPlane, plane_with_node
+from tests.cluster.controlplane import ControlPlane, module_plane
 from tests.cluster.test_autoscaling import LocalCluster
 from tests.cluster.test_helm import LOCAL_VALUES
 from tests.e2e import rollouts
 from tests.e2e.scenario import Release
-from tests.support import missing
 
 pytestmark = [
     pytest.mark.cluster,
@@ -50,13 +47,8 @@ LAYER = {"redis": LOCAL_VALUES["redis"]}
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    if importlib.util.find_spec("helm_python") is None:
-        missing("helm-python-sdk", "pip install -e '.[test,chart]'")
-    with plane_with_node(
-        tmp_path_factory.mktemp("rollouts"),
-        NODE,
-        apiserver_port=int(os.environ.get("CELERIAC_ROLLOUTS_APISERVER_PORT", APISERVER_PORT)),
-        adapter_port=int(os.environ.get("CELERIAC_ROLLOUTS_ADAPTER_PORT", ADAPTER_PORT)),
+    with module_plane(
+        tmp_path_factory.mktemp("rollouts"), NODE, "ROLLOUTS", APISERVER_PORT, ADAPTER_PORT
     ) as plane:
         yield plane
 
