@@ -722,10 +722,8 @@ def plane_with_node(
     state_dir: Path, node: str, apiserver_port: int, adapter_port: int
 ) -> Iterator[ControlPlane]:
     """The control plane with KEDA and one process kubelet as Node ``node``."""
-    from tests.cluster import podspec
     from tests.cluster.kubelet import Kubelet  # the agent imports this module
 
-    podspec.executables()  # the pods' programs reachable by their users, or say why at once
     with ControlPlane(state_dir, apiserver_port=apiserver_port, adapter_port=adapter_port) as plane:
         kubelet = Kubelet(str(plane.kubeconfig), node, plane.state_dir).start()
         try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import re
-import stat
 import sys
 from collections.abc import Callable, Mapping
 from decimal import Decimal
@@ -393,41 +392,27 @@ def executables() -> dict[str, str]:
         "redis-cli": str(redis_bin / "redis-cli"),
         "sh": "/bin/sh",  # the Redis pod's `sh -c`; PATH (container_path) finds the rest
     }
-    for path in table.values():
-        check_reachable_by_others(Path(path))
     return table
 
 
-# Folders the sandbox mounts anew for every container (a tmpfs at mode 755 over /root, with
-# /root/.pyenv bound back): the host's mode of these does not matter.
-REMOUNTED = (Path("/root"),)
-# Where every pod the chart renders mounts an emptyDir (its writable /tmp): what the host
-# keeps below it is hidden inside the pods.
-HIDDEN_IN_PODS = Path("/tmp")
+def provided_folders() -> list[str]:
+    """Host folders every container sees at their own paths, read-only: the checkout (the
+    editable install's source) and the venv, standing in for the image's files. Bound on top
+    of the container's volumes, so a checkout below /tmp (where the chart's pods mount an
+    emptyDir) or behind a folder closed to others (``mktemp -d``) is still there."""
+    from celeriac.local.redis_server import find_redis_server
 
-
-def check_reachable_by_others(path: Path, top: Path = Path("/")) -> None:
-    """Pods run as other users (the chart's runAsUser): every folder above ``path`` (below
-    ``top``) must let others through. A checkout in ``mktemp -d`` (mode 700) does not, and
-    every container would fail with "not found"; say so at once instead. The same for a
-    program below /tmp, where the chart's pods mount an emptyDir (a checkout in /tmp)."""
-    if HIDDEN_IN_PODS in path.resolve().parents:
-        raise SpecError(
-            "CreateContainerConfigError",
-            f"{path}: below {HIDDEN_IN_PODS}, where the chart's pods mount an emptyDir, so "
-            "they cannot see it; use a checkout (and venv) outside /tmp",
-        )
-    for folder in path.resolve().parents:
-        if folder == top.resolve():
-            return
-        if folder in REMOUNTED or folder.stat().st_mode & stat.S_IXOTH:
-            continue
-        raise SpecError(
-            "CreateContainerConfigError",
-            f"{path}: folder {folder} is closed to other users (mode "
-            f"{stat.S_IMODE(folder.stat().st_mode):o}); pods run as non-root users and "
-            f"cannot reach it (chmod o+x {folder})",
-        )
+    folders = {
+        str(Path(__file__).resolve().parents[2]),
+        str(Path(sys.prefix).resolve()),
+        str(find_redis_server().resolve().parent),
+    }
+    # A folder inside another is bound with it.
+    return sorted(
+        folder
+        for folder in folders
+        if not any(other != folder and Path(other) in Path(folder).parents for other in folders)
+    )
 
 
 def container_path(table: Mapping[str, str]) -> str:

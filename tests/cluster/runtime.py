@@ -129,6 +129,7 @@ class Container:
             "termination_log": str(termination_log),
             "error_file": str(error_file),
             "mounts": mounts,
+            "provided": podspec.provided_folders(),
             "read_only_root": bool(security.get("readOnlyRootFilesystem")),
             "cgroups": cgroups,
             "uid": uid,

@@ -8,7 +8,8 @@ Run as a script (standard library only), by root:
 ``run``: join the pod's network namespace, unshare mount and UTS namespaces, build the root:
 an overlay of the host's / (upper layer on a tmpfs: writes never reach the host), a /dev of its
 own, a tmpfs over /root with /root/.pyenv bound back (the venv's python lives there and /root is
-mode 700), /etc/hosts and /etc/resolv.conf of the pod, the volumes at their paths; the root made
+mode 700), /etc/hosts and /etc/resolv.conf of the pod, the volumes at their paths, the provided
+host folders (the checkout and venv) at theirs, read-only, reachable by every user; the root made
 read-only if asked; join the cgroups; chroot; setgroups/setgid/setuid; no_new_privs; exec.
 A failure before exec is written to CONFIG's ``error_file`` and exits 128; the descriptor
 ``started_fd`` (close-on-exec) tells the agent when the command runs.
@@ -67,6 +68,17 @@ def bind(source: str, target: str, readonly: bool, recursive: bool = False) -> N
     mount(source, target, None, MS_BIND | (MS_REC if recursive else 0))
     if readonly:
         mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+
+
+def open_to_others(root: str, target: str) -> None:
+    """Let every user through the folders above ``target`` inside the container (a copy in the
+    overlay's upper layer, or a folder the bind made): the host's may be closed (mode 700)."""
+    folder = os.path.dirname(target)
+    while folder.startswith(root + "/"):
+        mode = os.stat(folder).st_mode
+        if not mode & 0o001:
+            os.chmod(folder, (mode & 0o7777) | 0o011)
+        folder = os.path.dirname(folder)
 
 
 def inside(root: str, path: str) -> str:
@@ -129,6 +141,10 @@ def build_root(config: dict[str, Any]) -> str:
     bind(config["resolv"], root + "/etc/resolv.conf", True)
     for volume in config["mounts"]:
         bind(volume["source"], inside(root, volume["target"]), volume["readonly"])
+    for folder in config["provided"]:
+        target = inside(root, folder)
+        bind(folder, target, True)
+        open_to_others(root, target)
     if config["read_only_root"]:
         mount(None, root + "/root", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
         mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY)

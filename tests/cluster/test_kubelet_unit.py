@@ -426,25 +426,14 @@ def test_a_mount_path_through_a_symlink_stays_inside_the_container_root(tmp_path
     assert inside(str(root), "/tmp") == f"{root}/tmp"
 
 
-def test_a_program_behind_a_closed_folder_is_refused_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(podspec, "HIDDEN_IN_PODS", Path("/nowhere"))
-    program = tmp_path / "checkout" / "bin" / "celeriac"
-    program.parent.mkdir(parents=True)
-    program.write_text("#!/bin/sh\n")
-    podspec.check_reachable_by_others(program, top=tmp_path)
-    (tmp_path / "checkout").chmod(0o700)  # as `mktemp -d` makes it
-    with pytest.raises(SpecError, match=r"checkout is closed to other users \(mode 700\)"):
-        podspec.check_reachable_by_others(program, top=tmp_path)
-
-
-def test_a_program_below_tmp_is_refused_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(podspec, "HIDDEN_IN_PODS", tmp_path)  # standing in for /tmp
-    program = tmp_path / "venv" / "bin" / "celeriac"
-    program.parent.mkdir(parents=True)
-    program.write_text("#!/bin/sh\n")
-    with pytest.raises(SpecError, match=r"where the chart's pods mount an emptyDir"):
-        podspec.check_reachable_by_others(program, top=tmp_path.parent)
+def test_the_checkout_and_venv_are_provided_once_each() -> None:
+    folders = podspec.provided_folders()
+    checkout = str(Path(podspec.__file__).resolve().parents[2])
+    assert checkout in folders
+    assert all(Path(folder).is_dir() for folder in folders)
+    # The venv and redis-server's folder are inside a provided folder (or provided).
+    for needed in (sys.prefix, podspec.executables()["redis-server"]):
+        path = Path(needed).resolve()
+        assert any(path == Path(f) or Path(f) in path.parents for f in folders), needed
+    for folder in folders:
+        assert not any(Path(other) in Path(folder).parents for other in folders)
