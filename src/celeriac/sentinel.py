@@ -154,7 +154,7 @@ def client(settings: Settings, url: str, **options: Any) -> redis.Redis:
     """
     if not is_sentinel_url(url):
         return redis.Redis.from_url(url, **options)
-    sentinel: Any = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+    sentinel: Any = redis.sentinel.Sentinel(
         sentinel_addresses(url), sentinel_kwargs=sentinel_kwargs(settings)
     )
     master = sentinel.master_for(
@@ -183,7 +183,7 @@ def async_client(settings: Settings, url: str, **options: Any) -> redis.asyncio.
     """``client`` for an event loop (``redis.asyncio``)."""
     if not is_sentinel_url(url):
         return redis.asyncio.Redis.from_url(url, **options)
-    sentinel: Any = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+    sentinel: Any = redis.asyncio.sentinel.Sentinel(
         sentinel_addresses(url), sentinel_kwargs=sentinel_kwargs(settings)
     )
     master = sentinel.master_for(

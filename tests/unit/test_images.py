@@ -20,13 +20,11 @@ from typing import Any
 
 import pytest
 import yaml
-from packaging.requirements import Requirement
 
 from tests.support import REPO_ROOT, require_tool
 
 BASE_DOCKERFILE = REPO_ROOT / "services" / "base" / "Dockerfile"
 ENTRYPOINT_SCRIPT = REPO_ROOT / "services" / "base" / "celeriac.sh"
-LOCK_FILE = REPO_ROOT / "services" / "base" / "requirements.txt"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 IMAGE_REPOSITORY = "ghcr.io/celeriac/celeriac"
 UID = "10001"
@@ -322,28 +320,6 @@ def test_build_context_allows_what_the_base_copies() -> None:
             assert any(
                 source.rstrip("/") == entry or source.startswith(entry + "/") for entry in allowed
             ), f"COPY {source}: excluded by .dockerignore"
-
-
-def test_lock_pins_every_dependency_compatibly() -> None:
-    with (REPO_ROOT / "pyproject.toml").open("rb") as fh:
-        dependencies = [Requirement(d) for d in tomllib.load(fh)["project"]["dependencies"]]
-    pins: dict[str, str] = {}
-    for line in LOCK_FILE.read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, sep, version = line.partition("==")
-            assert sep, f"{line!r}: pin with =="
-            pins[canonical(name)] = version
-    for requirement in dependencies:
-        name = canonical(requirement.name)
-        assert name in pins, f"{requirement.name} is not pinned in {LOCK_FILE.name}"
-        assert requirement.specifier.contains(pins[name]), f"{requirement} vs {pins[name]}"
-        for extra in requirement.extras:  # celery[redis] pulls in redis
-            assert extra == "redis", f"{requirement}: check the lock covers this extra"
-            assert "redis" in pins
-
-
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 # --- per-component images -------------------------------------------------------------------
