@@ -19,7 +19,7 @@ import pytest
 
 from celeriac.local.console import Console
 from celeriac.local.leftovers import stop_leftovers
-from celeriac.local.process import ManagedProcess, group_members, stop_all
+from celeriac.local.process import ManagedProcess, boot_id, group_members, read_stat, stop_all
 from celeriac.testing import wait_until
 
 # A parent that starts a grandchild in its own process group, prints both pids, then waits.
@@ -172,25 +172,66 @@ def test_force_kills_without_waiting(tmp_path: Path, console: Console, started: 
     assert not alive(grandchild)
 
 
-def test_leftovers_of_a_killed_run_are_stopped_and_strangers_spared(tmp_path: Path) -> None:
-    ours = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(600)", "celeriac", "worker"],
+def record_leftovers(path: Path, groups: list[tuple[int, int | None]], boot: str = "") -> Path:
+    """pids.json as a killed `celeriac up` left it: (group id, leader's start ticks) each."""
+    processes = [{"name": "worker", "pgid": g, "start_ticks": t} for g, t in groups]
+    path.write_text(json.dumps({"boot_id": boot or boot_id(), "processes": processes}))
+    return path
+
+
+@pytest.fixture
+def stranger() -> Iterator[subprocess.Popen[bytes]]:
+    """Someone else's process that merely looks like ours: "celeriac" in its command line (as
+    in any clone named celeriac), leading a session of its own."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)", "/home/me/celeriac", "worker"],
         start_new_session=True,
     )
-    stranger = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True
-    )
-    try:
-        pids = tmp_path / "pids.json"
-        record = {
-            "processes": [{"name": "worker", "pgid": ours.pid}, {"name": "x", "pgid": stranger.pid}]
-        }
-        pids.write_text(json.dumps(record))
-        assert stop_leftovers(pids) == 1
-        assert ours.wait(10) == -signal.SIGKILL
-        assert stranger.poll() is None
-        assert not pids.exists()
-    finally:
-        for process in (ours, stranger):
-            process.kill()
-            process.wait(10)
+    yield process
+    process.kill()
+    process.wait(10)
+
+
+def test_leftovers_of_a_killed_run_are_stopped(
+    tmp_path: Path, console: Console, started: list
+) -> None:
+    process, grandchild = start_family(tmp_path, console, started)
+    pids = record_leftovers(tmp_path / "pids.json", [(process.pgid, process.start_ticks)])
+    assert stop_leftovers(pids) == 2
+    assert process.process.wait(10) == -signal.SIGKILL
+    wait_until(lambda: not alive(grandchild), timeout=10, message="the grandchild to die")
+    assert not pids.exists()
+
+
+def test_a_stranger_holding_a_recorded_id_is_spared(
+    tmp_path: Path, stranger: subprocess.Popen[bytes]
+) -> None:
+    stat = read_stat(stranger.pid)
+    assert stat is not None
+    # The recorded process had this id before the stranger: it started earlier.
+    pids = record_leftovers(tmp_path / "pids.json", [(stranger.pid, stat.start_ticks - 1)])
+    assert stop_leftovers(pids) == 0
+    assert stranger.poll() is None
+    assert not pids.exists()
+
+
+@pytest.mark.parametrize("boot", ["another-boot", None])
+def test_records_of_another_boot_or_without_start_times_kill_nothing(
+    tmp_path: Path, stranger: subprocess.Popen[bytes], boot: str | None
+) -> None:
+    stat = read_stat(stranger.pid)
+    assert stat is not None
+    start = stat.start_ticks if boot else None
+    pids = record_leftovers(tmp_path / "pids.json", [(stranger.pid, start)], boot or "")
+    assert stop_leftovers(pids) == 0
+    assert stranger.poll() is None
+
+
+def test_the_stack_records_what_identifies_its_children(
+    tmp_path: Path, console: Console, started: list
+) -> None:
+    process, _ = start_family(tmp_path, console, started)
+    stat = read_stat(process.pid)
+    assert stat is not None
+    assert process.start_ticks == stat.start_ticks
+    assert stat.session == stat.pgid == process.pgid

@@ -12,35 +12,34 @@ from pathlib import Path
 from celeriac.local.process import (
     KILL_WAIT_SECONDS,
     POLL_INTERVAL_SECONDS,
-    command_line,
+    boot_id,
     group_members,
     is_running,
+    read_stat,
 )
-
-# What a process left behind by an earlier, killed `celeriac up` looks like.
-_OUR_COMMANDS = ("celeriac", "redis-server")
 
 
 def stop_leftovers(pids_file: Path) -> int:
     """Kill process groups recorded by an earlier run that never shut down (it was SIGKILLed).
 
-    Only called while holding the state lock, so no live stack owns them; a group id is only
-    trusted if its processes still look like ours (process ids are reused).
+    Only called while holding the state lock, so no live stack owns them. Process and group ids
+    are reused, so a process is only taken for ours by what was recorded when it started: this
+    boot, its group and session (each child leads a session of its own), and a start no earlier
+    than the recorded leader's; a live leader must be the very process recorded.
     """
     try:
         recorded = json.loads(pids_file.read_text())
     except (OSError, ValueError):
         return 0
     killed: list[int] = []
-    for entry in recorded.get("processes", []):
-        pgid = entry.get("pgid")
-        if not isinstance(pgid, int) or pgid <= 1:
-            continue
-        for pid in group_members(pgid):
-            if any(name in command_line(pid) for name in _OUR_COMMANDS):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
+    if isinstance(recorded, dict) and recorded.get("boot_id") == boot_id():
+        for entry in recorded.get("processes", []):
+            pgid, start_ticks = entry.get("pgid"), entry.get("start_ticks")
+            if isinstance(pgid, int) and pgid > 1 and isinstance(start_ticks, int):
+                for pid in _our_group_members(pgid, start_ticks):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
     # Until they are gone they still hold their ports, which this run may want.
     deadline = time.monotonic() + KILL_WAIT_SECONDS
     while any(is_running(pid) for pid in killed):
@@ -49,3 +48,15 @@ def stop_leftovers(pids_file: Path) -> int:
         time.sleep(POLL_INTERVAL_SECONDS)
     pids_file.unlink(missing_ok=True)
     return len(killed)
+
+
+def _our_group_members(pgid: int, start_ticks: int) -> list[int]:
+    leader = read_stat(pgid)
+    if leader is not None and (leader.start_ticks != start_ticks or leader.session != pgid):
+        return []  # the id now belongs to another process
+    members = []
+    for pid in group_members(pgid):
+        stat = read_stat(pid)
+        if stat is not None and stat.session == pgid and stat.start_ticks >= start_ticks:
+            members.append(pid)
+    return members

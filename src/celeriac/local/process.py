@@ -18,6 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from celeriac.local.console import Console
@@ -63,6 +64,9 @@ class ManagedProcess:
         self.pid = self.process.pid
         # A new session's leader leads its own process group: group id == pid.
         self.pgid = self.pid
+        stat = read_stat(self.pid)
+        # With the boot id: how a later run knows this group is ours (pids.json, leftovers.py).
+        self.start_ticks = stat.start_ticks if stat is not None else None
         self._reader = threading.Thread(target=self._pump, name=f"log-{name}", daemon=True)
         self._reader.start()
 
@@ -113,6 +117,17 @@ class ManagedProcess:
             self._log.close()
 
 
+@dataclass(frozen=True)
+class ProcessStat:
+    """What /proc/<pid>/stat says of a process that identifies it beyond its (reusable) id."""
+
+    state: str
+    pgid: int
+    session: int
+    # Clock ticks after boot: with the boot id, a (pid, start_ticks) pair is never reused.
+    start_ticks: int
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes in process group ``pgid``, from /proc where it exists."""
     if not _PROC.is_dir():
@@ -126,34 +141,36 @@ def group_members(pgid: int) -> list[int]:
         if not entry.name.isdigit():
             continue
         stat = read_stat(int(entry.name))
-        if stat is not None and stat[1] == pgid and stat[0] != "Z":
+        if stat is not None and stat.pgid == pgid and stat.state != "Z":
             members.append(int(entry.name))
     return members
 
 
-def read_stat(pid: int) -> tuple[str, int] | None:
-    """(state, process group id) of ``pid`` from /proc, or None if it is gone."""
+def read_stat(pid: int) -> ProcessStat | None:
+    """``pid``'s state, group, session and start time from /proc, or None if it is gone."""
     try:
         text = (_PROC / str(pid) / "stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses; fields after it do not.
     fields = text[text.rindex(")") + 2 :].split()
-    return fields[0], int(fields[2])
+    return ProcessStat(
+        state=fields[0], pgid=int(fields[2]), session=int(fields[3]), start_ticks=int(fields[19])
+    )
+
+
+def boot_id() -> str:
+    """This boot's id: start times count from boot, so they identify a process within one."""
+    try:
+        return (_PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
+    except OSError:
+        return ""
 
 
 def is_running(pid: int) -> bool:
     """``pid`` exists and is not a zombie (which has exited and holds no port or file)."""
     stat = read_stat(pid)
-    return stat is not None and stat[0] != "Z"
-
-
-def command_line(pid: int) -> str:
-    try:
-        raw = (_PROC / str(pid) / "cmdline").read_bytes()
-    except OSError:
-        return ""
-    return raw.replace(b"\0", b" ").decode("utf-8", errors="replace")
+    return stat is not None and stat.state != "Z"
 
 
 def stop_all(

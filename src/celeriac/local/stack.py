@@ -31,7 +31,7 @@ from celeriac.local.plan import (
     make_plan,
     ungrouped_queues,
 )
-from celeriac.local.process import ManagedProcess, stop_all
+from celeriac.local.process import ManagedProcess, boot_id, stop_all
 from celeriac.local.redis_server import config_text, find_redis_server, write_config
 from celeriac.local.settings import LocalSettings
 
@@ -208,12 +208,13 @@ class LocalStack:
                 "name": process.name,
                 "pid": process.pid,
                 "pgid": process.pgid,
+                "start_ticks": process.start_ticks,
                 "log": str(process.log_path),
             }
             if snapshot:
                 entry["members"] = process.group_members()
             entries.append(entry)
-        record = {"up": os.getpid(), "processes": entries}
+        record = {"up": os.getpid(), "boot_id": boot_id(), "processes": entries}
         temporary = plan.pids_file.with_suffix(".tmp")
         temporary.write_text(json.dumps(record, indent=2) + "\n")
         temporary.replace(plan.pids_file)
