@@ -127,7 +127,7 @@ def test_deletion_cost_off_renders_no_token_no_role_no_account() -> None:
         assert pod_spec(workload)["automountServiceAccountToken"] is False
         for container in pod_spec(workload)["containers"]:
             names = {e["name"] for e in container.get("env") or []}
-            assert not names & {"CELERIAC_WORKER_DELETION_COST", "CELERIAC_POD_NAME"}
+            assert not names & {"CELERIAC_WORKER_DELETION_COST", "CELERIAC_POD_NAMESPACE"}
     rendered = render({"workers": {"default": {"autoscaling": {"engine": "none"}}}})
     assert not rendered.of_kind("Role")
     # one group on is enough for the Role; the others stay without a token

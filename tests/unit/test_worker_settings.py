@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,13 @@ def test_bad_input_is_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert message in err
     assert err.strip().count("\n") == 0 or "Usage:" in err
+
+
+def test_every_worker_gets_a_unique_node_name_by_default() -> None:
+    """Two workers on one machine must not share Celery's default ``celery@<host>``."""
+    local = WorkerSettings.from_env({})
+    assert local.hostname == f"celery-{os.getpid()}@{socket.gethostname()}"
+    in_a_pod = WorkerSettings.from_env({"CELERIAC_POD_NAME": "celeriac-worker-default-7d9-x2"})
+    assert in_a_pod.hostname == "celery@celeriac-worker-default-7d9-x2"
+    chosen = WorkerSettings.from_env({"CELERIAC_WORKER_HOSTNAME": "w1@%h"})
+    assert chosen.hostname == "w1@%h"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +64,7 @@ class WorkerSettings:
     concurrency_per_cpu: float = DEFAULT_CONCURRENCY_PER_CPU
     max_memory_per_child_kib: int | None = None
     pool: str = DEFAULT_POOL
+    # Celery's node name (CELERIAC_WORKER_HOSTNAME, else default_node_name); None: Celery's.
     hostname: str | None = None
     shutdown_timeout_seconds: float = DEFAULT_SHUTDOWN_TIMEOUT_SECONDS
     heartbeat_file: Path = DEFAULT_HEARTBEAT_FILE
@@ -100,6 +103,7 @@ class WorkerSettings:
         common = Settings.from_env(environ)
         cpu_limit = env.optional_number("WORKER_CPU_LIMIT", minimum=0.001)
         port = env.port("WORKER_METRICS_PORT", DEFAULT_METRICS_PORT, minimum=0)
+        pod = _deletion_cost(env)
         return cls(
             common=common,
             concurrency=env.optional_integer("WORKER_CONCURRENCY", minimum=1),
@@ -114,7 +118,7 @@ class WorkerSettings:
                 "WORKER_MAX_MEMORY_PER_CHILD_KB", minimum=0
             ),
             pool=env.choice("WORKER_POOL", DEFAULT_POOL, POOLS),
-            hostname=_hostname(env),
+            hostname=_hostname(env) or default_node_name(pod["pod_name"]),
             shutdown_timeout_seconds=env.number(
                 "WORKER_SHUTDOWN_TIMEOUT_SECONDS", DEFAULT_SHUTDOWN_TIMEOUT_SECONDS, minimum=0
             ),
@@ -136,7 +140,7 @@ class WorkerSettings:
             task_limits=parse_task_limits(
                 env.raw("TASK_LIMITS"), common.visibility_timeout_seconds
             ),
-            **_deletion_cost(env),
+            **pod,
         )
 
 
@@ -184,6 +188,15 @@ def _object_name(variable: str, value: str | None, longest: int, what: str) -> s
             f"CELERIAC_{variable}={value!r} is not {what} ({chars}, at most {longest} characters)"
         )
     return value
+
+
+def default_node_name(pod_name: str | None) -> str:
+    """Unique per worker without configuration: Celery's default, ``celery@<host>``, names two
+    workers on one machine alike (``celeriac inspect`` and Celery's remote control then see one
+    worker). In Kubernetes the pod's name is unique; elsewhere the process id makes it so."""
+    if pod_name is not None:
+        return f"celery@{pod_name}"
+    return f"celery-{os.getpid()}@{socket.gethostname()}"
 
 
 def _hostname(env: Env) -> str | None:
