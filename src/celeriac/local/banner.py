@@ -2,18 +2,41 @@
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from celeriac.local.plan import StackPlan
 from celeriac.settings import Settings, redact_url, with_password
 
 READY_LINE = "celeriac is up"
-# Arguments for the demo's add task (celeriac.demo.ADD_TASK); any other task's are up to you.
+# Arguments for the demo's add task (celeriac.demo.ADD_TASK).
 DEMO_ARGS = (2, 3)
 # Only when the app cannot be loaded here (the API loaded it, so this is rare).
 PLACEHOLDER_TASK = "YOUR.TASK.NAME"
+# A value of each type a task's parameter may be annotated with; others are left to you.
+_SAMPLES: dict[object, object] = {
+    int: 1,
+    float: 1.5,
+    str: "text",
+    bool: True,
+    list: [],
+    dict: {},
+}
+
+
+@dataclass(frozen=True)
+class ExampleCall:
+    """The first request the banner shows: a task the API accepts and arguments for it."""
+
+    task: str
+    args: tuple[object, ...] = ()
+    # Parameters whose values could not be derived (no type hint): shown as "<name>".
+    unknown: tuple[str, ...] = ()
 
 
 def _shown(path: Path) -> str:
@@ -24,27 +47,72 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def submit_body(task: str, args: tuple[int, ...]) -> str:
-    return json.dumps({"task": task, "args": list(args)})
+def submit_body(call: ExampleCall) -> str:
+    body: dict[str, object] = {"task": call.task}
+    if call.args:
+        body["args"] = list(call.args)
+    return json.dumps(body)
 
 
-def example_task(plan: StackPlan, inherited: Mapping[str, str]) -> str | None:
-    """A task the stack's API accepts: the demo task if allowed, else the first allowed name.
+def example_call(plan: StackPlan, inherited: Mapping[str, str]) -> ExampleCall | None:
+    """A task the stack's API accepts, with arguments it accepts: the demo's add task if
+    allowed, else the first allowed task whose required parameters all have type hints (values
+    made from them), else the first allowed task with its parameters to fill in.
 
     Asks the API's own rule (allow-list, else every registered task but ``celery.*``) with the
     API's environment; None when the app cannot be loaded in this process.
     """
     from celeriac.api.services import allowed_tasks
     from celeriac.api.settings import ApiSettings
+    from celeriac.app import load_app
 
     env = plan.environment("api", inherited)
     try:
-        names = allowed_tasks(Settings.from_env(env), ApiSettings.from_env(env))
+        settings = Settings.from_env(env)
+        names = allowed_tasks(settings, ApiSettings.from_env(env))
+        app = load_app(settings.app, settings)
     except Exception:
         # Anything the user's module raises at import: a banner must not stop the stack.
         return None
     demo = demo_task()
-    return demo if demo in names else min(names, default=None)
+    if demo in names:
+        return ExampleCall(demo, DEMO_ARGS)
+    calls = [_call_of(name, app.tasks[name]) for name in sorted(names)]
+    return next((call for call in calls if not call.unknown), calls[0] if calls else None)
+
+
+def _call_of(name: str, task: Callable[..., object]) -> ExampleCall:
+    """``task``'s required positional parameters, each with a value of its annotated type."""
+    run = getattr(task, "run", task)
+    try:
+        signature = inspect.signature(run, eval_str=True)
+    except (TypeError, ValueError, NameError):
+        try:
+            signature = inspect.signature(run)
+        except (TypeError, ValueError):
+            return ExampleCall(name)
+    args: list[object] = []
+    unknown: list[str] = []
+    for parameter in signature.parameters.values():
+        if parameter.default is not inspect.Parameter.empty or parameter.kind not in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            continue
+        annotation = parameter.annotation
+        if isinstance(annotation, str):  # not evaluated: match the plain names
+            by_name = {t.__name__: t for t in _SAMPLES if isinstance(t, type)}
+            annotation = by_name.get(annotation.split("[", 1)[0])
+        # list[str] -> list; int | None -> int
+        annotation = typing.get_origin(annotation) or annotation
+        if annotation in (typing.Union, types.UnionType):
+            annotation = typing.get_args(parameter.annotation)[0]
+        if annotation in _SAMPLES:
+            args.append(_SAMPLES[annotation])
+        else:
+            args.append(f"<{parameter.name}>")
+            unknown.append(parameter.name)
+    return ExampleCall(name, tuple(args), tuple(unknown))
 
 
 def demo_task() -> str | None:
@@ -60,12 +128,11 @@ def demo_task() -> str | None:
     return ADD_TASK
 
 
-def banner(plan: StackPlan, notes: list[str], task: str | None) -> str:
-    """``task``: the name the example request submits (None: a placeholder)."""
+def banner(plan: StackPlan, notes: list[str], call: ExampleCall | None) -> str:
+    """``call``: the task and arguments the example request submits (None: a placeholder)."""
     token = plan.api_token
-    task = task or PLACEHOLDER_TASK
-    # The demo task's arguments are known; for any other task the user fills them in.
-    body = submit_body(task, DEMO_ARGS) if task == demo_task() else json.dumps({"task": task})
+    call = call or ExampleCall(PLACEHOLDER_TASK)
+    body = submit_body(call)
     redis_url = redact_url(with_password(plan.broker_url, plan.redis_password))
     lines = [
         "",
@@ -91,6 +158,15 @@ def banner(plan: StackPlan, notes: list[str], task: str | None) -> str:
         f"    -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\",
         f"    -d '{body}'",
         "",
+        *(
+            [
+                f"  (replace {', '.join(f'<{n}>' for n in call.unknown)}: "
+                f"{call.task} has no type hints to make values from)",
+                "",
+            ]
+            if call.unknown
+            else []
+        ),
         f"  curl -s {plan.api_url}/v1/tasks/TASK_ID -H 'Authorization: Bearer {token}'",
         "",
         "Press Ctrl-C to stop everything.",

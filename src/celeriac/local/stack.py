@@ -19,7 +19,7 @@ from typing import IO, Any
 
 from celeriac import heartbeat
 from celeriac.local import checks
-from celeriac.local.banner import banner, example_task
+from celeriac.local.banner import banner, example_call
 from celeriac.local.console import Console
 from celeriac.local.leftovers import stop_leftovers
 from celeriac.local.lock import state_lock
@@ -147,7 +147,7 @@ class LocalStack:
                 self._start(name, [self.python, "-m", "celeriac", name], plan)
             self._wait_ready(self._readiness(plan), self.settings.ready_timeout_seconds)
             self._write_pids(plan, snapshot=True)
-            self.console.block(banner(plan, notes, example_task(plan, self.environ)))
+            self.console.block(banner(plan, notes, example_call(plan, self.environ)))
             while True:
                 self._check_running()
                 time.sleep(LOOP_INTERVAL_SECONDS)
