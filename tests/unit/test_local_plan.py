@@ -28,10 +28,15 @@ from celeriac.local.plan import (
     ungrouped_queues,
 )
 from celeriac.local.redis_server import (
+    MULTI_PART_AOF_DIR,
     PACKAGES_WITH_BINARY,
+    WRITER_FILE,
+    RedisDataUnreadable,
     RedisNotFound,
+    check_data_readable,
     config_text,
     find_redis_server,
+    redis_version,
 )
 from celeriac.local.settings import LocalSettings
 from celeriac.settings import Settings
@@ -398,3 +403,31 @@ def test_files_and_token_that_pass_are_kept(tmp_path: Path) -> None:
 def test_validate_checks_the_app_path() -> None:
     with pytest.raises(ConfigError, match="must be module:attr"):
         LocalSettings(app="notanapp").validate()
+
+
+def test_the_redis_version_is_read_from_the_binary() -> None:
+    version = redis_version(find_redis_server())
+    assert len(version) == 3, version
+    assert version >= (6, 2), version
+
+
+def test_the_data_dir_records_the_newest_redis_that_ran_on_it(tmp_path: Path) -> None:
+    binary = Path("/usr/bin/redis-server")
+    check_data_readable(binary, (7, 2, 4), tmp_path)
+    assert (tmp_path / WRITER_FILE).read_text() == "7.2.4\n"
+    check_data_readable(binary, (7, 2, 5), tmp_path)  # same format: fine
+    check_data_readable(binary, (8, 0, 1), tmp_path)
+    assert (tmp_path / WRITER_FILE).read_text() == "8.0.1\n"
+    with pytest.raises(
+        RedisDataUnreadable, match=r"written by Redis 8\.0\.1; redis-server 7\.2\.4"
+    ):
+        check_data_readable(binary, (7, 2, 4), tmp_path)
+    assert (tmp_path / WRITER_FILE).read_text() == "8.0.1\n"
+
+
+def test_a_multi_part_aof_needs_redis_7_even_without_a_record(tmp_path: Path) -> None:
+    (tmp_path / MULTI_PART_AOF_DIR).mkdir()
+    with pytest.raises(RedisDataUnreadable, match=r"Redis >= 7\.0, or delete"):
+        check_data_readable(Path("redis-server"), (6, 2, 14), tmp_path)
+    check_data_readable(Path("redis-server"), (7, 0, 15), tmp_path)
+    assert (tmp_path / WRITER_FILE).read_text() == "7.0.15\n"

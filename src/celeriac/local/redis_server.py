@@ -7,9 +7,12 @@ packages. Both ship a real redis-server (6.2) in their Linux and macOS wheels.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,8 +28,20 @@ INSTALL_HINT = (
 )
 
 
+# Written beside the data: the version of the redis-server that last ran on it.
+WRITER_FILE = "written-by-redis"
+# Redis 7 keeps the append-only file as a folder of parts with a manifest; 6.x knows only a
+# single appendonly.aof, so it would start empty beside a folder it cannot read.
+MULTI_PART_AOF_DIR = "appendonlydir"
+MULTI_PART_AOF_SINCE = (7, 0)
+
+
 class RedisNotFound(ConfigError):
     """No usable redis-server binary."""
+
+
+class RedisDataUnreadable(ConfigError):
+    """The state dir holds data this redis-server cannot read: starting would lose it."""
 
 
 def find_redis_server(
@@ -99,3 +114,41 @@ def write_config(path: Path, text: str) -> Path:
         handle.write(text)
     os.chmod(path, 0o600)
     return path
+
+
+def redis_version(binary: Path) -> tuple[int, ...]:
+    """``binary``'s version from ``redis-server --version`` ("Redis server v=7.2.4 ...")."""
+    try:
+        result = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RedisNotFound(f"redis-server {str(binary)!r} does not run: {exc}") from None
+    match = re.search(r"\bv=(\d+(?:\.\d+)*)", result.stdout)
+    if match is None:
+        raise RedisNotFound(
+            f"redis-server {str(binary)!r} --version printed no version: {result.stdout.strip()!r}"
+        )
+    return tuple(int(part) for part in match.group(1).split("."))
+
+
+def check_data_readable(binary: Path, version: tuple[int, ...], data_dir: Path) -> None:
+    """Refuse a redis-server older than the data in ``data_dir``: it would not fail, it would
+    start empty, and the next write would bury the queued tasks. Then note who runs on it."""
+    shown = ".".join(map(str, version))
+    needed: tuple[int, ...] | None = None
+    recorded = data_dir / WRITER_FILE
+    with contextlib.suppress(OSError, ValueError):
+        needed = tuple(int(part) for part in recorded.read_text().strip().split("."))
+    if (data_dir / MULTI_PART_AOF_DIR).is_dir():
+        needed = max(needed or (), MULTI_PART_AOF_SINCE)
+    if needed is not None and version[:2] < needed[:2]:
+        raise RedisDataUnreadable(
+            f"{data_dir} holds data written by Redis {'.'.join(map(str, needed))}; "
+            f"redis-server {shown} ({binary}) cannot read it and would start empty. Pass "
+            f"--redis-server with Redis >= {needed[0]}.{needed[1]}, or delete {data_dir} to "
+            "start with no queued tasks"
+        )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # Never lower the record: the data may already be in the newer format.
+    recorded.write_text(".".join(map(str, max(version, needed or ()))) + "\n")

@@ -32,7 +32,13 @@ from celeriac.local.plan import (
     ungrouped_queues,
 )
 from celeriac.local.process import ManagedProcess, boot_id, stop_all
-from celeriac.local.redis_server import config_text, find_redis_server, write_config
+from celeriac.local.redis_server import (
+    check_data_readable,
+    config_text,
+    find_redis_server,
+    redis_version,
+    write_config,
+)
 from celeriac.local.settings import LocalSettings
 
 LOOP_INTERVAL_SECONDS = 0.1
@@ -103,12 +109,14 @@ class LocalStack:
         settings = self.settings.validate()
         state_dir = (self.cwd / settings.state_dir).resolve()
         redis_binary = find_redis_server(settings.redis_server)
+        version = redis_version(redis_binary)
         with state_lock(state_dir / LOCK_FILE), self._signals():
             # Before choosing ports: leftovers may hold the default ones.
             leftovers = stop_leftovers(state_dir / PIDS_FILE)
             if leftovers:
                 self.console.info(f"stopped {leftovers} processes left over by an earlier run")
             plan, notes = make_plan(settings, state_dir)
+            check_data_readable(redis_binary, version, plan.redis_dir)
             ungrouped = ungrouped_queues(plan, self.environ)
             if ungrouped:
                 notes.append(
