@@ -6,6 +6,8 @@ Run anything against it with ``--app celeriac.demo:app`` (the default).
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import time
 from typing import Any
 
@@ -66,3 +68,12 @@ def flaky(self: Task[Any, Any], fail_times: int = 2) -> int:
     if attempt < int(fail_times):
         raise self.retry(exc=RuntimeError(f"attempt {attempt + 1} failed on purpose"))
     return attempt + 1
+
+
+@app.task(name="celeriac.demo.crash", shared=False)
+def crash() -> None:
+    """Kills the process running it, as the OOM killer would: the delivery is lost, retried, and
+    after ``CELERIAC_MAX_LOST_DELIVERIES`` (3) set aside among the dead letters, where
+    ``GET /v1/dead-letters`` lists it and ``POST /v1/dead-letters/{id}/replay`` sends it again.
+    """
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -32,8 +32,14 @@ def producer(redis_url: str) -> Iterator[Celery]:
     app.close()
 
 
-def start_worker(spawn: Spawn, redis_url: str, tmp_path: Path, **settings: str) -> Child:
-    env = worker_env(redis_url, tmp_path, "w", app="tests.integration.worker_tasks:app", **settings)
+def start_worker(
+    spawn: Spawn,
+    redis_url: str,
+    tmp_path: Path,
+    app: str = "tests.integration.worker_tasks:app",
+    **settings: str,
+) -> Child:
+    env = worker_env(redis_url, tmp_path, "w", app=app, **settings)
     worker = spawn(celeriac_command("worker"), env=env, name="worker")
     wait_until(
         lambda: Path(env["CELERIAC_WORKER_READY_FILE"]).exists() or worker.check_alive(),
@@ -93,6 +99,23 @@ def test_a_task_that_kills_its_process_is_dead_lettered_after_three_runs(
     assert dead_letters.discard(redis_client, poison) is not None
     assert dead_letters.list_dead_letters(redis_client) == ([], 0)
     assert read_backlog(redis_client, [QUEUE], DEFAULT_PRIORITY_STEPS)[QUEUE].dead_letters == 0
+
+
+def test_the_demo_crash_task_ends_among_the_dead_letters(
+    spawn: Spawn, redis_url: str, redis_client: redis.Redis, producer: Celery, tmp_path: Path
+) -> None:
+    """README's way to see dead letters and replay with the demo app alone."""
+    crash = producer.send_task("celeriac.demo.crash", queue=QUEUE).id
+    worker = start_worker(spawn, redis_url, tmp_path, app="celeriac.demo:app")
+
+    def dead_lettered() -> bool:
+        worker.check_alive()
+        return dead_letters.get(redis_client, crash) is not None
+
+    wait_until(dead_lettered, timeout=90, message="the crash task among the dead letters")
+    letter = dead_letters.get(redis_client, crash)
+    assert letter is not None
+    assert (letter.task, letter.deliveries) == ("celeriac.demo.crash", 3)
 
 
 def test_the_limit_is_a_setting(

@@ -60,3 +60,20 @@ def test_readme_quickstart_is_two_commands_that_exist_in_the_makefile() -> None:
     assert commands == ["make up", "make test"]
     assert re.search(r"^up:", makefile, re.MULTILINE)
     assert re.search(r"^test:", makefile, re.MULTILINE)
+
+
+def test_readme_lists_every_demo_task_with_its_parameters() -> None:
+    """README's demo table is a copy of the demo app's tasks and signatures: compared here."""
+    import inspect
+
+    from celeriac import demo
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    table = readme[readme.index("### Demo tasks") : readme.index("### Dependencies")]
+    rows = dict(re.findall(r"^\| `(celeriac\.demo\.\w+)` \| ([^|]+) \|", table, re.MULTILINE))
+    tasks = {name: task for name, task in demo.app.tasks.items() if name.startswith("celeriac.")}
+    assert rows.keys() == tasks.keys()
+    for name, task in tasks.items():
+        parameters = inspect.signature(task.run, eval_str=True).parameters.values()
+        takes = f"`{', '.join(map(str, parameters))}`" if parameters else "none"
+        assert rows[name].strip() == takes, f"{name}: README says {rows[name]}, it takes {takes}"
