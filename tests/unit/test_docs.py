@@ -77,3 +77,15 @@ def test_readme_lists_every_demo_task_with_its_parameters() -> None:
         parameters = inspect.signature(task.run, eval_str=True).parameters.values()
         takes = f"`{', '.join(map(str, parameters))}`" if parameters else "none"
         assert rows[name].strip() == takes, f"{name}: README says {rows[name]}, it takes {takes}"
+
+
+def test_readme_layout_names_every_module_and_folder() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout") : readme.index("## Your own tasks")]
+    package = REPO_ROOT / "src" / "celeriac"
+    names = [p.name for p in package.glob("*.py") if not p.name.startswith("__")]
+    names += [f"{p.name}/" for p in package.iterdir() if (p / "__init__.py").exists()]
+    names += [f"tests/{p.name}/" for p in (REPO_ROOT / "tests").iterdir() if p.is_dir()]
+    names += [f"{p.name}/" for p in REPO_ROOT.iterdir() if p.is_dir() and p.name[0] not in "._"]
+    missing = [n for n in names if f"`{n}" not in layout and f"/{n}`" not in layout]
+    assert not [m for m in missing if "__pycache__" not in m and "egg-info" not in m], missing
