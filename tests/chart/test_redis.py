@@ -7,7 +7,7 @@ import base64
 
 import pytest
 
-from tests.chart.render import Rendered, env_of, pod_spec
+from tests.chart.render import Rendered, RenderError, env_of, pod_spec
 
 pytestmark = pytest.mark.chart
 
@@ -252,3 +252,16 @@ def test_plain_redis_has_no_sentinel_parts(defaults: Rendered) -> None:
     assert [p["port"] for p in service["spec"]["ports"]] == [6379]
     for container in celeriac_containers(defaults):
         assert "CELERIAC_REDIS_SENTINEL_MASTER" not in env_of(container)
+
+
+def test_the_wait_timeout_matters_only_when_publishes_wait() -> None:
+    """The chart checks the WAIT timeout against the socket timeout only with waitReplicas > 0,
+    as the code does (celeriac.settings)."""
+    from tests.chart.render import render
+
+    values = {"waitTimeoutSeconds": 5, "sentinel": {"enabled": True}}
+    rendered = render({"redis": {**values, "waitReplicas": 0}})
+    (api,) = pod_spec(rendered.get("Deployment", "celeriac-api"))["containers"]
+    assert env_of(api)["CELERIAC_REDIS_WAIT_REPLICAS"]["value"] == "0"
+    with pytest.raises(RenderError, match=r"must be less than celery\.redisSocketTimeoutSeconds"):
+        render({"redis": {**values, "waitReplicas": 1}})
