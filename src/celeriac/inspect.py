@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from urllib.parse import urlsplit
 
 import redis
 
@@ -33,7 +34,9 @@ from celeriac.backlog import read_backlog
 from celeriac.env import Env
 from celeriac.exporter.groups import WorkerGroup, all_queues, default_groups, load_groups
 from celeriac.keys import dead_letters_key
-from celeriac.settings import Settings, redact_url
+from celeriac.local.plan import ENV_FILE
+from celeriac.local.settings import DEFAULT_STATE_DIR
+from celeriac.settings import SENTINEL_SEPARATOR, Settings, redact_url
 from celeriac.worker.registry import LIVE_INTERVALS, LiveWorker, live_workers, read_live_workers
 from celeriac.worker.settings import DEFAULT_REGISTRY_INTERVAL_SECONDS
 
@@ -115,9 +118,31 @@ def inspect(settings: InspectSettings) -> Report:
         return read_report(client, settings.queues, settings.groups, settings.common.priority_steps)
     except (redis.RedisError, OSError) as exc:
         where = redact_url(settings.common.broker_url)
-        raise RedisUnavailable(f"cannot read Redis at {where}: {exc}") from None
+        reason = (
+            password_problem(settings.common, exc)
+            if isinstance(exc, redis.AuthenticationError)
+            else str(exc)
+        )
+        raise RedisUnavailable(f"cannot read Redis at {where}: {reason}") from None
     finally:
         client.close()
+
+
+def password_problem(settings: Settings, exc: redis.AuthenticationError) -> str:
+    """What to do about Redis refusing us, instead of its own words: without a password redis-py's
+    first command (``HELLO``) fails with "HELLO must be called with the client already
+    authenticated", which does not say that a password is what is missing."""
+    where = (
+        f"the local stack of `celeriac up` writes it into {DEFAULT_STATE_DIR / ENV_FILE}; in "
+        "Kubernetes it is key redis-password of the chart's Secret <fullname>-redis, or the "
+        "Secret named by redis.auth.existingSecret or externalRedis.existingSecret"
+    )
+    if urlsplit(settings.broker_connection_url.split(SENTINEL_SEPARATOR, 1)[0]).password is None:
+        return (
+            "Redis requires a password and none was given: set CELERIAC_REDIS_PASSWORD or "
+            f"CELERIAC_REDIS_PASSWORD_FILE; {where}"
+        )
+    return f"Redis refused the password ({exc}); check CELERIAC_REDIS_PASSWORD: {where}"
 
 
 class RedisUnavailable(Exception):

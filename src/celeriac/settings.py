@@ -81,6 +81,7 @@ class Settings:
         result_backend_url = _optional_redis_url(
             "RESULT_BACKEND_URL", env.optional_string("RESULT_BACKEND_URL")
         )
+        wait_replicas = env.integer("REDIS_WAIT_REPLICAS", 0, minimum=0)
         return cls(
             broker_url=broker_url,
             result_backend_url=result_backend_url,
@@ -103,8 +104,8 @@ class Settings:
             task_ignore_result=env.boolean("TASK_IGNORE_RESULT", False),
             redis_sentinel_master=_sentinel_master(env, broker_url, result_backend_url),
             redis_sentinel_auth=env.boolean("REDIS_SENTINEL_AUTH", True),
-            redis_wait_replicas=env.integer("REDIS_WAIT_REPLICAS", 0, minimum=0),
-            redis_wait_timeout_seconds=_wait_timeout(env, socket_timeout),
+            redis_wait_replicas=wait_replicas,
+            redis_wait_timeout_seconds=_wait_timeout(env, socket_timeout, wait_replicas),
         )
 
     @property
@@ -179,11 +180,13 @@ def _sentinel_master(env: Env, broker_url: str, result_backend_url: str | None) 
     return master
 
 
-def _wait_timeout(env: Env, socket_timeout: float) -> float:
+def _wait_timeout(env: Env, socket_timeout: float, wait_replicas: int) -> float:
     seconds = env.number(
         "REDIS_WAIT_TIMEOUT_SECONDS", DEFAULT_REDIS_WAIT_TIMEOUT_SECONDS, minimum=0.001
     )
-    if seconds >= socket_timeout:
+    # Without replicas to wait for no WAIT is sent, so the timeout cannot outlast the socket's:
+    # a short socket timeout alone must not be refused over a setting that is not used.
+    if wait_replicas > 0 and seconds >= socket_timeout:
         raise ConfigError(
             f"CELERIAC_REDIS_WAIT_TIMEOUT_SECONDS={seconds:g} must be less than "
             f"CELERIAC_REDIS_SOCKET_TIMEOUT_SECONDS ({socket_timeout:g}): the socket would "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -15,6 +16,7 @@ import pytest
 import redis
 from celery import Celery
 from celery.app.task import Context
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from celeriac.api import ApiSettings, create_app
@@ -211,23 +213,110 @@ def test_task_sent_by_another_producer_is_read_from_its_result(
     assert body["result"] == 1.0
 
 
-def test_delete_answers_by_state(client: TestClient, celery_app: Celery) -> None:
+def test_delete_answers_by_state(
+    client: TestClient, celery_app: Celery, redis_client: redis.Redis
+) -> None:
     pending = _submit(client, countdown=60)["id"]
     response = client.delete(f"/v1/tasks/{pending}", headers=AUTH)
     assert response.status_code == 202
-    assert response.json()["state"] == "PENDING"
+    revoked_now = response.json()
+    assert (revoked_now["state"], revoked_now["error"]["type"]) == ("REVOKED", "TaskRevokedError")
+    assert datetime.fromisoformat(revoked_now["finished_at"]).tzinfo is not None
+    # No worker has met it, so the result backend still has nothing: the API's record says it.
+    assert not redis_client.exists(f"celery-task-meta-{pending}")
+    assert client.get(f"/v1/tasks/{pending}", headers=AUTH).json() == revoked_now
+    assert 0 < redis_client.ttl(RECORD_PREFIX + pending) <= RESULT_EXPIRES + 60
+    listed = client.get("/v1/tasks", params={"state": "REVOKED"}, headers=AUTH).json()
+    assert [task["id"] for task in listed["tasks"]] == [pending]
+    # Again: nothing more to do, the same answer.
+    again = client.delete(f"/v1/tasks/{pending}", headers=AUTH)
+    assert (again.status_code, again.json()) == (202, revoked_now)
+    # The worker meets it and stores Celery's REVOKED: the same state.
+    celery_app.backend.mark_as_revoked(pending, reason="revoked")
+    assert client.get(f"/v1/tasks/{pending}", headers=AUTH).json()["state"] == "REVOKED"
+
+    # A worker that had not heard the revoke ran it after all: what it stored is the answer.
+    missed = _submit(client)["id"]
+    assert client.delete(f"/v1/tasks/{missed}", headers=AUTH).json()["state"] == "REVOKED"
+    celery_app.backend.mark_as_done(missed, 3)
+    assert client.get(f"/v1/tasks/{missed}", headers=AUTH).json()["state"] == "SUCCESS"
+
+    # Running: the revoke is sent, the run finishes.
+    running = _submit(client)["id"]
+    celery_app.backend.mark_as_started(running, pid=1, hostname="celery@w")
+    response = client.delete(f"/v1/tasks/{running}", headers=AUTH)
+    assert (response.status_code, response.json()["state"]) == (202, "STARTED")
+    assert client.get(f"/v1/tasks/{running}", headers=AUTH).json()["state"] == "STARTED"
 
     finished = _submit(client)["id"]
     celery_app.backend.mark_as_done(finished, 3)
     response = client.delete(f"/v1/tasks/{finished}", headers=AUTH)
     assert response.status_code == 409
     assert "already finished with SUCCESS" in response.json()["detail"]
+    assert client.get(f"/v1/tasks/{finished}", headers=AUTH).json()["result"] == 3
 
     revoked = _submit(client)["id"]
     celery_app.backend.mark_as_revoked(revoked)
     response = client.delete(f"/v1/tasks/{revoked}", headers=AUTH)
     assert response.status_code == 202
     assert response.json()["state"] == "REVOKED"
+
+
+def test_index_names_where_things_are(client: TestClient) -> None:
+    response = client.get("/")
+    assert response.status_code == 200
+    index = response.json()
+    assert index["docs"] == "/docs"
+    assert index["openapi"] == "/openapi.json"
+    assert (index["tasks"], index["health"], index["ready"]) == ("/v1/tasks", "/healthz", "/readyz")
+    # Every path it names answers (the resources with a token).
+    for key in ("docs", "openapi", "tasks", "queues", "dead_letters", "health", "ready"):
+        assert client.get(index[key], headers=AUTH).status_code == 200, key
+
+
+def test_docs_are_served_by_the_api_itself(client: TestClient) -> None:
+    """Swagger UI from this server, not a CDN: /docs works offline."""
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "http://" not in page.text
+    assert "https://" not in page.text
+    assert "'/openapi.json'" in page.text
+    references = re.findall(r'(?:href|src)="([^"]+)"', page.text)
+    assert len(references) == 3, references
+    types = {".js": ("text/javascript", "application/javascript"), ".css": ("text/css",)}
+    types[".png"] = ("image/png",)
+    for reference in references:
+        assert reference.startswith("/docs/"), reference
+        asset = client.get(reference)
+        assert asset.status_code == 200, reference
+        assert asset.headers["content-type"].startswith(types[Path(reference).suffix]), reference
+    assert "SwaggerUIBundle" in client.get(next(r for r in references if r.endswith(".js"))).text
+    # Only what the page loads: not the package's demo page (it loads a remote document).
+    assert client.get("/docs/assets/index.html").status_code == 404
+
+
+def test_the_document_lists_the_queues_each_app_serves(redis_url: str) -> None:
+    def queue_enums(app: FastAPI) -> list[list[str]]:
+        document = app.openapi()
+        field = document["components"]["schemas"]["TaskRequest"]["properties"]["queue"]
+        (parameter,) = [
+            p
+            for p in document["paths"]["/v1/dead-letters"]["get"]["parameters"]
+            if p["name"] == "queue"
+        ]
+        schemas = [*field["anyOf"], *parameter["schema"]["anyOf"]]
+        return [schema["enum"] for schema in schemas if "enum" in schema]
+
+    tokens = ApiSettings(tokens=(TOKEN,))
+    two = create_app(_settings(redis_url), tokens)
+    one = create_app(Settings(broker_url=redis_url, queues=("only",), default_queue="only"), tokens)
+    assert queue_enums(two) == [["default", "cpu"], ["default", "cpu"]]
+    assert queue_enums(one) == [["only"], ["only"]]
+    # What the server serves is /openapi.json, the same document.
+    with TestClient(two) as client:
+        assert client.get("/openapi.json").json() == two.openapi()
+    assert "x-celeriac" not in json.dumps(two.openapi())
 
 
 def test_queues_report_waiting_in_flight_and_scheduled(

@@ -115,6 +115,19 @@ def test_bad_parameters_are_422_naming_them(
     assert field in str(response.json()["detail"])
 
 
+def test_a_queue_not_served_is_422_naming_the_served_ones(client: TestClient) -> None:
+    """As ``POST /v1/tasks`` answers for the same queue."""
+    listed = client.get("/v1/dead-letters", params={"queue": "nope"}, headers=AUTH)
+    submitted = client.post("/v1/tasks", json={"task": ADD, "queue": "nope"}, headers=AUTH)
+    for response, location in ((listed, ["query", "queue"]), (submitted, ["body", "queue"])):
+        assert response.status_code == 422, response.text
+        (error,) = response.json()["detail"]
+        assert error["loc"] == location
+        assert error["msg"] == "queue 'nope' is not served here; use one of default, cpu"
+    served = client.get("/v1/dead-letters", params={"queue": "cpu"}, headers=AUTH)
+    assert served.status_code == 200
+
+
 def test_a_token_is_needed(client: TestClient) -> None:
     assert client.get("/v1/dead-letters").status_code == 401
     assert client.post("/v1/dead-letters/x/replay").status_code == 401

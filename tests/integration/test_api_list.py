@@ -123,6 +123,17 @@ def test_the_state_filter_reads_states_from_the_result_backend(
     assert _all_pages(client, state="REVOKED")[0] == []
 
 
+def test_the_state_filter_takes_any_case(client: TestClient, redis_client: redis.Redis) -> None:
+    """``?state=failure`` finds Celery's FAILURE; a custom state a task set matches alike."""
+    failed, progressing, pending = (_submit(client, n) for n in range(3))
+    _finish(redis_client, failed, "FAILURE")
+    _finish(redis_client, progressing, "Progress")
+    assert _all_pages(client, state="failure")[0] == [failed]
+    assert _all_pages(client, state="Failure")[0] == [failed]
+    assert _all_pages(client, state="PROGRESS")[0] == [progressing]
+    assert _all_pages(client, state="pending")[0] == [pending]
+
+
 def test_a_rare_state_is_found_over_pages_of_bounded_reads(
     client: TestClient, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -100,25 +100,23 @@ def test_api_matches_its_openapi_document(case: Case, api_url: str) -> None:
 
 
 def _name_what_this_deployment_serves(case: Case) -> None:
-    """A task and a queue this deployment accepts, where the document allows any name, and an
+    """A task this deployment accepts, where the document allows any name, and an
     Idempotency-Key not used before.
 
-    The allow-list and the queues are configuration, not schema (a name outside them is the
-    documented 422). Only a schema-valid name is replaced, by another schema-valid one, so a
-    case still expects acceptance or rejection exactly as generated.
+    The allow-list is configuration, not schema (a name outside it is the documented 422); the
+    queues are in the document (an enum per app), so generated queues are served ones. Only a
+    schema-valid name is replaced, by another schema-valid one, so a case still expects
+    acceptance or rejection exactly as generated.
     """
     key = (case.headers or {}).get(idempotency.HEADER)
     if key is not None and idempotency.valid_key(key):
         # A key is state: one reused across examples for another body is the documented 422.
         case.headers[idempotency.HEADER] = uuid.uuid4().hex
-    if not isinstance(case.body, dict):
+    if not isinstance(case.body, dict) or "task" not in case.body:
         return
-    properties = DOCUMENT["components"]["schemas"]["TaskRequest"]["properties"]
-    for field, served in (("task", TASKS[1]), ("queue", QUEUES[1])):
-        if field in case.body and jsonschema_rs.validator_for(properties[field]).is_valid(
-            case.body[field]
-        ):
-            case.body[field] = served
+    task = DOCUMENT["components"]["schemas"]["TaskRequest"]["properties"]["task"]
+    if jsonschema_rs.validator_for(task).is_valid(case.body["task"]):
+        case.body["task"] = TASKS[1]
 
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -194,6 +192,8 @@ PROVOKED: list[tuple[str, str, str, dict[str, Any], bool, int]] = [
         (method, template, path, {}, False, 503)
         for method, template, path, _ in DEAD_LETTER_OPERATIONS
     ],
+    ("GET", "/v1/dead-letters", "/v1/dead-letters", {"params": {"queue": "nope"}}, True, 422),
+    ("GET", "/", "/", OVERSIZE, True, 413),
     ("GET", "/healthz", "/healthz", OVERSIZE, True, 413),
     ("GET", "/readyz", "/readyz", OVERSIZE, True, 413),
     ("GET", "/readyz", "/readyz", {}, False, 503),

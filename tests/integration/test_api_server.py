@@ -3,6 +3,7 @@ limit, Redis stopping and restarting under it, SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -12,7 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
+from celeriac.api.tracking import RESULT_PREFIX
 from celeriac.testing import Child, RedisServer, celeriac_command, free_port, wait_until
 from tests.integration.workers import worker_env
 
@@ -86,6 +89,7 @@ def _wait_for_state(
 def test_tasks_run_by_a_real_worker(
     spawn: Callable[..., Child],
     redis_url: str,
+    redis_client: redis.Redis,
     tmp_path: Path,
     closing: list[httpx.Client],
 ) -> None:
@@ -105,10 +109,21 @@ def test_tasks_run_by_a_real_worker(
     delayed = _submit(client, "celeriac.demo.add", args=[5, 5], countdown=2)
     response = client.delete(f"/v1/tasks/{delayed}", headers=AUTH)
     assert response.status_code == 202
-    assert response.json()["state"] == "PENDING"
-    revoked = _wait_for_state(client, delayed, "REVOKED")
-    assert revoked["result"] is None
-    assert revoked["error"]["type"] == "TaskRevokedError"
+    # REVOKED at once, though no worker has met it yet: the API noted the revoke.
+    assert response.json()["state"] == "REVOKED"
+    revoked = client.get(f"/v1/tasks/{delayed}", headers=AUTH).json()
+    assert (revoked["state"], revoked["result"]) == ("REVOKED", None)
+    assert revoked["error"] == {"type": "TaskRevokedError", "message": "revoked"}
+
+    # The worker drops it when its ETA comes and stores Celery's REVOKED: the same answer.
+    def stored_state() -> str | None:
+        raw = redis_client.get(f"{RESULT_PREFIX}{delayed}")
+        return str(json.loads(raw)["status"]) if raw else None
+
+    wait_until(stored_state, timeout=DEADLINE, interval=0.02, message=f"{delayed} stored")
+    assert stored_state() == "REVOKED"
+    by_worker = client.get(f"/v1/tasks/{delayed}", headers=AUTH).json()
+    assert (by_worker["state"], by_worker["error"]) == ("REVOKED", revoked["error"])
 
     seen: set[str] = set()
     failed = _wait_for_state(client, flaky, "FAILURE", seen)

@@ -19,7 +19,14 @@ from celery import Celery
 from celeriac.app import create_app
 from celeriac.keys import dead_letters_key, in_flight_key
 from celeriac.settings import Settings
-from celeriac.testing import Child, SentinelGroup, celeriac_command, free_port, wait_until
+from celeriac.testing import (
+    Child,
+    RedisServer,
+    SentinelGroup,
+    celeriac_command,
+    free_port,
+    wait_until,
+)
 from tests.integration.workers import worker_env
 
 pytestmark = pytest.mark.integration
@@ -142,6 +149,31 @@ def test_redis_unreachable_is_one_line_and_exit_1() -> None:
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("celeriac: error: cannot read Redis at redis://")
     assert "hunter2" not in done.stderr
+
+
+@pytest.mark.parametrize("password", [None, "not-it"])
+def test_redis_password_missing_or_refused_says_where_it_is(password: str | None) -> None:
+    """Not Redis's own "HELLO must be called with the client already authenticated"."""
+    server = RedisServer(password="inspect-redis-pass").start()
+    try:
+        env = {"CELERIAC_BROKER_URL": f"redis://127.0.0.1:{server.port}/0"}
+        if password is not None:
+            env["CELERIAC_REDIS_PASSWORD"] = password
+        done = _run(env)
+    finally:
+        server.close()
+    assert done.returncode == 1
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    missing = "Redis requires a password and none was given"
+    refused = "Redis refused the password"
+    assert (missing if password is None else refused) in lines[0]
+    assert "HELLO" not in lines[0]
+    assert "CELERIAC_REDIS_PASSWORD" in lines[0]
+    assert ".celeriac/stack.env" in lines[0]
+    assert "Secret" in lines[0]
+    assert "not-it" not in done.stderr
 
 
 def test_bad_settings_exit_2() -> None:

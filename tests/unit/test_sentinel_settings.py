@@ -44,13 +44,33 @@ def test_sentinels_without_a_password() -> None:
         ({"CELERIAC_REDIS_SENTINEL_MASTER": "m"}, "CELERIAC_REDIS_SENTINEL_MASTER"),
         (BASE | {"CELERIAC_BROKER_URL": "sentinel://s1;sentinel://s2:1"}, "CELERIAC_BROKER_URL"),
         (BASE | {"CELERIAC_BROKER_URL": f"{URL};redis://r:6379"}, "CELERIAC_BROKER_URL"),
-        (BASE | {"CELERIAC_REDIS_WAIT_TIMEOUT_SECONDS": "5"}, "CELERIAC_REDIS_WAIT_TIMEOUT"),
+        (
+            BASE
+            | {"CELERIAC_REDIS_WAIT_REPLICAS": "1", "CELERIAC_REDIS_WAIT_TIMEOUT_SECONDS": "5"},
+            "CELERIAC_REDIS_WAIT_TIMEOUT",
+        ),
+        (
+            BASE
+            | {"CELERIAC_REDIS_WAIT_REPLICAS": "1", "CELERIAC_REDIS_SOCKET_TIMEOUT_SECONDS": "1"},
+            "CELERIAC_REDIS_WAIT_TIMEOUT",
+        ),
         (BASE | {"CELERIAC_REDIS_WAIT_REPLICAS": "x"}, "CELERIAC_REDIS_WAIT_REPLICAS"),
     ],
 )
 def test_bad_values_name_the_variable(environ: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         Settings.from_env(environ)
+
+
+@pytest.mark.parametrize("replicas", [None, "0"])
+def test_wait_timeout_is_not_checked_without_replicas_to_wait_for(replicas: str | None) -> None:
+    """No WAIT is sent, so a socket timeout shorter than the (unused) WAIT timeout is fine."""
+    environ = {"CELERIAC_REDIS_SOCKET_TIMEOUT_SECONDS": "1"}
+    if replicas is not None:
+        environ["CELERIAC_REDIS_WAIT_REPLICAS"] = replicas
+    settings = Settings.from_env(environ)
+    assert settings.redis_socket_timeout_seconds == 1
+    assert settings.redis_wait_replicas == 0
 
 
 def test_celery_config_through_sentinel() -> None:

@@ -9,7 +9,7 @@ from importlib.metadata import version
 
 from fastapi import FastAPI
 
-from celeriac.api import dead_letters, health, queues, tasks
+from celeriac.api import dead_letters, docs, health, queues, tasks
 from celeriac.api.errors import install_error_handlers
 from celeriac.api.fastpath import SubmitFastPath
 from celeriac.api.limits import BodySizeLimit
@@ -51,9 +51,10 @@ def create_app(settings: Settings, api_settings: ApiSettings) -> FastAPI:
         summary="Submit, inspect and revoke Celery tasks.",
         version=version("celeriac"),
         lifespan=lifespan,
-        docs_url="/docs",
+        # Swagger UI is ``docs``'s own route, with its assets served from here, not a CDN.
+        docs_url=None,
         redoc_url=None,
-        openapi_url="/openapi.json",
+        openapi_url=docs.OPENAPI_PATH,
         # BodySizeLimit refuses any request, whatever its route, so every operation can answer it.
         responses={
             413: {"model": ErrorBody, "description": "Body over CELERIAC_API_MAX_BODY_BYTES."}
@@ -65,6 +66,8 @@ def create_app(settings: Settings, api_settings: ApiSettings) -> FastAPI:
     app.include_router(queues.router)
     app.include_router(dead_letters.router)
     app.include_router(health.router)
+    app.include_router(docs.router)
+    docs.publish_served_queues(app, services.queues)
     # Inside the body cap: accepted submissions skip FastAPI's routing (``fastpath``).
     app.add_middleware(SubmitFastPath, services=services)
     app.add_middleware(BodySizeLimit, max_bytes=api_settings.max_body_bytes)

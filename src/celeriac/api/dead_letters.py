@@ -12,8 +12,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 
 from celeriac import dead_letters
-from celeriac.api.dependencies import ServicesDep, require_token
-from celeriac.api.models import DeadLetterInfo, DeadLetterList, ErrorBody
+from celeriac.api.dependencies import ServicesDep, check_queue, require_token
+from celeriac.api.models import SERVED_QUEUE, DeadLetterInfo, DeadLetterList, ErrorBody
 from celeriac.settings import QUEUE_NAME
 
 router = APIRouter(
@@ -46,16 +46,35 @@ def _info(letter: dead_letters.DeadLetter) -> DeadLetterInfo:
     )
 
 
-@router.get("", responses=_RESPONSES)
+@router.get(
+    "",
+    responses={
+        **_RESPONSES,
+        422: {
+            "model": ErrorBody,
+            "description": "A queue not served here, or a bad offset or limit.",
+        },
+    },
+)
 def list_dead_letters(
     services: ServicesDep,
     queue: Annotated[
-        str | None, Query(pattern=QUEUE_NAME.pattern, description="Only this queue's.")
+        str | None,
+        Query(
+            pattern=QUEUE_NAME.pattern,
+            description="Only this queue's: one the API serves.",
+            json_schema_extra={SERVED_QUEUE: True},
+        ),
     ] = None,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
 ) -> DeadLetterList:
-    """Dead letters, newest first: of one queue, or of every queue."""
+    """Dead letters, newest first: of one queue, or of every queue.
+
+    A queue the API does not serve is a 422 naming those it does, as for ``POST /v1/tasks``.
+    """
+    if queue is not None:
+        check_queue(queue, services, ("query", "queue"))
     page, total = dead_letters.list_dead_letters(services.broker, queue, offset, limit)
     return DeadLetterList(
         dead_letters=[_info(letter) for letter in page], total=total, offset=offset, limit=limit

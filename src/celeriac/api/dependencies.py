@@ -1,4 +1,5 @@
-"""Dependencies shared by the routers: the app's services and the bearer-token check."""
+"""Dependencies shared by the routers: the app's services, the bearer-token check, and the
+check of a queue name."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Annotated, cast
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from celeriac.api.errors import field_error
 from celeriac.api.services import Services
 
 
@@ -39,3 +41,15 @@ async def require_token(
             detail="invalid bearer token",
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         )
+
+
+def check_queue(queue: str, services: Services, location: tuple[str, ...]) -> str:
+    """``queue`` if this deployment serves it; else a 422 at ``location`` naming those it does.
+
+    The OpenAPI document lists the same queues (``docs.publish_served_queues``).
+    """
+    if queue not in services.queues:
+        raise field_error(
+            location, f"queue {queue!r} is not served here; use one of {', '.join(services.queues)}"
+        )
+    return queue

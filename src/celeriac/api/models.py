@@ -19,6 +19,10 @@ from pydantic import (
 
 from celeriac.settings import MAX_PRIORITY, MIN_PRIORITY
 
+# Marks the schema of a value that names a queue: each app's OpenAPI document replaces it with
+# the enum of the queues that app serves (``celeriac.api.docs.publish_served_queues``).
+SERVED_QUEUE = "x-celeriac-served-queue"
+
 
 class TaskRequest(BaseModel):
     """A task to run. Unknown fields are refused, so a typo never passes silently."""
@@ -46,6 +50,7 @@ class TaskRequest(BaseModel):
         default=None,
         min_length=1,
         description="One of CELERIAC_QUEUES; default CELERIAC_DEFAULT_QUEUE.",
+        json_schema_extra={SERVED_QUEUE: True},
     )
     countdown: StrictFloat | None = Field(
         default=None,
@@ -163,6 +168,20 @@ class DeadLetterList(BaseModel):
     total: int = Field(description="Dead letters of the queue (or of all queues) in all.")
     offset: int
     limit: int
+
+
+class ApiIndex(BaseModel):
+    """Where to go from here: paths of the docs, the OpenAPI document, resources and probes."""
+
+    title: str
+    version: str
+    docs: str = Field(description="Swagger UI.")
+    openapi: str = Field(description="The OpenAPI document.")
+    tasks: str
+    queues: str
+    dead_letters: str
+    health: str = Field(description="Liveness probe.")
+    ready: str = Field(description="Readiness probe (pings Redis).")
 
 
 class Probe(BaseModel):

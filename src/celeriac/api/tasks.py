@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
 from celeriac.api import idempotency, tracking
-from celeriac.api.dependencies import ServicesDep, require_token
+from celeriac.api.dependencies import ServicesDep, check_queue, require_token
 from celeriac.api.errors import field_error
 from celeriac.api.models import ErrorBody, TaskAccepted, TaskPage, TaskRequest, TaskStatus
 from celeriac.api.routing import JsonBodyRoute
@@ -116,12 +116,7 @@ def check_submission(body: TaskRequest, services: Services) -> tuple[str, float]
     Reads the request only: nothing is sent before it passes.
     """
     _check_task(body.task, services)
-    queue = body.queue or services.settings.default_queue
-    if queue not in services.queues:
-        raise field_error(
-            ("body", "queue"),
-            f"queue {queue!r} is not served here; use one of {', '.join(services.queues)}",
-        )
+    queue = check_queue(body.queue or services.settings.default_queue, services, ("body", "queue"))
     return queue, _delay_seconds(body, services)
 
 
@@ -228,7 +223,7 @@ async def list_tasks(
             min_length=1,
             max_length=64,
             pattern=r"^[A-Za-z0-9_-]+$",
-            description="Only tasks in this state (PENDING, STARTED, SUCCESS ..., exact).",
+            description="Only tasks in this state (PENDING, STARTED, SUCCESS ...), in any case.",
         ),
     ] = None,
     limit: Annotated[
@@ -273,7 +268,11 @@ async def get_task(task_id: TaskId, services: ServicesDep) -> TaskStatus:
     responses={
         **_AUTH,
         **_UNKNOWN,
-        409: {"model": ErrorBody, "description": "The task already finished."},
+        409: {
+            "model": ErrorBody,
+            "description": "The task already finished (SUCCESS or FAILURE): nothing is revoked "
+            "and its result stays.",
+        },
         422: {"model": ErrorBody, "description": "terminate=true is not supported."},
         **_UNAVAILABLE,
     },
@@ -293,8 +292,15 @@ async def revoke_task(
 ) -> TaskStatus:
     """Revoke a task that has not started: workers drop it when it reaches them.
 
-    Answers 202 with the state at the time of the request; the state becomes REVOKED when a
-    worker meets the task. A running task finishes (bound it with task time limits).
+    Broadcasts Celery's revoke (held in the memory of the workers running now) and answers 202
+    with the state after it:
+
+    - not started (PENDING): REVOKED, from now on. A worker started after the broadcast has not
+      heard it and may still run the task; its state (STARTED, SUCCESS ...) is then reported.
+    - running (STARTED, RETRY): that state; the run finishes (bound it with task time limits),
+      a retry is dropped.
+    - already REVOKED: REVOKED, nothing sent.
+    - finished (SUCCESS, FAILURE): 409, nothing sent; the result stays until it expires.
     """
     if terminate:
         raise field_error(
@@ -305,10 +311,13 @@ async def revoke_task(
     status = await _known(task_id, services)
     if status.state in ("SUCCESS", "FAILURE"):
         raise HTTPException(409, f"task {task_id} already finished with {status.state}")
-    if status.state != "REVOKED":
-        # A broadcast through kombu's pidbox: blocking, and rare.
-        await run_in_threadpool(_revoke, services, task_id)
-    return status
+    if status.state == "REVOKED":
+        return status
+    # A broadcast through kombu's pidbox: blocking, and rare.
+    await run_in_threadpool(_revoke, services, task_id)
+    # The backend says PENDING until a worker meets the task: the API's record says REVOKED.
+    await tracking.record_revoked(services.aio.results, task_id, datetime.now(UTC))
+    return await tracking.lookup(services.aio.results, task_id) or status
 
 
 def _revoke(services: Services, task_id: str) -> None:

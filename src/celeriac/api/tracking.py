@@ -30,6 +30,11 @@ RECENT_KEY = "celeriac:api:recent"
 # Celery's Redis result backend key for a task id.
 RESULT_PREFIX = KeyValueStoreBackend.task_keyprefix
 ERROR_STATES = frozenset({"FAILURE", "RETRY", "REVOKED"})
+# In the API's record of an id: when ``DELETE`` revoked it (ISO-8601, UTC).
+REVOKED_AT = "revoked_at"
+# What a worker stores for a revoked task (Celery's ``TaskRevokedError`` with its reason): the
+# API answers the same before a worker has met the task.
+REVOKED_ERROR = TaskError(type="TaskRevokedError", message="revoked")
 FINISHED_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 MAX_ERROR_MESSAGE_CHARS = 2000
 
@@ -124,6 +129,24 @@ async def _forget(client: redis.asyncio.Redis, key: str, task_id: str) -> None:
             await pipe.execute()
 
 
+async def record_revoked(client: redis.asyncio.Redis, task_id: str, at: datetime) -> None:
+    """Note in the id's record that it was revoked, so a task that has not started reads
+    REVOKED (``_status``).
+
+    Celery's revoke reaches only the memory of the workers that hear it: the result backend
+    keeps no state for a task still queued (PENDING) until a worker meets the task and stores
+    REVOKED. No record (expired, or another producer's task): nothing to note.
+    """
+    key = RECORD_PREFIX + task_id
+    record = _json_object(await client.get(key))
+    if record is None or REVOKED_AT in record:
+        return
+    record[REVOKED_AT] = at.isoformat()
+    # XX: never bring back a record that expired meanwhile (KEEPTTL would give it no expiry).
+    # A plain read-then-write: the record changes only here, and twice is the same.
+    await client.set(key, json.dumps(record), keepttl=True, xx=True)
+
+
 async def lookup(client: redis.asyncio.Redis, task_id: str) -> TaskStatus | None:
     """The task's status, or None when this id was never submitted here and has no result."""
     async with client.pipeline(transaction=False) as pipe:
@@ -178,7 +201,8 @@ async def recent(
     state: str | None = None,
     after: Cursor | None = None,
 ) -> tuple[list[TaskSummary], Cursor | None]:
-    """Recent submissions, newest first, from ``after`` on: at most ``limit`` (in ``state``).
+    """Recent submissions, newest first, from ``after`` on: at most ``limit`` (in ``state``,
+    in any case: Celery's states are upper-case, a custom state a task sets may not be).
 
     States are read for the ids looked at only, at most ``MAX_SCANNED`` per call: a filter
     that matches little returns fewer tasks and a cursor to go on from. Ids whose record and
@@ -203,7 +227,7 @@ async def recent(
         for index, (task_id, score) in enumerate(entries):
             after = Cursor(score, task_id)
             status = _status(task_id, raws[2 * index], raws[2 * index + 1])
-            if status is None or (state is not None and status.state != state):
+            if status is None or (state is not None and status.state.upper() != state.upper()):
                 continue
             found.append(_summary(status, score))
             if len(found) == limit:
@@ -234,19 +258,27 @@ def _status(task_id: str, record_raw: bytes | None, meta_raw: bytes | None) -> T
     record = record or {}
     meta = meta or {}
     state = str(meta.get("status") or "PENDING")
+    error = _error(meta.get("result")) if state in ERROR_STATES else None
+    finished_at = _text(meta.get("date_done")) if state in FINISHED_STATES else None
+    revoked_at = _text(record.get(REVOKED_AT))
+    if state == "PENDING" and revoked_at is not None:
+        # Revoked before any worker took it (``record_revoked``): workers will drop it. Once a
+        # worker stores a state (REVOKED, or STARTED where one had not heard the revoke), that
+        # state is the answer.
+        state, error, finished_at = "REVOKED", REVOKED_ERROR, revoked_at
     return TaskStatus(
         id=task_id,
         task=_text(meta.get("name")) or _text(record.get("task")),
         queue=_text(meta.get("queue")) or _text(record.get("queue")),
         state=state,
         result=meta.get("result") if state == "SUCCESS" else None,
-        error=_error(meta.get("result")) if state in ERROR_STATES else None,
+        error=error,
         retries=meta.get("retries") if isinstance(meta.get("retries"), int) else None,
-        finished_at=_text(meta.get("date_done")) if state in FINISHED_STATES else None,
+        finished_at=finished_at,
     )
 
 
-def _json_object(raw: bytes | None) -> dict[str, Any] | None:
+def _json_object(raw: bytes | str | None) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:

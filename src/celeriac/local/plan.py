@@ -25,6 +25,8 @@ from celeriac.worker.settings import DEFAULT_METRICS_PORT as DEFAULT_WORKER_METR
 COMPONENTS = ("api", "worker", "beat", "exporter")
 HOST = "127.0.0.1"
 PIDS_FILE = "pids.json"
+# What producers load (``producer_environment``): the broker URL, the Redis password, the token.
+ENV_FILE = "stack.env"
 LOCK_FILE = "up.lock"
 ENV_FILE = "stack.env"
 
