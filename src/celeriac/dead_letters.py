@@ -60,6 +60,26 @@ def parse(raw: bytes | str) -> DeadLetter:
     )
 
 
+def record(
+    pipe: Any, *, id: str, queue: str, reason: str, deliveries: int, at: float, message: str
+) -> None:
+    """Add a dead letter in ``pipe`` (a MULTI/EXEC): its entry and its place in both indexes.
+
+    The fetch script (``celeriac.transport.FETCH_SCRIPT``) writes the same layout in Lua.
+    """
+    entry = {
+        "id": id,
+        "queue": queue,
+        "deliveries": deliveries,
+        "at": at,
+        "reason": reason,
+        "message": message,
+    }
+    pipe.hset(DEAD_LETTER_ENTRIES_KEY, id, json.dumps(entry))
+    pipe.zadd(dead_letters_key(queue), {id: at})
+    pipe.zadd(ALL_DEAD_LETTERS_KEY, {id: at})
+
+
 def list_dead_letters(
     client: redis.Redis, queue: str | None = None, offset: int = 0, limit: int = 50
 ) -> tuple[list[DeadLetter], int]:
