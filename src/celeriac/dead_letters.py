@@ -1,11 +1,13 @@
-"""Dead letters: tasks whose worker was lost on each of their last deliveries.
+"""Dead letters: tasks set aside instead of run, with the reason.
 
 With acks late and reject-on-worker-lost, a task that kills its process (out of memory, a
 segfault, a SIGKILL at the memory limit) is delivered again and again, taking a worker down each
 time; Redis keeps no delivery count. celeriac's fetch (``celeriac.transport``) counts the
 deliveries of each message that did not finish and, past ``CELERIAC_MAX_LOST_DELIVERIES``, moves
-the message here instead of running it again. This module lists, replays and discards them; the
-API and ``celeriac inspect`` use it, the exporter counts them.
+the message here instead of running it again. Workers also move here tasks no worker knew for
+too long and messages no worker could run (``celeriac.worker.unregistered``). This module
+records, lists, replays and discards them; the API and ``celeriac inspect`` use it, the exporter
+counts them.
 
 Layout: one hash of entries by task id (the message as it was queued, why, how many deliveries,
 when), a sorted set of ids per queue and one across queues, scored by when.
@@ -58,6 +60,26 @@ def parse(raw: bytes | str) -> DeadLetter:
         dead_lettered_at=float(entry["at"]),
         message=message,
     )
+
+
+def record(
+    pipe: Any, *, id: str, queue: str, reason: str, deliveries: int, at: float, message: str
+) -> None:
+    """Add a dead letter in ``pipe`` (a MULTI/EXEC): its entry and its place in both indexes.
+
+    The fetch script (``celeriac.transport.FETCH_SCRIPT``) writes the same layout in Lua.
+    """
+    entry = {
+        "id": id,
+        "queue": queue,
+        "deliveries": deliveries,
+        "at": at,
+        "reason": reason,
+        "message": message,
+    }
+    pipe.hset(DEAD_LETTER_ENTRIES_KEY, id, json.dumps(entry))
+    pipe.zadd(dead_letters_key(queue), {id: at})
+    pipe.zadd(ALL_DEAD_LETTERS_KEY, {id: at})
 
 
 def list_dead_letters(

@@ -45,6 +45,7 @@ from __future__ import annotations
 import itertools
 import logging
 import uuid
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from time import monotonic, time
 from typing import Any, cast
@@ -57,7 +58,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from kombu.utils.objects import cached_property
 
-from celeriac import sentinel
+from celeriac import dead_letters, sentinel
 from celeriac.keys import (
     ALL_DEAD_LETTERS_KEY,
     DEAD_LETTER_ENTRIES_KEY,
@@ -259,6 +260,92 @@ class QoS(kombu_redis.QoS):
         else:
             self._finish(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
+
+    def requeue_held(self, delivery_tag: str, headers: Mapping[str, Any]) -> bool:
+        """Put a held message back at the end of its queue at once, with ``headers`` added.
+
+        For a message this worker cannot run (``celeriac.worker.unregistered``): not a lost
+        delivery, so its count towards the dead-letter limit is kept as it was. The queue's
+        doorbell rings, so an idle worker that can run it wakes. False when the message is no
+        longer held (the visibility-timeout sweep put it back meanwhile).
+        """
+        channel: Any = self.channel
+
+        def move(pipe: Any) -> bool:
+            found = self._held_entry(pipe, delivery_tag)
+            pipe.multi()
+            if found is None:
+                self._remove_from_indices(delivery_tag, pipe)
+                return False
+            message, exchange, routing_key = found
+            message_headers = message.setdefault("headers", {})
+            if isinstance(message_headers, dict):
+                message_headers.update(headers)
+            self._remove_from_indices(delivery_tag, pipe, queue=routing_key)
+            pipe.hincrby(DELIVERIES_KEY, delivery_tag, -1)
+            channel._do_restore_message(message, exchange, routing_key, pipe, leftmost=True)
+            pipe.lpush(wake_key(routing_key), 1)
+            pipe.ltrim(wake_key(routing_key), 0, WAKE_TOKENS_MAX - 1)
+            return True
+
+        return self._settle(delivery_tag, move)
+
+    def dead_letter_held(
+        self, delivery_tag: str, reason: str, deliveries: int, drop_headers: Iterable[str] = ()
+    ) -> bool:
+        """Set a held message aside among its queue's dead letters, at once, with ``reason``.
+
+        ``drop_headers``: this worker's bookkeeping, removed so that a replay starts afresh.
+        False when the message is not held (a queue consumed without acknowledgements, or the
+        visibility-timeout sweep put it back meanwhile): then nothing changed.
+        """
+
+        def move(pipe: Any) -> bool:
+            found = self._held_entry(pipe, delivery_tag)
+            pipe.multi()
+            if found is None:
+                return False
+            message, _exchange, routing_key = found
+            headers = message.get("headers")
+            if not isinstance(headers, dict):
+                headers = {}
+            for name in drop_headers:
+                headers.pop(name, None)
+            task_id = headers.get("id")
+            self._remove_from_indices(delivery_tag, pipe, queue=routing_key)
+            pipe.hdel(DELIVERIES_KEY, delivery_tag)
+            dead_letters.record(
+                pipe,
+                id=task_id if isinstance(task_id, str) else delivery_tag,
+                queue=routing_key,
+                reason=reason,
+                deliveries=deliveries,
+                at=time(),
+                message=dumps(message),
+            )
+            return True
+
+        return self._settle(delivery_tag, move)
+
+    def _held_entry(self, pipe: Any, delivery_tag: str) -> tuple[dict[str, Any], str, str] | None:
+        """The ``unacked`` entry of a held message: (message, exchange, routing key)."""
+        entry = pipe.hget(self.unacked_key, delivery_tag)
+        if not entry:
+            return None
+        message, exchange, routing_key = loads(bytes_to_str(entry))
+        return message, exchange, routing_key
+
+    def _settle(self, delivery_tag: str, move: Callable[[Any], bool]) -> bool:
+        """Run ``move`` in a transaction on ``unacked``; then this channel holds the tag no more."""
+        self._check_open()
+        channel: Any = self.channel
+        with channel.conn_or_acquire() as client:
+            moved: bool = client.transaction(move, self.unacked_key, value_from_callable=True)
+        delivered: dict[str, Any] = self._delivered or {}
+        if delivery_tag in delivered:
+            # kombu's in-memory bookkeeping only (its Redis state was settled above).
+            virtual.QoS.ack(self, delivery_tag)
+        return moved
 
     def _finish(self, delivery_tag: str) -> None:
         """Forget a message that ran to its end (acked, or rejected for good), its count too."""

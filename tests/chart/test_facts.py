@@ -33,6 +33,7 @@ from celeriac.settings import MAX_PRIORITY, MIN_PRIORITY, QUEUE_NAME
 from celeriac.worker.settings import DEFAULT_HEARTBEAT_FILE as WORKER_HEARTBEAT_FILE
 from celeriac.worker.settings import DEFAULT_METRICS_PORT as WORKER_METRICS_PORT
 from celeriac.worker.settings import DEFAULT_READY_FILE as WORKER_READY_FILE
+from celeriac.worker.settings import DEFAULT_UNREGISTERED_TASK_SECONDS
 from celeriac.worker.sizing import pool_size
 from tests.chart.matrix import MATRIX
 from tests.chart.render import CHART_DIR, Obj, Rendered, containers, env_of, pod_spec, render
@@ -189,6 +190,19 @@ def test_api_defaults_and_bounds_are_the_python_ones(defaults: Rendered) -> None
     )
     assert settings.recent_tasks == DEFAULT_RECENT_TASKS
     assert settings.idempotency_window_seconds == DEFAULT_IDEMPOTENCY_WINDOW_SECONDS
+
+
+def test_worker_defaults_are_the_python_ones(defaults: Rendered) -> None:
+    """The chart's worker settings without a Kubernetes source start where the code's do."""
+    assert (
+        SCHEMA["definitions"]["workerGroup"]["properties"]["unregisteredTaskSeconds"]["minimum"]
+        == 0
+    )
+    (workload,) = workloads_of(defaults, "worker")
+    (container,) = pod_spec(workload)["containers"]
+    env = env_of(container)
+    seconds = float(env["CELERIAC_WORKER_UNREGISTERED_TASK_SECONDS"]["value"])
+    assert seconds == DEFAULT_UNREGISTERED_TASK_SECONDS
 
 
 # --- the union of queues -----------------------------------------------------------------------

@@ -20,6 +20,7 @@ from celeriac.worker.settings import (
     DEFAULT_READY_FILE,
     DEFAULT_REGISTRY_INTERVAL_SECONDS,
     DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
+    DEFAULT_UNREGISTERED_TASK_SECONDS,
     WorkerSettings,
 )
 from tests.unit.test_docs import documented_default
@@ -41,6 +42,7 @@ def test_defaults() -> None:
     assert (settings.mingle, settings.gossip, settings.event_heartbeats) == (False, False, False)
     assert settings.common.queues == (DEFAULT_QUEUE,)
     assert settings.registry_interval_seconds == DEFAULT_REGISTRY_INTERVAL_SECONDS
+    assert settings.unregistered_task_seconds == DEFAULT_UNREGISTERED_TASK_SECONDS
 
 
 @pytest.mark.parametrize(
@@ -56,6 +58,10 @@ def test_defaults() -> None:
         (
             "CELERIAC_WORKER_REGISTRY_INTERVAL_SECONDS",
             f"{DEFAULT_REGISTRY_INTERVAL_SECONDS:g}",
+        ),
+        (
+            "CELERIAC_WORKER_UNREGISTERED_TASK_SECONDS",
+            f"{DEFAULT_UNREGISTERED_TASK_SECONDS:g}",
         ),
     ],
 )
@@ -90,6 +96,7 @@ def test_every_variable() -> None:
             "CELERIAC_WORKER_GOSSIP": "yes",
             "CELERIAC_WORKER_EVENT_HEARTBEATS": "1",
             "CELERIAC_WORKER_REGISTRY_INTERVAL_SECONDS": "0.5",
+            "CELERIAC_WORKER_UNREGISTERED_TASK_SECONDS": "0",
         }
     )
     assert settings.common.queues == ("a", "b")
@@ -107,6 +114,7 @@ def test_every_variable() -> None:
     assert settings.metrics_dir == Path("/run/metrics")
     assert (settings.mingle, settings.gossip, settings.event_heartbeats) == (True, True, True)
     assert settings.registry_interval_seconds == 0.5
+    assert settings.unregistered_task_seconds == 0.0
 
 
 @pytest.mark.parametrize(
@@ -124,6 +132,7 @@ def test_every_variable() -> None:
         ("CELERIAC_WORKER_MINGLE", "maybe", "is not a boolean"),
         ("CELERIAC_WORKER_REGISTRY_INTERVAL_SECONDS", "0", "must be at least 0.1"),
         ("CELERIAC_WORKER_REGISTRY_INTERVAL_SECONDS", "soon", "is not a number"),
+        ("CELERIAC_WORKER_UNREGISTERED_TASK_SECONDS", "-1", "must be at least 0"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, message: str) -> None:

@@ -42,6 +42,10 @@ STALLED_SUFFIX = ".stalled"
 # Redis more than they tell.
 DEFAULT_REGISTRY_INTERVAL_SECONDS = 10.0
 MIN_REGISTRY_INTERVAL_SECONDS = 0.1
+# How long a task no worker's app knows keeps going back to its queue, counted from the first
+# worker that did not know it, before it is set aside among the dead letters: longer than a
+# rolling deploy that adds a task takes to bring up workers that know it. 0: at once.
+DEFAULT_UNREGISTERED_TASK_SECONDS = 600.0
 MAX_LABEL_LENGTH = 63
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -85,6 +89,9 @@ class WorkerSettings:
     # Seconds between writes of the worker's entry in the worker registry, which readers
     # (celeriac inspect) count live workers from.
     registry_interval_seconds: float = DEFAULT_REGISTRY_INTERVAL_SECONDS
+    # Seconds a task the app does not know goes back to its queue for a worker that knows it,
+    # before it is dead-lettered (celeriac.worker.unregistered).
+    unregistered_task_seconds: float = DEFAULT_UNREGISTERED_TASK_SECONDS
     # Per task name: time and rate limits applied to the app's tasks at start.
     task_limits: Mapping[str, TaskLimits] = field(default_factory=dict)
     # Keep the pod's pod-deletion-cost annotation at the tasks held (celeriac.worker.deletion_cost).
@@ -136,6 +143,9 @@ class WorkerSettings:
                 "WORKER_REGISTRY_INTERVAL_SECONDS",
                 DEFAULT_REGISTRY_INTERVAL_SECONDS,
                 minimum=MIN_REGISTRY_INTERVAL_SECONDS,
+            ),
+            unregistered_task_seconds=env.number(
+                "WORKER_UNREGISTERED_TASK_SECONDS", DEFAULT_UNREGISTERED_TASK_SECONDS, minimum=0
             ),
             task_limits=parse_task_limits(
                 env.raw("TASK_LIMITS"), common.visibility_timeout_seconds

@@ -22,6 +22,7 @@ from celeriac.worker.registry import WorkerRegistry, registry_client
 from celeriac.worker.settings import HEARTBEAT_INTERVAL_SECONDS, WorkerSettings
 from celeriac.worker.shutdown import GracefulShutdown
 from celeriac.worker.stall import StallWatcher, channel_can_take, redis_client
+from celeriac.worker.unregistered import UnregisteredTasks
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +255,8 @@ class Ready(bootsteps.StartStopStep):
 
 class ProbedConsumer(Consumer):
     """Celery's consumer, also touching the heartbeat while it retries the broker connection,
-    and recording when it takes a message (for the stall check).
+    recording when it takes a message (for the stall check), and never discarding a message it
+    cannot run (``celeriac.worker.unregistered``; Celery's handlers reject it for good).
 
     While (re)connecting, the consumer sits in kombu's retry loop and no timer runs; that loop
     calls back every second, and the heartbeat rides on that callback. A Redis outage thus
@@ -276,12 +278,66 @@ class ProbedConsumer(Consumer):
         return on_task_received
 
     def ensure_connected(self, conn: Any) -> Any:
-        settings = (getattr(getattr(self, "controller", None), "options", None) or {}).get(
-            "celeriac_settings"
-        )
-        if isinstance(settings, WorkerSettings):
+        settings = self._celeriac_settings()
+        if settings is not None:
             _touch_while_retrying(conn, settings)
         return super().ensure_connected(conn)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        handler = self._unregistered()
+        if handler is None or not handler.unregistered(message, _task_name(message)):
+            super().on_unknown_task(body, message, exc)
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        if not self._set_aside(message, "not a task message: it names no task"):
+            super().on_unknown_message(body, message)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        if not self._set_aside(message, f"invalid task message: {exc}"):
+            super().on_invalid_task(body, message, exc)
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        # Also the remote-control consumer's handler: its messages are never held, so they
+        # still go Celery's way.
+        if not self._set_aside(message, f"undecodable message: {exc!r}"):
+            super().on_decode_error(message, exc)
+
+    def on_close(self) -> None:
+        handler = self._unregistered()
+        if handler is not None:
+            handler.release()
+        super().on_close()
+
+    def _set_aside(self, message: Any, reason: str) -> bool:
+        handler = self._unregistered()
+        return handler is not None and handler.unreadable(message, reason)
+
+    def _unregistered(self) -> UnregisteredTasks | None:
+        handler: UnregisteredTasks | None = getattr(self, "_celeriac_unregistered", None)
+        settings = self._celeriac_settings()
+        if handler is None and settings is not None:
+            handler = UnregisteredTasks(
+                self.timer, str(self.hostname), settings.unregistered_task_seconds
+            )
+            self._celeriac_unregistered = handler
+        return handler
+
+    def _celeriac_settings(self) -> WorkerSettings | None:
+        options = getattr(getattr(self, "controller", None), "options", None) or {}
+        settings = options.get("celeriac_settings")
+        return settings if isinstance(settings, WorkerSettings) else None
+
+
+def _task_name(message: Any) -> str:
+    """The task a message names (protocol 2 in its headers, protocol 1 in its body)."""
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    name = headers.get("task")
+    if name is None:
+        try:
+            name = message.payload.get("task")
+        except Exception:  # an undecodable protocol-1 body: the name is unknowable
+            name = None
+    return str(name)
 
 
 def _touch_while_retrying(conn: Any, settings: WorkerSettings) -> None:
