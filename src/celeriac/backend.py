@@ -8,6 +8,12 @@ pool process for every state stored. With ``task_track_started`` a task stores t
 check and write in one Lua script (GET, SET with expiry, PUBLISH), atomically: the check can no
 longer race with another writer between the read and the write. Keys, values, expiry and the
 published message are exactly Celery's, so readers (``AsyncResult``, the API) see no change.
+
+A store refused because the node is not the master to write to (``READONLY`` from a demoted
+master, ``NOREPLICAS`` from a master without a replica in sync: during a failover) is a
+connection error, as for the broker (``sentinel.reconnect_when_refused``): Celery's backend
+retries it (``result_backend_transport_options["retry_policy"]``) instead of dropping the result,
+which would leave the task PENDING for ever.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ from __future__ import annotations
 from typing import Any, cast
 
 from celery import states
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
+
+from celeriac import sentinel
 
 # How Celery's ``result_backend`` names this backend: "<class>+redis://...".
 BACKEND = "celeriac.backend:ResultBackend"
@@ -92,4 +100,9 @@ class ResultBackend(RedisBackend):
         seconds = int(
             expires.total_seconds() if hasattr(expires, "total_seconds") else expires or 0
         )
-        self._store_script(keys=[key], args=[value, max(seconds, 0)])
+        with sentinel.reconnect_when_refused(self.client.connection_pool.disconnect):
+            self._store_script(keys=[key], args=[value, max(seconds, 0)])
+
+
+class SentinelResultBackend(ResultBackend, SentinelBackend):
+    """Celery's Sentinel result backend storing each state in one round trip."""

@@ -38,6 +38,7 @@ from celeriac.testing import (
     SentinelGroup,
     celeriac_command,
     free_port,
+    ha_node_args,
     wait_until,
 )
 from tests.integration.workers import worker_env
@@ -64,7 +65,7 @@ def group() -> Iterator[SentinelGroup]:
         replicas=1,
         sentinels=3,
         down_after_ms=1000,
-        node_args=("--min-replicas-to-write", "1", "--min-replicas-max-lag", "10"),
+        node_args=ha_node_args(),
     ) as started:
         yield started
 
