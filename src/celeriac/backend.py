@@ -18,6 +18,8 @@ which would leave the task PENDING for ever.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from typing import Any, cast
 
 from celery import states
@@ -26,6 +28,8 @@ from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
 from celeriac import sentinel
+
+logger = logging.getLogger(__name__)
 
 # How Celery's ``result_backend`` names this backend: "<class>+redis://...".
 BACKEND = "celeriac.backend:ResultBackend"
@@ -92,6 +96,22 @@ class ResultBackend(RedisBackend):
         key = self.get_key_for_task(task_id)
         self.ensure(self._store_unless_succeeded, (key, value, expires))
         return result
+
+    def on_connection_error(  # type: ignore[override]  # celery-types: returns None
+        self, max_retries: int | None, exc: Exception, intervals: Iterable[float], retries: int
+    ) -> float:
+        # Celery logs an ERROR per retry (one a second per waiting store during a failover):
+        # one WARNING per store here, the retries at DEBUG.
+        seconds = next(iter(intervals))
+        log = logger.warning if retries == 0 else logger.debug
+        log(
+            "result backend: cannot store (%r); retry %d of %s in %.1f s",
+            exc,
+            retries + 1,
+            max_retries or "unlimited",
+            seconds,
+        )
+        return seconds
 
     def _store_unless_succeeded(self, key: bytes | str, value: Any, expires: Any) -> None:
         if self._store_script is None:

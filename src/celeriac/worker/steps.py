@@ -303,8 +303,9 @@ class ProbedConsumer(Consumer):
         self.celeriac_backoff.failed(exc)
 
     def on_connection_error_after_connected(self, exc: Exception) -> None:
-        super().on_connection_error_after_connected(exc)  # its one WARNING, and the clean-up
+        # Lost from now (Celery's clean-up may take a while: it stores terminated tasks' state).
         self.celeriac_backoff.failed(exc, announced=True)
+        super().on_connection_error_after_connected(exc)  # its one WARNING, and the clean-up
 
 
 def _retry_with_backoff(conn: Any, backoff: BrokerBackoff) -> None:
