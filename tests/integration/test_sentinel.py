@@ -452,6 +452,8 @@ def test_failover_mid_burst_loses_no_task_and_every_component_follows(
 # Log lines a worker may write around one failover (README "Redis high availability"): the
 # broker lost (Celery's warning, or celeriac's when it never connected) and found again.
 MAX_CONSUMER_WARNINGS = 2
+# Writes the idle worker's consumer tries in the ~4 s a master refuses them (a spin: hundreds).
+MAX_REFUSED_ATTEMPTS = 12
 SLOW_TASKS = 4
 
 
@@ -524,9 +526,14 @@ def test_results_of_tasks_finishing_in_a_failover_are_stored_and_the_worker_says
         app.close()
     worker.check_alive()
 
+    check_quiet_failover_log(worker.output())
+
+
+def check_quiet_failover_log(output: str) -> None:
+    """The worker logged the broker's loss and return once each, and nothing of a spin."""
     # kombu logs a task acknowledged on the lost connection as CRITICAL ("Couldn't ack"): it is
     # delivered again (acks late), not an error of the worker.
-    log = "\n".join(line for line in worker.output().splitlines() if "Couldn't ack" not in line)
+    log = "\n".join(line for line in output.splitlines() if "Couldn't ack" not in line)
     for sign in (
         "CRITICAL",
         "RestartFreqExceeded",
@@ -540,3 +547,45 @@ def test_results_of_tasks_finishing_in_a_failover_are_stored_and_the_worker_says
     ]
     assert 1 <= len(consumer_warnings) <= MAX_CONSUMER_WARNINGS, log
     assert log.count("broker accepts writes again") == 1, log
+
+
+def refused_writes(node: RedisServer) -> int:
+    """Writes ``node`` refused with NOREPLICAS since it started (INFO errorstats)."""
+    with node.client() as client:
+        stats = client.info("errorstats").get("errorstat_NOREPLICAS", {})
+    return int(stats.get("count", 0)) if isinstance(stats, dict) else 0
+
+
+def test_an_idle_worker_waits_out_a_refusing_master_with_a_backoff(
+    group: SentinelGroup, spawn: Spawn, tmp_path: Path
+) -> None:
+    """While the new master refuses writes (its replica is away), an idle worker's consumer
+    retries with its bounded backoff: a few refused attempts, no restart spin, one warning
+    and one info line; it consumes once the master accepts writes."""
+    env = common_env(group)
+    worker_settings = worker_env(group.url(), tmp_path, "worker", log_level="INFO")
+    worker = spawn(celeriac_command("worker"), env=env | worker_settings, name="worker")
+    wait_until(
+        lambda: worker.check_alive() or (tmp_path / "worker.ready").exists(),
+        timeout=60,
+        message="the worker ready",
+    )
+    old = group.master()
+    old.kill()
+    new = group.wait_for_failover(old)
+    # The backoff's 6th attempt comes ~3 s after the first (waits double from 0.1 s): long
+    # enough for a spinning consumer to make hundreds.
+    wait_until(lambda: refused_writes(new) >= 6, timeout=30, message="the worker refused")
+    refused = refused_writes(new)
+    rejoin_as_replica(group, old, new)
+    app = create_app("test-sentinel-idle", Settings.from_env(env))
+    try:
+        result = app.send_task(
+            "ha.slow_add", args=(40, 2), kwargs={"seconds": 0, "path": str(tmp_path / "idle")}
+        )
+        assert result.get(timeout=30) == 42
+    finally:
+        app.close()
+    worker.check_alive()
+    assert refused <= MAX_REFUSED_ATTEMPTS, refused
+    check_quiet_failover_log(worker.output())

@@ -8,8 +8,9 @@ attempt) and restarts its steps without any pause when the connection fails afte
 CRITICAL and block the event loop for a second). During a Sentinel failover that was 60-70
 ERROR lines and about 10 CRITICAL lines per worker. ``ProbedConsumer`` (``steps``) routes both
 paths through ``BrokerBackoff`` instead: waits of 0.1 s doubling up to 2 s, one WARNING when
-the broker is lost and one INFO when the consumer is connected again (to a node that accepts
-writes: ``celeriac.transport.Channel`` refuses to connect to any other).
+the broker is lost and one INFO when the consumer consumes again (``steps.Ready``; connecting
+is not enough: ``celeriac.transport.Channel`` refuses a node that does not accept writes, but
+a later write of the start-up may still be refused).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class BrokerBackoff:
         self._wait(delay)
 
     def connected(self) -> None:
-        """The consumer is connected (its channel accepts writes): say so once after a loss."""
+        """The consumer consumes again: say so once after a loss."""
         self._connected_at = self._clock()
         if self._lost_at is None:
             return

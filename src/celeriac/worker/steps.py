@@ -246,6 +246,10 @@ class Ready(bootsteps.StartStopStep):
     def start(self, c: Any) -> None:
         assert self.settings is not None
         heartbeat.touch(self.settings.ready_file)
+        backoff = getattr(c, "celeriac_backoff", None)
+        if isinstance(backoff, BrokerBackoff):
+            # Consuming again: connected is not enough (a write at start-up may still fail).
+            backoff.connected()
 
     def stop(self, c: Any) -> None:
         assert self.settings is not None
@@ -294,9 +298,7 @@ class ProbedConsumer(Consumer):
 
     def ensure_connected(self, conn: Any) -> Any:
         _retry_with_backoff(conn, self.celeriac_backoff)
-        connected = super().ensure_connected(conn)
-        self.celeriac_backoff.connected()
-        return connected
+        return super().ensure_connected(conn)
 
     def on_connection_error_before_connected(self, exc: Exception) -> None:
         # Celery logs an ERROR and restarts at once (a spin while the broker refuses writes).
