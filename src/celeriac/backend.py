@@ -8,16 +8,28 @@ pool process for every state stored. With ``task_track_started`` a task stores t
 check and write in one Lua script (GET, SET with expiry, PUBLISH), atomically: the check can no
 longer race with another writer between the read and the write. Keys, values, expiry and the
 published message are exactly Celery's, so readers (``AsyncResult``, the API) see no change.
+
+A store refused because the node is not the master to write to (``READONLY`` from a demoted
+master, ``NOREPLICAS`` from a master without a replica in sync: during a failover) is a
+connection error, as for the broker (``sentinel.reconnect_when_refused``): Celery's backend
+retries it (``result_backend_transport_options["retry_policy"]``) instead of dropping the result,
+which would leave the task PENDING for ever.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from typing import Any, cast
 
 from celery import states
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
+
+from celeriac import sentinel
+
+logger = logging.getLogger(__name__)
 
 # How Celery's ``result_backend`` names this backend: "<class>+redis://...".
 BACKEND = "celeriac.backend:ResultBackend"
@@ -85,6 +97,22 @@ class ResultBackend(RedisBackend):
         self.ensure(self._store_unless_succeeded, (key, value, expires))
         return result
 
+    def on_connection_error(  # type: ignore[override]  # celery-types: returns None
+        self, max_retries: int | None, exc: Exception, intervals: Iterable[float], retries: int
+    ) -> float:
+        # Celery logs an ERROR per retry (one a second per waiting store during a failover):
+        # one WARNING per store here, the retries at DEBUG.
+        seconds = next(iter(intervals))
+        log = logger.warning if retries == 0 else logger.debug
+        log(
+            "result backend: cannot store (%r); retry %d of %s in %.1f s",
+            exc,
+            retries + 1,
+            max_retries or "unlimited",
+            seconds,
+        )
+        return seconds
+
     def _store_unless_succeeded(self, key: bytes | str, value: Any, expires: Any) -> None:
         if self._store_script is None:
             # redis-py's Script: EVALSHA, loading the script again after a Redis restart.
@@ -92,4 +120,9 @@ class ResultBackend(RedisBackend):
         seconds = int(
             expires.total_seconds() if hasattr(expires, "total_seconds") else expires or 0
         )
-        self._store_script(keys=[key], args=[value, max(seconds, 0)])
+        with sentinel.reconnect_when_refused(self.client.connection_pool.disconnect):
+            self._store_script(keys=[key], args=[value, max(seconds, 0)])
+
+
+class SentinelResultBackend(ResultBackend, SentinelBackend):
+    """Celery's Sentinel result backend storing each state in one round trip."""

@@ -45,6 +45,9 @@ FETCH_PREFIX = "celeriac:fetch:"
 # Messages a fetch popped that are not kombu messages (no delivery tag or routing key): kept
 # here for a person to look at, instead of being lost or blocking their queue.
 UNDELIVERABLE_KEY = "celeriac:undeliverable"
+# Never set: a channel deletes it when it connects, a write that changes nothing, to learn
+# whether the node accepts writes (see ``celeriac.transport.Channel``).
+WRITE_PROBE_KEY = "celeriac:write_probe"
 
 
 def wake_key(queue: str) -> str:

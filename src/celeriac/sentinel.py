@@ -16,7 +16,7 @@ Here, per component:
   ``sentinel_transport``, which works for any subclass of celeriac's transport (the API's
   publisher has its own);
 - the result backend: Celery's ``SentinelBackend`` with celeriac's one-round-trip store
-  (``SentinelResultBackend``);
+  (``celeriac.backend.SentinelResultBackend``);
 - beat and its lock, the API and the exporter: ``client`` / ``async_client``, plain redis-py
   clients from ``master_for``.
 
@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
@@ -44,17 +44,15 @@ import redis
 import redis.asyncio
 import redis.asyncio.sentinel
 import redis.sentinel
-from celery.backends.redis import SentinelBackend
 from kombu.transport import redis as kombu_redis
 from kombu.utils.imports import symbol_by_name
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from celeriac.backend import ResultBackend
 from celeriac.settings import SENTINEL_SEPARATOR, Settings, is_sentinel_url
 
 # How Celery's ``result_backend`` names the Sentinel variant of celeriac's backend.
-BACKEND = "celeriac.sentinel:SentinelResultBackend"
+BACKEND = "celeriac.backend:SentinelResultBackend"
 DEFAULT_SENTINEL_PORT = 26379
 
 
@@ -85,6 +83,21 @@ def demoted(reply: object) -> bool:
     return isinstance(reply, redis.ResponseError) and any(
         reason in str(reply) for reason in NOT_THE_MASTER
     )
+
+
+@contextlib.contextmanager
+def reconnect_when_refused(disconnect: Callable[[], object]) -> Iterator[None]:
+    """Turn a write refused because the node is not the master to write to (``demoted``) into
+    ``DemotedMaster``, after ``disconnect`` dropped the connection it came on: the caller's
+    retry of connection errors then reaches the master Sentinel names (or waits, with the
+    backoff of its retry, until the master has a replica in sync again)."""
+    try:
+        yield
+    except redis.ResponseError as exc:
+        if not demoted(exc):
+            raise
+        disconnect()
+        raise DemotedMaster(str(exc)) from None
 
 
 def check_replicated(acknowledged: object, replicas: int, timeout_ms: int) -> None:
@@ -322,10 +335,6 @@ def transport_for(settings: Settings, name: str) -> str | type[kombu_redis.Trans
     if settings.redis_wait_replicas > 0:
         return replicated_transport(symbol_by_name(name))
     return name
-
-
-class SentinelResultBackend(ResultBackend, SentinelBackend):
-    """Celery's Sentinel result backend storing each state in one round trip (``backend``)."""
 
 
 def configure(settings: Settings, config: dict[str, Any]) -> dict[str, Any]:

@@ -242,6 +242,25 @@ def celeriac_command(*args: str) -> list[str]:
 
 
 SENTINEL_MASTER = "celeriac"
+# The redis.conf directives the chart gives each Redis node with Sentinel on (its defaults;
+# tests/chart/test_facts.py holds the rendered chart to them), so tests run the same topology:
+# - a master refuses writes while no replica is in sync (a master cut off from its replicas
+#   stops accepting writes the failover would discard);
+# - a (re)started replica syncs at once: diskless (the master streams its snapshot to the
+#   socket) without the 5 s ``repl-diskless-sync-delay`` Redis waits by default for more
+#   replicas to share one transfer. With ``min-replicas-to-write`` that delay is an outage:
+#   during a failover the new master refuses every write until the returning node has synced.
+HA_NODE_CONFIG: tuple[tuple[str, str], ...] = (
+    ("min-replicas-to-write", "1"),
+    ("min-replicas-max-lag", "10"),
+    ("repl-diskless-sync", "yes"),
+    ("repl-diskless-sync-delay", "0"),
+)
+
+
+def ha_node_args(config: Sequence[tuple[str, str]] = HA_NODE_CONFIG) -> tuple[str, ...]:
+    """``config`` as redis-server arguments (``--name value`` ...)."""
+    return tuple(arg for name, value in config for arg in (f"--{name}", value))
 
 
 class SentinelGroup:

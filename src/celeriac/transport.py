@@ -67,6 +67,7 @@ from celeriac.keys import (
     FETCH_PREFIX,
     IN_FLIGHT_PREFIX,
     UNDELIVERABLE_KEY,
+    WRITE_PROBE_KEY,
     in_flight_key,
     wake_key,
 )
@@ -451,10 +452,12 @@ class Channel(kombu_redis.Channel):
     _queue_cycle: Any
     _flush_brpop_reauth: Any
     _create_client: Any
+    _disconnect_pools: Any
     connection_errors: tuple[type[BaseException], ...]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._check_writable()
         self._fetch_key = f"{FETCH_PREFIX}{uuid.uuid4().hex}"
         self._fetch_nonces = itertools.count(1)
         self._fetch_nonce = ""
@@ -463,6 +466,26 @@ class Channel(kombu_redis.Channel):
         self._fetch_replies = 0
         # Queues consumed without acknowledgements: their messages are never recorded as held.
         self._no_ack_queues: set[str] = set()
+
+    def _check_writable(self) -> None:
+        """Connect only to a node that accepts writes (kombu's channel checks with a PING).
+
+        A master without a replica in sync (``NOREPLICAS``, while a failover completes) or a
+        replica (``READONLY``) answers PING but refuses every fetch, acknowledgement and
+        publish. Refused here, connecting fails, so Celery's consumer retries the connection
+        with its backoff; connected, its first fetch fails at once, the consumer restarts
+        without a pause and spins (``RestartFreqExceeded``).
+        """
+        try:
+            with sentinel.reconnect_when_refused(self._disconnect_pools):
+                self.client.delete(WRITE_PROBE_KEY)
+        except BaseException:
+            # As kombu's channel does when its PING fails; it also registered itself with the
+            # poller after the PING: undo that.
+            self._disconnect_pools()
+            transport: Any = self.connection
+            transport.cycle.discard(self)
+            raise
 
     @cached_property
     def subclient(self) -> ListenPubSub:
@@ -555,23 +578,18 @@ class Channel(kombu_redis.Channel):
     def _brpop_read(self, **options: Any) -> bool:
         try:
             connection = self.client.connection
-            try:
-                if self._fetch_replies == 2:
-                    self.client.parse_response(connection, "BLPOP", **options)
-                reply = self.client.parse_response(connection, "EVAL", **options)
-            except self.connection_errors:
-                # The script may have run: find out on the next connection (see module doc).
-                _lost_fetches.append((self._fetch_key, self._fetch_nonce))
-                connection.disconnect()
-                raise
-            except redis.ResponseError as exc:
-                if not sentinel.demoted(exc):
+            # Not the master (a replica, or cut off from its replicas) refuses the first write
+            # of the script, so nothing was taken: reconnect, without a lost fetch to recover.
+            with sentinel.reconnect_when_refused(connection.disconnect):
+                try:
+                    if self._fetch_replies == 2:
+                        self.client.parse_response(connection, "BLPOP", **options)
+                    reply = self.client.parse_response(connection, "EVAL", **options)
+                except self.connection_errors:
+                    # The script may have run: find out on the next connection (module doc).
+                    _lost_fetches.append((self._fetch_key, self._fetch_nonce))
+                    connection.disconnect()
                     raise
-                # Not the master (a replica, or cut off from its replicas) refused the first
-                # write of the script, so nothing was taken.
-                # A connection error, so the worker reconnects to the master Sentinel names.
-                connection.disconnect()
-                raise sentinel.DemotedMaster(str(exc)) from None
             if not reply:
                 self._fetch_waits = True
                 raise virtual.Empty()

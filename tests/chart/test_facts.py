@@ -30,6 +30,7 @@ from celeriac.exporter.groups import GROUP_NAME, WorkerGroup, all_queues, parse_
 from celeriac.exporter.settings import DEFAULT_PORT as EXPORTER_PORT
 from celeriac.exporter.settings import ExporterSettings
 from celeriac.settings import MAX_PRIORITY, MIN_PRIORITY, QUEUE_NAME
+from celeriac.testing import HA_NODE_CONFIG
 from celeriac.worker.settings import DEFAULT_HEARTBEAT_FILE as WORKER_HEARTBEAT_FILE
 from celeriac.worker.settings import DEFAULT_METRICS_PORT as WORKER_METRICS_PORT
 from celeriac.worker.settings import DEFAULT_READY_FILE as WORKER_READY_FILE
@@ -277,3 +278,21 @@ def test_probe_files_are_on_a_writable_volume(
         for path in files:
             assert any(path.is_relative_to(mount) for mount in mounts), (path, mounts)
         assert container["livenessProbe"]["exec"]["command"] == ["celeriac", "probe", component]
+
+
+# --- Redis with Sentinel ---------------------------------------------------------------------
+
+
+def test_the_sentinel_tests_run_redis_as_the_chart_configures_it(
+    renders: dict[str, Rendered],
+) -> None:
+    """tests/integration/test_sentinel.py's nodes take ``HA_NODE_CONFIG``: the chart's
+    redis.conf must say the same, so the failover measured there is the chart's."""
+    config = renders["sentinel"].get("ConfigMap", "celeriac-redis")["data"]["redis.conf"]
+    directives = {
+        name: value
+        for line in config.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+        for name, _, value in [line.strip().partition(" ")]
+    }
+    assert {name: directives.get(name) for name, _ in HA_NODE_CONFIG} == dict(HA_NODE_CONFIG)

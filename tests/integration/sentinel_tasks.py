@@ -22,15 +22,29 @@ app = create_app("tests.sentinel")
 def run(self: Task[Any, Any], path: str, seconds: float = 0.0) -> None:
     """Sleep ``seconds``, then append ``<task id> <time>`` to ``path``."""
     time.sleep(seconds)
-    line = f"{self.request.id} {time.time():.3f}\n".encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
+    _append(path, self.request.id)
 
 
 @app.task(name="ha.add", bind=True)
 def add(self: Task[Any, Any], x: int, y: int) -> int:
     """A task whose result goes to the result backend (through Sentinel too)."""
     return x + y
+
+
+@app.task(name="ha.slow_add", bind=True)
+def slow_add(self: Task[Any, Any], x: int, y: int, seconds: float, path: str) -> int:
+    """Append ``<id> <time>`` to ``path`` + ".started", sleep ``seconds``, append to ``path`` +
+    ".finished", return ``x + y`` (stored by the result backend)."""
+    _append(f"{path}.started", self.request.id)
+    time.sleep(seconds)
+    _append(f"{path}.finished", self.request.id)
+    return x + y
+
+
+def _append(path: str, task_id: str | None) -> None:
+    line = f"{task_id} {time.time():.3f}\n".encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)

@@ -38,6 +38,7 @@ from celeriac.testing import (
     SentinelGroup,
     celeriac_command,
     free_port,
+    ha_node_args,
     wait_until,
 )
 from tests.integration.workers import worker_env
@@ -64,7 +65,7 @@ def group() -> Iterator[SentinelGroup]:
         replicas=1,
         sentinels=3,
         down_after_ms=1000,
-        node_args=("--min-replicas-to-write", "1", "--min-replicas-max-lag", "10"),
+        node_args=ha_node_args(),
     ) as started:
         yield started
 
@@ -446,3 +447,145 @@ def test_failover_mid_burst_loses_no_task_and_every_component_follows(
             f"longest beat gap {max(gaps):.1f} s over {len(beat_times)} fires"
         )
     assert not lost, f"{len(lost)} acknowledged tasks never ran: {sorted(lost)[:10]}"
+
+
+# Log lines a worker may write around one failover (README "Redis high availability"): the
+# broker lost (Celery's warning, or celeriac's when it never connected) and found again.
+MAX_CONSUMER_WARNINGS = 2
+# Writes the idle worker's consumer tries in the ~4 s a master refuses them (a spin: hundreds).
+MAX_REFUSED_ATTEMPTS = 12
+SLOW_TASKS = 4
+
+
+def test_results_of_tasks_finishing_in_a_failover_are_stored_and_the_worker_says_so_once(
+    group: SentinelGroup, spawn: Spawn, tmp_path: Path
+) -> None:
+    """Tasks that finish while there is no master, then while the new master refuses writes
+    (``NOREPLICAS``: its replica is not back yet), have their results stored once it accepts
+    writes; the worker waits with its backoff, logs the loss and the return once each, never
+    spins into ``RestartFreqExceeded``, and consumes afterwards."""
+    env = common_env(group)
+    worker_settings = worker_env(
+        group.url(), tmp_path, "worker", log_level="INFO", worker_concurrency=str(SLOW_TASKS)
+    )
+    worker = spawn(celeriac_command("worker"), env=env | worker_settings, name="worker")
+    wait_until(
+        lambda: worker.check_alive() or (tmp_path / "worker.ready").exists(),
+        timeout=60,
+        message="the worker ready",
+    )
+    app = create_app("test-sentinel-results", Settings.from_env(env))
+    marks = tmp_path / "slow"
+    started, finished = Path(f"{marks}.started"), Path(f"{marks}.finished")
+    try:
+        results = [
+            app.send_task(
+                "ha.slow_add",
+                args=(number, 1),
+                kwargs={"seconds": 1 + 1.5 * number, "path": str(marks)},
+                queue="default",
+            )
+            for number in range(SLOW_TASKS)
+        ]
+        wait_until(lambda: len(lines(started)) == SLOW_TASKS, message="the tasks running")
+        old = group.master()
+        killed_at = time.time()
+        old.kill()
+        new = group.wait_for_failover(old)
+        promoted_at = time.time()
+        # The old master stays away until a task has finished after the promotion, while the
+        # new master refuses writes without a replica. (Celery terminates some running tasks
+        # when the connection is lost, worker_cancel_long_running_tasks_on_connection_loss:
+        # those run again later.)
+        wait_until(
+            lambda: any(at > promoted_at for _, at in lines(finished)),
+            timeout=30,
+            message="a task finished after the promotion",
+        )
+        with new.client() as client, pytest.raises(redis.ResponseError, match="NOREPLICAS"):
+            client.set("celeriac:test:write", "1")
+        assert all(at > killed_at for _, at in lines(finished))
+        rejoin_as_replica(group, old, new)
+
+        def stored() -> bool:
+            return all(result.state == "SUCCESS" for result in results)
+
+        try:
+            wait_until(stored, timeout=30, message="the results stored")
+        except AssertionError:
+            states = [result.state for result in results]
+            raise AssertionError(f"states {states}; worker log:\n{worker.output()}") from None
+        assert [result.get(timeout=5) for result in results] == [
+            number + 1 for number in range(SLOW_TASKS)
+        ]
+        after = app.send_task(
+            "ha.slow_add", args=(40, 2), kwargs={"seconds": 0, "path": str(marks)}
+        )
+        assert after.get(timeout=30) == 42
+    finally:
+        app.close()
+    worker.check_alive()
+
+    check_quiet_failover_log(worker.output())
+
+
+def check_quiet_failover_log(output: str) -> None:
+    """The worker logged the broker's loss and return once each, and nothing of a spin."""
+    # kombu logs a task acknowledged on the lost connection as CRITICAL ("Couldn't ack"): it is
+    # delivered again (acks late), not an error of the worker.
+    log = "\n".join(line for line in output.splitlines() if "Couldn't ack" not in line)
+    for sign in (
+        "CRITICAL",
+        "RestartFreqExceeded",
+        "Timed out waiting for UP",
+        "Pool callback raised exception",
+        "Cannot connect to",
+    ):
+        assert sign not in log, f"{sign!r} in the worker's log:\n{log}"
+    consumer_warnings = [
+        line for line in log.splitlines() if "WARNING" in line and "consumer:" in line
+    ]
+    assert 1 <= len(consumer_warnings) <= MAX_CONSUMER_WARNINGS, log
+    assert log.count("broker accepts writes again") == 1, log
+
+
+def refused_writes(node: RedisServer) -> int:
+    """Writes ``node`` refused with NOREPLICAS since it started (INFO errorstats)."""
+    with node.client() as client:
+        stats = client.info("errorstats").get("errorstat_NOREPLICAS", {})
+    return int(stats.get("count", 0)) if isinstance(stats, dict) else 0
+
+
+def test_an_idle_worker_waits_out_a_refusing_master_with_a_backoff(
+    group: SentinelGroup, spawn: Spawn, tmp_path: Path
+) -> None:
+    """While the new master refuses writes (its replica is away), an idle worker's consumer
+    retries with its bounded backoff: a few refused attempts, no restart spin, one warning
+    and one info line; it consumes once the master accepts writes."""
+    env = common_env(group)
+    worker_settings = worker_env(group.url(), tmp_path, "worker", log_level="INFO")
+    worker = spawn(celeriac_command("worker"), env=env | worker_settings, name="worker")
+    wait_until(
+        lambda: worker.check_alive() or (tmp_path / "worker.ready").exists(),
+        timeout=60,
+        message="the worker ready",
+    )
+    old = group.master()
+    old.kill()
+    new = group.wait_for_failover(old)
+    # The backoff's 6th attempt comes ~3 s after the first (waits double from 0.1 s): long
+    # enough for a spinning consumer to make hundreds.
+    wait_until(lambda: refused_writes(new) >= 6, timeout=30, message="the worker refused")
+    refused = refused_writes(new)
+    rejoin_as_replica(group, old, new)
+    app = create_app("test-sentinel-idle", Settings.from_env(env))
+    try:
+        result = app.send_task(
+            "ha.slow_add", args=(40, 2), kwargs={"seconds": 0, "path": str(tmp_path / "idle")}
+        )
+        assert result.get(timeout=30) == 42
+    finally:
+        app.close()
+    worker.check_alive()
+    assert refused <= MAX_REFUSED_ATTEMPTS, refused
+    check_quiet_failover_log(worker.output())

@@ -14,10 +14,13 @@ from typing import Any
 
 from celery import bootsteps
 from celery.worker.consumer import Consumer
+from celery.worker.state import maybe_shutdown
+from kombu.utils.objects import cached_property
 
 from celeriac import heartbeat
 from celeriac.worker.deletion_cost import DeletionCostUpdater, PodAnnotations, held_tasks
 from celeriac.worker.limits import apply_task_limits
+from celeriac.worker.reconnect import BrokerBackoff
 from celeriac.worker.registry import WorkerRegistry, registry_client
 from celeriac.worker.settings import HEARTBEAT_INTERVAL_SECONDS, WorkerSettings
 from celeriac.worker.shutdown import GracefulShutdown
@@ -244,6 +247,10 @@ class Ready(bootsteps.StartStopStep):
     def start(self, c: Any) -> None:
         assert self.settings is not None
         heartbeat.touch(self.settings.ready_file)
+        backoff = getattr(c, "celeriac_backoff", None)
+        if isinstance(backoff, BrokerBackoff):
+            # Consuming again: connected is not enough (a write at start-up may still fail).
+            backoff.connected()
 
     def stop(self, c: Any) -> None:
         assert self.settings is not None
@@ -254,15 +261,27 @@ class Ready(bootsteps.StartStopStep):
 
 
 class ProbedConsumer(Consumer):
-    """Celery's consumer, also touching the heartbeat while it retries the broker connection,
-    recording when it takes a message (for the stall check), and never discarding a message it
-    cannot run (``celeriac.worker.unregistered``; Celery's handlers reject it for good).
+    """Celery's consumer, waiting for the broker with celeriac's backoff (``reconnect``) and
+    touching the heartbeat meanwhile, recording when it takes a message (for the stall check),
+    and never discarding a message it cannot run (``celeriac.worker.unregistered``; Celery's
+    handlers reject it for good).
 
-    While (re)connecting, the consumer sits in kombu's retry loop and no timer runs; that loop
-    calls back every second, and the heartbeat rides on that callback. A Redis outage thus
-    leaves the liveness probe passing (restarting the pod would not bring Redis back), while a
-    frozen process still fails it.
+    While (re)connecting, the consumer sits in kombu's retry loop and no timer runs; the
+    backoff calls back every second, and the heartbeat rides on that callback. A Redis outage
+    thus leaves the liveness probe passing (restarting the pod would not bring Redis back),
+    while a frozen process still fails it.
     """
+
+    @cached_property
+    def celeriac_backoff(self) -> BrokerBackoff:
+        settings = self._celeriac_settings()
+
+        def tick() -> None:
+            if settings is not None:
+                heartbeat.touch(settings.heartbeat_file)
+            maybe_shutdown()
+
+        return BrokerBackoff(tick)
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
         handler: Callable[[Any], Any] = super().create_task_handler(*args, **kwargs)
@@ -278,10 +297,17 @@ class ProbedConsumer(Consumer):
         return on_task_received
 
     def ensure_connected(self, conn: Any) -> Any:
-        settings = self._celeriac_settings()
-        if settings is not None:
-            _touch_while_retrying(conn, settings)
+        _retry_with_backoff(conn, self.celeriac_backoff)
         return super().ensure_connected(conn)
+
+    def on_connection_error_before_connected(self, exc: Exception) -> None:
+        # Celery logs an ERROR and restarts at once (a spin while the broker refuses writes).
+        self.celeriac_backoff.failed(exc)
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        # Lost from now (Celery's clean-up may take a while: it stores terminated tasks' state).
+        self.celeriac_backoff.failed(exc, announced=True)
+        super().on_connection_error_after_connected(exc)  # its one WARNING, and the clean-up
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
         handler = self._unregistered()
@@ -340,17 +366,17 @@ def _task_name(message: Any) -> str:
     return str(name)
 
 
-def _touch_while_retrying(conn: Any, settings: WorkerSettings) -> None:
+def _retry_with_backoff(conn: Any, backoff: BrokerBackoff) -> None:
+    """Make Celery's ``conn.ensure_connection(errback, max_retries, callback=...)`` wait with
+    ``backoff`` between attempts, instead of kombu's intervals and Celery's ERROR per attempt."""
     ensure_connection: Callable[..., Any] = conn.ensure_connection
 
-    def ensure_with_heartbeat(
-        *args: Any, callback: Callable[[], Any] | None = None, **kw: Any
-    ) -> Any:
-        def beat() -> None:
-            heartbeat.touch(settings.heartbeat_file)
-            if callback is not None:
-                callback()
+    def ensure_with_backoff(errback: Any = None, max_retries: int | None = None, **kw: Any) -> Any:
+        def on_error(exc: BaseException, interval: float) -> None:
+            backoff.failed(exc)
 
-        return ensure_connection(*args, callback=beat, **kw)
+        # kombu sleeps the interval after the errback: none, the backoff waited already.
+        kw.update(interval_start=0, interval_step=0, interval_max=0)
+        return ensure_connection(on_error, max_retries, **kw)
 
-    conn.ensure_connection = ensure_with_heartbeat
+    conn.ensure_connection = ensure_with_backoff
