@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from celery import Celery
+from celery.app.defaults import DEFAULTS as CELERY_DEFAULTS
 from kombu import Queue
 
 from celeriac import sentinel
@@ -20,6 +21,29 @@ from celeriac.backend import backend_url
 from celeriac.env import ConfigError
 from celeriac.settings import Settings, check_app_path
 from celeriac.transport import TRANSPORT
+
+# Celery settings where celeriac's choice is a default: an app that sets its own value (one that
+# differs from Celery's default) keeps it, unless a CELERIAC_* variable gives it
+# (Settings.celery_from_environment). Everything else celery_config returns is enforced: the
+# broker, the backend, JSON only, the queues, reconnecting for ever.
+APP_MAY_SET = frozenset(
+    {
+        "result_expires",
+        "task_ignore_result",
+        "task_acks_late",
+        "task_reject_on_worker_lost",
+        "worker_prefetch_multiplier",
+        "task_track_started",
+        "result_extended",
+        "task_default_priority",
+        "worker_send_task_events",
+        "task_send_sent_event",
+        "worker_cancel_long_running_tasks_on_connection_loss",
+    }
+)
+# What configure() set on an app, so configuring it again does not take celeriac's own earlier
+# value for one the app set.
+_APPLIED = "celeriac_applied_defaults"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -95,8 +119,17 @@ def _redis_config(settings: Settings, redis_options: dict[str, Any]) -> dict[str
 
 
 def configure(app: Celery, settings: Settings) -> Celery:
-    """Apply celeriac's configuration to an existing app (environment wins over app code)."""
-    app.conf.update(celery_config(settings))
+    """Apply celeriac's configuration to an existing app: enforced settings always, the
+    defaults of ``APP_MAY_SET`` where the app left Celery's default or the environment gives
+    them (README "Configuration": environment, then app code, then celeriac's defaults)."""
+    config = celery_config(settings)
+    applied: dict[str, Any] = getattr(app, _APPLIED, {})
+    for key in APP_MAY_SET - settings.celery_from_environment:
+        current = app.conf.get(key)
+        if current != CELERY_DEFAULTS[key] and (key not in applied or current != applied[key]):
+            del config[key]  # the app's own choice
+    app.conf.update(config)
+    setattr(app, _APPLIED, {**applied, **{k: config[k] for k in APP_MAY_SET & config.keys()}})
     return app
 
 

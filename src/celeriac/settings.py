@@ -40,6 +40,12 @@ SENTINEL_SEPARATOR = ";"
 # A Sentinel master name (`sentinel monitor <name> ...`); the chart's schema repeats it.
 SENTINEL_MASTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_REDIS_WAIT_TIMEOUT_SECONDS = 1.0
+# Variables that set a Celery setting an app may also set itself (which then wins, unless the
+# variable is given): variable -> Celery setting.
+CELERY_SETTING_VARIABLES = {
+    "RESULT_EXPIRES_SECONDS": "result_expires",
+    "TASK_IGNORE_RESULT": "task_ignore_result",
+}
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,9 @@ class Settings:
     # After each publish, WAIT for this many replicas to acknowledge it (0: do not wait).
     redis_wait_replicas: int = 0
     redis_wait_timeout_seconds: float = DEFAULT_REDIS_WAIT_TIMEOUT_SECONDS
+    # The Celery settings (of celeriac.app.APP_MAY_SET) that a CELERIAC_* variable gave: these
+    # win over what the app sets itself.
+    celery_from_environment: frozenset[str] = frozenset()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -106,6 +115,9 @@ class Settings:
             redis_sentinel_auth=env.boolean("REDIS_SENTINEL_AUTH", True),
             redis_wait_replicas=wait_replicas,
             redis_wait_timeout_seconds=_wait_timeout(env, socket_timeout, wait_replicas),
+            celery_from_environment=frozenset(
+                key for variable, key in CELERY_SETTING_VARIABLES.items() if env.raw(variable)
+            ),
         )
 
     @property

@@ -3,8 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from celery import Celery
 
-from celeriac.app import celery_config, load_app
+from celeriac.app import celery_config, configure, load_app
 from celeriac.env import ConfigError
 from celeriac.settings import Settings, redact_url
 
@@ -90,3 +91,50 @@ def test_task_ignore_result_is_a_setting() -> None:
     # Safety does not depend on results.
     assert config["task_acks_late"] is True
     assert config["task_reject_on_worker_lost"] is True
+
+
+def own_app(**conf: object) -> Celery:
+    """A user's app that sets some of Celery's settings itself, as in its celery.py."""
+    app = Celery("mine", set_as_current=False)
+    app.conf.update(conf)
+    return app
+
+
+def test_an_app_keeps_what_it_sets_itself_where_celeriac_only_has_a_default() -> None:
+    app = configure(own_app(result_expires=60, worker_prefetch_multiplier=8), Settings())
+    assert app.conf.result_expires == 60
+    assert app.conf.worker_prefetch_multiplier == 8
+    # Left at Celery's default: celeriac's default applies.
+    assert app.conf.task_acks_late is True
+    assert app.conf.task_track_started is True
+
+
+def test_the_environment_wins_over_the_app() -> None:
+    settings = Settings.from_env(
+        {"CELERIAC_RESULT_EXPIRES_SECONDS": "120", "CELERIAC_TASK_IGNORE_RESULT": "true"}
+    )
+    app = configure(own_app(result_expires=60, task_ignore_result=False), settings)
+    assert (app.conf.result_expires, app.conf.task_ignore_result) == (120, True)
+    # Without the variables the app's value stands; celeriac's default only where it set none.
+    app = configure(own_app(result_expires=60), Settings.from_env({}))
+    assert app.conf.result_expires == 60
+
+
+def test_what_celeriac_enforces_an_app_cannot_change() -> None:
+    app = configure(
+        own_app(task_serializer="pickle", accept_content=["pickle"], broker_url="redis://x:1/0"),
+        Settings(broker_url="redis://127.0.0.1:6390/0"),
+    )
+    assert app.conf.task_serializer == "json"
+    assert app.conf.accept_content == ["json"]
+    assert app.conf.broker_url == "redis://127.0.0.1:6390/0"
+
+
+def test_configuring_again_replaces_celeriacs_own_earlier_defaults_only() -> None:
+    app = configure(own_app(worker_prefetch_multiplier=8), Settings.from_env({}))
+    assert app.conf.result_expires == 86400
+    configure(app, Settings.from_env({"CELERIAC_RESULT_EXPIRES_SECONDS": "100"}))
+    assert app.conf.result_expires == 100
+    configure(app, Settings.from_env({}))
+    assert app.conf.result_expires == 86400  # 100 was celeriac's, not the app's
+    assert app.conf.worker_prefetch_multiplier == 8  # the app's, every time
