@@ -18,6 +18,8 @@ from celery import Task
 
 from celeriac.app import create_app
 
+# Every task is shared=False: a test that imports this module (for a task name) must not add
+# these tasks to other apps finalized later in the same process, such as the demo app.
 app = create_app("tests.worker")
 
 
@@ -25,7 +27,7 @@ def _redis() -> redis.Redis:
     return redis.Redis.from_url(os.environ["CELERIAC_BROKER_URL"])
 
 
-@app.task(name="tests.record", bind=True)
+@app.task(name="tests.record", bind=True, shared=False)
 def record(
     self: Task[Any, Any], seconds: float = 0.0, first_run_seconds: float | None = None
 ) -> int:
@@ -40,24 +42,24 @@ def record(
     return run
 
 
-@app.task(name="tests.fail")
+@app.task(name="tests.fail", shared=False)
 def fail() -> None:
     raise ValueError("failing on purpose")
 
 
-@app.task(name="tests.retry_once", bind=True, max_retries=1, default_retry_delay=0)
+@app.task(name="tests.retry_once", bind=True, max_retries=1, default_retry_delay=0, shared=False)
 def retry_once(self: Task[Any, Any]) -> int:
     if self.request.retries == 0:
         raise self.retry(countdown=0)
     return int(self.request.retries)
 
 
-@app.task(name="tests.pid")
+@app.task(name="tests.pid", shared=False)
 def pid() -> int:
     return os.getpid()
 
 
-@app.task(name="tests.allocate")
+@app.task(name="tests.allocate", shared=False)
 def allocate(megabytes: int) -> int:
     """Make the pool process's peak RSS grow by ``megabytes`` (filled, so really resident)."""
     block = b"x" * (megabytes * 1024 * 1024)
@@ -65,7 +67,7 @@ def allocate(megabytes: int) -> int:
     return os.getpid()
 
 
-@app.task(name="tests.no_result", bind=True, ignore_result=True)
+@app.task(name="tests.no_result", bind=True, ignore_result=True, shared=False)
 def no_result(self: Task[Any, Any]) -> str:
     """Records its run like ``tests.record``; stores no result (nor STARTED) in the backend."""
     client = _redis()
@@ -73,7 +75,7 @@ def no_result(self: Task[Any, Any]) -> str:
     return "not stored"
 
 
-@app.task(name="tests.log_run", bind=True, ignore_result=True)
+@app.task(name="tests.log_run", bind=True, ignore_result=True, shared=False)
 def log_run(self: Task[Any, Any], path: str, seconds: float = 0.0) -> None:
     """Append this task's id to ``path`` (a record of runs that does not depend on Redis) after
     sleeping ``seconds``."""
@@ -89,14 +91,14 @@ def _append_line(path: str, text: str) -> None:
         os.close(fd)
 
 
-@app.task(name="tests.whoami", bind=True, ignore_result=True)
+@app.task(name="tests.whoami", bind=True, ignore_result=True, shared=False)
 def whoami(self: Task[Any, Any], seconds: float = 0.0) -> None:
     """Add the worker's node name to the set ``hosts`` (which workers consume), then sleep."""
     _redis().sadd("hosts", str(self.request.hostname))
     time.sleep(seconds)
 
 
-@app.task(name="tests.sleep")
+@app.task(name="tests.sleep", shared=False)
 def sleep(seconds: float) -> float:
     """Sleep ``seconds`` in small steps (so a soft time limit's exception lands promptly)."""
     deadline = time.monotonic() + seconds
@@ -105,7 +107,7 @@ def sleep(seconds: float) -> float:
     return seconds
 
 
-@app.task(name="tests.kill_own_process", bind=True, ignore_result=True)
+@app.task(name="tests.kill_own_process", bind=True, ignore_result=True, shared=False)
 def kill_own_process(self: Task[Any, Any], path: str) -> None:
     """Record the run in ``path``, then die as the OOM killer would kill the process."""
     _append_line(path, str(self.request.id))

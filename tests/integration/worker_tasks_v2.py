@@ -17,7 +17,7 @@ __all__ = ["NEW_TASK", "app"]
 NEW_TASK = "tests.v2.log_run"
 
 
-@app.task(name=NEW_TASK, bind=True, ignore_result=True)
+@app.task(name=NEW_TASK, bind=True, ignore_result=True, shared=False)
 def new_log_run(self: Task[Any, Any], path: str) -> None:
     """Append this task's id to ``path``, as ``tests.log_run`` does."""
     _append_line(path, str(self.request.id))

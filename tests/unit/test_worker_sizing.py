@@ -205,3 +205,21 @@ def test_threads_pool_has_no_children_to_recycle(v2: FakeCgroup) -> None:
 )
 def test_format_bytes(value: float, text: str) -> None:
     assert format_bytes(value) == text
+
+
+def test_new_pool_processes_outlast_a_reconnect_before_celery_kills_them() -> None:
+    """While the consumer reconnects nobody reads the UP messages of new pool processes; with
+    Celery's 4 s they were SIGKILLed after every failover longer than that."""
+    from celery import Celery
+
+    from celeriac.worker.runner import PROC_ALIVE_TIMEOUT_SECONDS, configure_worker
+    from celeriac.worker.settings import WorkerSettings
+
+    sizing = Sizing(pool=2, pool_reason="test", max_memory_per_child_kib=None, memory_reason="")
+    app = Celery("a", set_as_current=False)
+    configure_worker(app, WorkerSettings(), sizing)
+    assert app.conf.worker_proc_alive_timeout == PROC_ALIVE_TIMEOUT_SECONDS >= 30
+    patient = Celery("b", set_as_current=False)
+    patient.conf.worker_proc_alive_timeout = 600
+    configure_worker(patient, WorkerSettings(), sizing)
+    assert patient.conf.worker_proc_alive_timeout == 600

@@ -100,6 +100,11 @@ def check_worker(settings: WorkerSettings) -> str:
     )
 
 
+# Outlasts a Sentinel failover's reconnect (README "Redis high availability"); a process that
+# truly hangs at start is still killed, later than Celery's 4 s.
+PROC_ALIVE_TIMEOUT_SECONDS = 60.0
+
+
 def configure_worker(app: Celery, settings: WorkerSettings, sizing: Sizing) -> None:
     """Worker-only Celery settings on top of celeriac's shared configuration."""
     sweep = restore_sweep_seconds(settings.common.visibility_timeout_seconds)
@@ -110,6 +115,13 @@ def configure_worker(app: Celery, settings: WorkerSettings, sizing: Sizing) -> N
     }
     # None disables it even when the app's own configuration set one.
     app.conf.worker_max_memory_per_child = sizing.max_memory_per_child_kib
+    # Celery kills a new pool process whose UP message it has not read in time; while the
+    # consumer reconnects the main loop reads nothing, so each process started meanwhile (those
+    # replacing processes whose tasks were terminated on the connection loss) was SIGKILLed
+    # once the broker was back. An app's own longer timeout stays.
+    app.conf.worker_proc_alive_timeout = max(
+        float(app.conf.worker_proc_alive_timeout or 0), PROC_ALIVE_TIMEOUT_SECONDS
+    )
 
 
 def worker_options(settings: WorkerSettings, sizing: Sizing) -> dict[str, Any]:
