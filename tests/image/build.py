@@ -145,15 +145,20 @@ def syft_binary() -> Path:
 # --- podman, configured by the project --------------------------------------------------------
 
 
-def cgroup_parent() -> str:
-    """This process's own memory cgroup (v1) or unified cgroup, with a child for containers."""
+def cgroup_parent(purpose: str = "run") -> str:
+    """A cgroup under this process's own memory cgroup (v1) or unified cgroup.
+
+    Builds and containers get different ones: a build's RUN step is run in the cgroup parent
+    itself, and cgroup v1 refuses its device rules ("a *:* rwm": invalid argument) while that
+    cgroup has children, such as the cgroups of running containers.
+    """
     paths: dict[str, str] = {}
     for line in Path("/proc/self/cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
         for controller in controllers.split(","):
             paths[controller] = path
     own = paths.get("memory") or paths.get("") or "/"
-    return f"{own.rstrip('/')}/celeriac-image"
+    return f"{own.rstrip('/')}/celeriac-image-{purpose}"
 
 
 def container_ulimits() -> list[str]:
@@ -321,7 +326,7 @@ class Built:
 def common_build_options() -> list[str]:
     return [
         "--network=host",
-        f"--cgroup-parent={cgroup_parent()}",
+        f"--cgroup-parent={cgroup_parent('build')}",
         "--pull=never",
         "--layers",
         "--format=oci",
@@ -393,7 +398,13 @@ def sbom(image: str, output: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="celeriac-sbom-") as scratch:
         archive = Path(scratch) / "image.tar"
         podman("save", "--quiet", "--format", "oci-archive", "--output", str(archive), image)
-        env = {**os.environ, "SYFT_CHECK_FOR_APP_UPDATE": "false"}
+        # Packages only (Debian's and Python's), not an entry for every file of the image.
+        env = {
+            **os.environ,
+            "SYFT_CHECK_FOR_APP_UPDATE": "false",
+            "SYFT_FILE_METADATA_SELECTION": "none",
+            "SYFT_FILE_EXECUTABLE_SELECTION": "none",
+        }
         subprocess.run(
             [
                 str(syft),
