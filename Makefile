@@ -78,8 +78,7 @@ image:
 	$(PYTHON) -m tests.image.build
 
 # Runs the built images in runc containers: every component, UID 10001, read-only, SIGTERM.
-test-image:
-	$(PYTHON) -m tests.image.build
+test-image: install image
 	$(BIN)/pytest -m image tests/image --durations=10
 
 lint: install

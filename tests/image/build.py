@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import functools
 import hashlib
 import json
 import os
@@ -106,19 +107,26 @@ def install_missing_tools() -> None:
     )
 
 
+# Where the machine installs Go, should PATH not name it.
+GO_CANDIDATE = Path("/usr/local/go/bin/go")
+
+
 def go_binary() -> str:
-    found = shutil.which("go") or (
-        "/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None
-    )
+    found = shutil.which("go") or (str(GO_CANDIDATE) if GO_CANDIDATE.exists() else None)
     if found is None:
         raise SystemExit(f"the SBOM needs Go >= 1.26.8 (syft {SYFT_VERSION}'s go.mod) on PATH")
     return found
 
 
+def syft_path() -> Path:
+    """Where syft is, once built: a finished build is a directory of its own."""
+    return cache_dir() / "tools" / f"syft-{SYFT_VERSION}" / "syft"
+
+
 def syft_binary() -> Path:
-    """syft built once from its Go module into the cache (a finished build is a directory)."""
-    folder = cache_dir() / "tools" / f"syft-{SYFT_VERSION}"
-    binary = folder / "syft"
+    """syft built once from its Go module into the cache."""
+    binary = syft_path()
+    folder = binary.parent
     if binary.exists():
         return binary
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -169,6 +177,17 @@ def container_ulimits() -> list[str]:
     return [f"nofile={soft}:{hard}", f"nproc={nproc}:{nproc}"]
 
 
+def write_if_changed(path: Path, text: str) -> None:
+    """Replace ``path`` atomically, and only when its text changes: a podman starting in
+    another process never reads a half-written file."""
+    if path.exists() and path.read_text() == text:
+        return
+    staging = path.with_name(f".{path.name}.{os.getpid()}")
+    staging.write_text(text)
+    staging.replace(path)
+
+
+@functools.cache
 def podman_env() -> dict[str, str]:
     """The environment that points podman at the project's own configuration files."""
     root = cache_dir()
@@ -177,7 +196,8 @@ def podman_env() -> dict[str, str]:
     conf.mkdir(parents=True, exist_ok=True)
     (root / "networks").mkdir(exist_ok=True)
     containers_conf = conf / "containers.conf"
-    containers_conf.write_text(
+    write_if_changed(
+        containers_conf,
         "[containers]\n"
         f"default_ulimits = {json.dumps(container_ulimits())}\n"
         'log_driver = "k8s-file"\n'
@@ -188,11 +208,12 @@ def podman_env() -> dict[str, str]:
         f'events_logfile_path = "{run}/events.log"\n'
         f'tmp_dir = "{run}/libpod"\n'
         "[network]\n"
-        f'network_config_dir = "{root}/networks"\n'
+        f'network_config_dir = "{root}/networks"\n',
     )
     storage_conf = conf / "storage.conf"
-    storage_conf.write_text(
-        f'[storage]\ndriver = "overlay"\ngraphroot = "{root}/storage"\nrunroot = "{run}/storage"\n'
+    write_if_changed(
+        storage_conf,
+        f'[storage]\ndriver = "overlay"\ngraphroot = "{root}/storage"\nrunroot = "{run}/storage"\n',
     )
     return {
         **os.environ,
@@ -277,21 +298,33 @@ def base_image() -> str:
 # --- the images -------------------------------------------------------------------------------
 
 
+def pip_config_files() -> list[Path]:
+    """pip's configuration files on Linux, in the order pip reads them (later ones win)."""
+    home = Path.home()
+    xdg_dirs = os.environ.get("XDG_CONFIG_DIRS") or "/etc/xdg"
+    files = [Path(d) / "pip" / "pip.conf" for d in xdg_dirs.split(":") if d]
+    files += [Path("/etc/pip.conf"), home / ".pip" / "pip.conf"]
+    files.append(Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "pip" / "pip.conf")
+    if os.environ.get("PIP_CONFIG_FILE"):
+        files.append(Path(os.environ["PIP_CONFIG_FILE"]))
+    return files
+
+
 def pip_settings() -> dict[str, str]:
-    """The machine's effective pip settings (files and PIP_* variables), as ``pip config``."""
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "config", "list"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    """The machine's pip settings as pip itself would read them: its configuration files'
+    [global] and [install] sections, then PIP_* variables (read here, since the venv that runs
+    this may have no pip)."""
     settings: dict[str, str] = {}
-    for line in result.stdout.splitlines():
-        key, sep, value = line.partition("=")
-        if not sep:
-            continue
-        name = key.rsplit(".", 1)[-1]
-        settings[name] = value.strip().strip("'\"")
+    for path in pip_config_files():
+        config = configparser.ConfigParser(interpolation=None)
+        if path.is_file():
+            config.read(path)
+        for section in ("global", "install"):
+            if config.has_section(section):
+                settings.update(config.items(section))
+    for name, value in os.environ.items():
+        if name.startswith("PIP_") and name != "PIP_CONFIG_FILE":
+            settings[name[4:].lower().replace("_", "-")] = value
     return settings
 
 
@@ -333,8 +366,11 @@ def common_build_options() -> list[str]:
     ]
 
 
-def build_images(version: str | None = None, revision: str | None = None) -> Built:
-    """The base image and the component images, tagged with the project's version."""
+def build_images(
+    version: str | None = None, revision: str | None = None, *, no_cache: bool = False
+) -> Built:
+    """The base image and the component images, tagged with the project's version;
+    ``no_cache`` rebuilds every layer (not the base)."""
     version = version or project_version()
     started = time.monotonic()
     base = base_image()
@@ -345,6 +381,7 @@ def build_images(version: str | None = None, revision: str | None = None) -> Bui
         podman(
             "build",
             *common_build_options(),
+            *(["--no-cache"] if no_cache else []),
             *pip_secrets(Path(scratch)),
             "--file",
             str(REPO_ROOT / "services" / "base" / "Dockerfile"),
@@ -430,13 +467,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "what", nargs="?", choices=["all", "base", "sbom"], default="all", help="default: all"
     )
+    parser.add_argument(
+        "--no-cache", action="store_true", help="rebuild every layer of the image (not the base)"
+    )
     args = parser.parse_args(argv)
     install_missing_tools()
     if args.what == "base":
         print(base_image())
         return 0
     if args.what == "all":
-        built = build_images()
+        built = build_images(no_cache=args.no_cache)
         size = image_size_bytes(built.image)
         log(f"{built.image}: {size / 1e6:.0f} MB")
     print(sbom(image_tag(), sbom_path()))

@@ -460,3 +460,66 @@ def test_chart_runs_the_image_as_its_dockerfiles_expect() -> None:
         if component in COMPONENT_PROBES:
             # The component image's HEALTHCHECK is the chart's liveness probe.
             assert container["livenessProbe"]["exec"]["command"] == COMPONENT_PROBES[component]
+
+
+# --- make image: the build script's pieces that need no podman -------------------------------
+
+
+def test_build_secrets_carry_the_machines_pip_settings_but_no_local_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.image import build
+
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    settings = {"cert": str(ca), "find-links": "/opt/wheels", "index-url": "https://i.example/s"}
+    monkeypatch.setattr(build, "pip_settings", lambda: settings)
+    options = build.pip_secrets(tmp_path)
+    assert options == [
+        "--secret",
+        f"id=pip-ca,src={ca}",
+        "--secret",
+        f"id=pip.conf,src={tmp_path / 'pip.conf'}",
+    ]
+    # The CA where the Dockerfile mounts it; a folder of the machine's wheels means nothing there.
+    assert (tmp_path / "pip.conf").read_text() == (
+        "[global]\nindex-url = https://i.example/s\ncert = /run/secrets/pip-ca\n\n"
+    )
+
+
+def test_base_tag_changes_with_its_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.image import build
+
+    key = build.base_key()
+    assert key == build.base_key()
+    monkeypatch.setattr(build, "BASE_PACKAGES", (*build.BASE_PACKAGES, "curl"))
+    assert build.base_key() != key
+
+
+def test_make_image_and_ci_run_the_image_build_and_tests() -> None:
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert "\nimage:\n\t$(PYTHON) -m tests.image.build\n" in makefile
+    assert "\ntest-image: install image\n\t$(BIN)/pytest -m image tests/image" in makefile
+    # make test leaves the image tests to make test-image (root, podman).
+    assert '-m "not e2e and not cluster and not image"' in makefile
+    ci = (REPO_ROOT / ".ci" / "run").read_text().splitlines()
+    assert ci.index("make test") < ci.index("make test-image") < ci.index("make e2e")
+
+
+def test_pip_settings_read_as_pip_does_files_then_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.image import build
+
+    system, user = tmp_path / "system.conf", tmp_path / "user.conf"
+    system.write_text("[global]\nindex-url = https://a.example/s\ncert = /etc/ca.crt\n")
+    user.write_text("[install]\nindex-url = https://b.example/s\n[freeze]\ntimeout = 1\n")
+    monkeypatch.setattr(build, "pip_config_files", lambda: [system, tmp_path / "absent", user])
+    for name in [n for n in os.environ if n.startswith("PIP_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "180")
+    assert build.pip_settings() == {
+        "index-url": "https://b.example/s",
+        "cert": "/etc/ca.crt",
+        "default-timeout": "180",
+    }
