@@ -16,7 +16,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PREVIEW_FEATURES := package-conflicts
 SYNC := $(UV) sync --locked
 
-.PHONY: up test test-fast test-e2e e2e lint bench install install-local lock checkov clean
+.PHONY: up test test-fast test-e2e e2e image test-image lint bench install install-local lock checkov clean
 
 # uv itself: the one install outside the lock, pinned by version and hashes.
 $(UV): requirements-uv.txt
@@ -54,7 +54,7 @@ up: install-local
 # local control plane's tests are `make e2e`.
 test: lint checkov
 	CELERIAC_CHECKOV=$(abspath $(CHECKOV_VENV)/bin/checkov) CELERIAC_UV=$(abspath $(UV)) \
-		$(BIN)/pytest -m "not e2e and not cluster" --durations=20
+		$(BIN)/pytest -m "not e2e and not cluster and not image" --durations=20
 
 # Lint, types and the unit tests (no network, no child processes): under a minute.
 test-fast: lint
@@ -69,6 +69,17 @@ test-e2e: install
 e2e: install
 	$(BIN)/python -m tests.cluster.build
 	$(BIN)/pytest -m cluster tests/cluster --durations=10
+
+# The images (README "The image"): ghcr.io/celeriac/celeriac:<version> and one per component,
+# built by podman on a base made from Debian's packages (cached), and the image's SBOM. Root;
+# installs podman, runc and mmdebstrap from Debian if missing; syft is built once with Go. The
+# build script needs only the standard library: no venv.
+image:
+	$(PYTHON) -m tests.image.build
+
+# Runs the built images in runc containers: every component, UID 10001, read-only, SIGTERM.
+test-image: install image
+	$(BIN)/pytest -m image tests/image --durations=10
 
 lint: install
 	$(BIN)/ruff check src tests bench

@@ -220,13 +220,37 @@ def test_base_is_multi_stage_on_one_pinned_base() -> None:
     assert [f.split(" AS ")[1] for f in froms] == ["builder", "runtime"]
     # Both stages from the same reference: the copied venv's python is a symlink into the base.
     assert len({f.split(" AS ")[0] for f in froms}) == 1
-    assert froms[0].startswith("python:${PYTHON_TAG}@${PYTHON_DIGEST} ")
-    defaults = arg_defaults(instructions)
-    assert re.fullmatch(r"3\.11\.\d+-slim-bookworm", defaults["PYTHON_TAG"])
-    assert re.fullmatch(r"sha256:[0-9a-f]{64}", defaults["PYTHON_DIGEST"])
+    # One build argument: the pinned public base by default, any equivalent base when given
+    # (make image passes one made from Debian's packages).
+    assert froms[0].startswith("${BASE_IMAGE} ")
+    assert [i.arguments.split("=")[0] for i in instructions if i.stage == -1] == ["BASE_IMAGE"]
+    default = arg_defaults(instructions)["BASE_IMAGE"]
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", default)
     runtime = final_stage(instructions)
     copies = [i.arguments for i in runtime if i.keyword == "COPY"]
     assert "--from=builder /opt/celeriac/venv /opt/celeriac/venv" in copies
+
+
+def test_base_python_works_in_the_public_and_a_debian_base() -> None:
+    """python3 is on PATH in both (/usr/local/bin in the public image, /usr/bin in Debian's)."""
+    builder = [i for i in parse(BASE_DOCKERFILE) if i.stage == 0]
+    runs = [i.arguments for i in builder if i.keyword == "RUN"]
+    assert runs[0] == "python3 -m venv /opt/celeriac/venv"
+
+
+def test_build_secrets_reach_only_the_pip_steps() -> None:
+    """The machine's pip settings and CA are secrets of the builder's pip steps, never a layer."""
+    instructions = parse(BASE_DOCKERFILE)
+    mounts = "--mount=type=secret,id=pip.conf,target=/etc/pip.conf --mount=type=secret,id=pip-ca "
+    pip_runs = [i for i in instructions if i.keyword == "RUN" and "pip install" in i.arguments]
+    assert len(pip_runs) == 2
+    for run in pip_runs:
+        assert run.stage == 0
+        assert run.arguments.startswith(mounts)
+    assert not [i for i in instructions if "secret" in i.arguments and i.stage != 0]
+    assert not [
+        i for i in instructions if i.keyword in ("ENV", "ARG") and "PIP_CERT" in i.arguments
+    ]
 
 
 def test_base_runs_as_numeric_non_root_user() -> None:
@@ -267,12 +291,15 @@ def test_base_labels_and_version_match_the_project() -> None:
     found = labels(final_stage(instructions))
     assert {f"org.opencontainers.image.{name}" for name in OCI_LABELS} <= set(found)
     assert found["org.opencontainers.image.version"] == "${VERSION}"
+    assert found["org.opencontainers.image.base.name"] == "${BASE_IMAGE}"
     assert arg_defaults(instructions)["VERSION"] == project_version()
 
 
 def test_tini_is_pinned_and_gets_pid_1() -> None:
     run = " ".join(i.arguments for i in final_stage(parse(BASE_DOCKERFILE)) if i.keyword == "RUN")
     assert re.search(r"\btini=\d[\w.+~-]*", run), "pin tini's Debian version"
+    # Installed only where the base lacks it, at the path celeriac.sh runs.
+    assert "if [ ! -x /usr/bin/tini ]; then" in run
     script = ENTRYPOINT_SCRIPT.read_text()
     assert 'if [ "$$" -eq 1 ]; then' in script
     assert 'exec /usr/bin/tini -- /opt/celeriac/venv/bin/celeriac "$@"' in script
@@ -433,3 +460,66 @@ def test_chart_runs_the_image_as_its_dockerfiles_expect() -> None:
         if component in COMPONENT_PROBES:
             # The component image's HEALTHCHECK is the chart's liveness probe.
             assert container["livenessProbe"]["exec"]["command"] == COMPONENT_PROBES[component]
+
+
+# --- make image: the build script's pieces that need no podman -------------------------------
+
+
+def test_build_secrets_carry_the_machines_pip_settings_but_no_local_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.image import build
+
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    settings = {"cert": str(ca), "find-links": "/opt/wheels", "index-url": "https://i.example/s"}
+    monkeypatch.setattr(build, "pip_settings", lambda: settings)
+    options = build.pip_secrets(tmp_path)
+    assert options == [
+        "--secret",
+        f"id=pip-ca,src={ca}",
+        "--secret",
+        f"id=pip.conf,src={tmp_path / 'pip.conf'}",
+    ]
+    # The CA where the Dockerfile mounts it; a folder of the machine's wheels means nothing there.
+    assert (tmp_path / "pip.conf").read_text() == (
+        "[global]\nindex-url = https://i.example/s\ncert = /run/secrets/pip-ca\n\n"
+    )
+
+
+def test_base_tag_changes_with_its_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.image import build
+
+    key = build.base_key()
+    assert key == build.base_key()
+    monkeypatch.setattr(build, "BASE_PACKAGES", (*build.BASE_PACKAGES, "curl"))
+    assert build.base_key() != key
+
+
+def test_make_image_and_ci_run_the_image_build_and_tests() -> None:
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert "\nimage:\n\t$(PYTHON) -m tests.image.build\n" in makefile
+    assert "\ntest-image: install image\n\t$(BIN)/pytest -m image tests/image" in makefile
+    # make test leaves the image tests to make test-image (root, podman).
+    assert '-m "not e2e and not cluster and not image"' in makefile
+    ci = (REPO_ROOT / ".ci" / "run").read_text().splitlines()
+    assert ci.index("make test") < ci.index("make test-image") < ci.index("make e2e")
+
+
+def test_pip_settings_read_as_pip_does_files_then_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.image import build
+
+    system, user = tmp_path / "system.conf", tmp_path / "user.conf"
+    system.write_text("[global]\nindex-url = https://a.example/s\ncert = /etc/ca.crt\n")
+    user.write_text("[install]\nindex-url = https://b.example/s\n[freeze]\ntimeout = 1\n")
+    monkeypatch.setattr(build, "pip_config_files", lambda: [system, tmp_path / "absent", user])
+    for name in [n for n in os.environ if n.startswith("PIP_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "180")
+    assert build.pip_settings() == {
+        "index-url": "https://b.example/s",
+        "cert": "/etc/ca.crt",
+        "default-timeout": "180",
+    }
