@@ -1,0 +1,5 @@
+"""The Django project. Importing the Celery app here makes ``@shared_task`` use it."""
+
+from proj.celery import app as celery_app
+
+__all__ = ["celery_app"]
