@@ -58,7 +58,9 @@ class PostgresServer:
             self._as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
 
     def _run(self, args: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(list(args), check=True, capture_output=True, cwd=self.dir, **self._as_user)
+        return subprocess.run(
+            list(args), check=True, capture_output=True, cwd=self.dir, **self._as_user
+        )
 
     def start(self) -> PostgresServer:
         self._run(

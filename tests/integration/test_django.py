@@ -96,7 +96,13 @@ def test_a_request_to_the_view_enqueues_a_task_that_a_prefork_worker_runs(
     worker = start_worker(spawn, tmp_path, env)
     port = free_port()
     web = spawn(
-        [sys.executable, str(EXAMPLE / "manage.py"), "runserver", "--noreload", f"127.0.0.1:{port}"],
+        [
+            sys.executable,
+            str(EXAMPLE / "manage.py"),
+            "runserver",
+            "--noreload",
+            f"127.0.0.1:{port}",
+        ],
         env=env,
         name="web",
     )

@@ -7,15 +7,19 @@ import logging
 from collections.abc import Sequence
 from typing import Any, cast
 
+import redis
 from celery import Celery
 from celery.apps.beat import Beat
+from celery.beat import Scheduler as CeleryScheduler
+from kombu.utils.imports import symbol_by_name
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from celeriac import heartbeat, sentinel
 from celeriac.app import load_app
+from celeriac.beat.leader import LeaderScheduler
 from celeriac.beat.schedule import Entry, load_schedule
-from celeriac.beat.scheduler import Scheduler
+from celeriac.beat.scheduler import LOCK_SUFFIX, Scheduler
 from celeriac.beat.settings import BeatSettings
 from celeriac.env import ConfigError
 from celeriac.settings import Settings, is_sentinel_url, redact_url
@@ -56,6 +60,29 @@ def beat_config(settings: Settings, beat: BeatSettings) -> dict[str, Any]:
     }
 
 
+def scheduler_config(beat: BeatSettings) -> dict[str, Any]:
+    """Celery settings for beat with a scheduler class of the user's (CELERIAC_BEAT_SCHEDULER):
+    the loop and time zone; its schedule (the app's ``beat_schedule`` included) is its own."""
+    return {
+        "beat_max_loop_interval": beat.max_loop_interval_seconds,
+        "beat_enable_remote_control": False,
+        "timezone": beat.timezone,
+    }
+
+
+def load_scheduler(name: str) -> type[CeleryScheduler]:
+    """The scheduler class ``name`` names; a ConfigError naming the variable otherwise."""
+    try:
+        cls = symbol_by_name(name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"CELERIAC_BEAT_SCHEDULER={name!r} cannot be imported: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, CeleryScheduler)):
+        raise ConfigError(
+            f"CELERIAC_BEAT_SCHEDULER={name!r} is not a celery.beat.Scheduler subclass"
+        )
+    return cls
+
+
 def entries_from(beat: BeatSettings) -> tuple[Entry, ...]:
     """The validated entries of the schedule file; none (with a warning) when there is none."""
     if beat.schedule_file is None:
@@ -72,6 +99,13 @@ def check_beat(settings: Settings, beat: BeatSettings) -> list[str]:
 
     Imports the app, so an entry's arguments are checked against its task as at start.
     """
+    if beat.scheduler is not None:
+        load_app(settings.app, settings)  # first: a Django scheduler needs Django set up
+        cls = load_scheduler(beat.scheduler)
+        return [
+            f"celeriac: scheduler {cls.__module__}.{cls.__name__} imports for app {settings.app}; "
+            "its schedule is its own"
+        ]
     if beat.schedule_file is None:
         return ["celeriac: no schedule file given (--schedule or CELERIAC_BEAT_SCHEDULE_FILE)"]
     entries = load_schedule(beat.schedule_file)
@@ -86,6 +120,9 @@ def check_beat(settings: Settings, beat: BeatSettings) -> list[str]:
 def run_beat(settings: Settings, beat: BeatSettings) -> None:
     """Validate the schedule, then run beat until SIGTERM or SIGINT."""
     app = load_app(settings.app, settings)
+    if beat.scheduler is not None:
+        _run_other_scheduler(app, settings, beat, beat.scheduler)
+        return
     app.conf.update(beat_config(settings, beat))
     if is_sentinel_url(settings.broker_url):
         # redbeat's own Sentinel support drops the timeouts and retry; celeriac's client asks
@@ -131,6 +168,55 @@ def run_beat(settings: Settings, beat: BeatSettings) -> None:
         loglevel=settings.log_level,
         quiet=True,
         # Keep stdout and stderr as they are: the CLI's one-line errors must not become logs.
+        redirect_stdouts=False,
+    ).run()
+
+
+def _run_other_scheduler(app: Celery, settings: Settings, beat: BeatSettings, name: str) -> None:
+    """Run the scheduler class ``name`` behind celeriac's lock (celeriac.beat.leader)."""
+    app.conf.update(scheduler_config(beat))
+    app.set_current()
+    app.log.setup(
+        loglevel=logging.getLevelNamesMapping()[settings.log_level], redirect_stdouts=False
+    )
+    app.loader.import_default_modules()  # Django: django.setup(), before the scheduler imports
+    cls = load_scheduler(name)
+    _prepare_heartbeat(beat)
+    if is_sentinel_url(settings.broker_url):
+        client = sentinel.client(
+            settings,
+            settings.broker_connection_url,
+            decode_responses=True,
+            **redis_options(settings),
+        )
+    else:
+        client = redis.Redis.from_url(
+            settings.broker_connection_url, decode_responses=True, **redis_options(settings)
+        )
+    logger.info(
+        "beat: starting with scheduler %s behind the lock %s in Redis %s, loop <= %gs, "
+        "lock timeout %gs, timezone %s",
+        name,
+        beat.key_prefix + LOCK_SUFFIX,
+        redact_url(settings.broker_url),
+        beat.max_loop_interval_seconds,
+        beat.lock_timeout_seconds,
+        beat.timezone,
+    )
+    scheduler = functools.partial(
+        LeaderScheduler,
+        scheduler_cls=cls,
+        client=client,
+        key_prefix=beat.key_prefix,
+        heartbeat_file=beat.heartbeat_file,
+        lock_timeout=beat.lock_timeout_seconds,
+    )
+    Beat(
+        app=app,
+        scheduler=cast(Any, scheduler),
+        max_interval=cast(Any, beat.max_loop_interval_seconds),
+        loglevel=settings.log_level,
+        quiet=True,
         redirect_stdouts=False,
     ).run()
 

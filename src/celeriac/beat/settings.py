@@ -31,6 +31,9 @@ class BeatSettings:
     heartbeat_file: Path = DEFAULT_HEARTBEAT_FILE
     timezone: str = DEFAULT_TIMEZONE
     key_prefix: str = KEY_PREFIX
+    # A Celery scheduler class ("module:Class") run behind celeriac's lock instead of the
+    # schedule file; None: celeriac's own scheduler (the file, stored by redbeat).
+    scheduler: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> BeatSettings:
@@ -47,8 +50,16 @@ class BeatSettings:
                 f"{MIN_LOCK_TIMEOUT_LOOP_INTERVALS} x CELERIAC_BEAT_MAX_LOOP_INTERVAL_SECONDS "
                 f"({loop:g}), or the lock expires between two ticks"
             )
+        schedule_file = env.input_file("BEAT_SCHEDULE_FILE")
+        scheduler = _scheduler(env)
+        if scheduler is not None and schedule_file is not None:
+            raise ConfigError(
+                f"CELERIAC_BEAT_SCHEDULER={scheduler!r} and CELERIAC_BEAT_SCHEDULE_FILE are both "
+                "set; the schedule file is read only by celeriac's own scheduler: set one"
+            )
         return cls(
-            schedule_file=env.input_file("BEAT_SCHEDULE_FILE"),
+            schedule_file=schedule_file,
+            scheduler=scheduler,
             max_loop_interval_seconds=loop,
             lock_timeout_seconds=lock,
             heartbeat_file=env.output_file("BEAT_HEARTBEAT_FILE", DEFAULT_HEARTBEAT_FILE),
@@ -65,4 +76,17 @@ def _timezone(env: Env) -> str:
             f"CELERIAC_BEAT_TIMEZONE={name!r} is not a known time zone; "
             "use an IANA name such as UTC or Europe/Berlin"
         ) from None
+    return name
+
+
+def _scheduler(env: Env) -> str | None:
+    name = env.optional_string("BEAT_SCHEDULER")
+    if name is None:
+        return None
+    module, sep, attr = name.replace(":", ".").rpartition(".")
+    if not sep or not all(part.isidentifier() for part in (*module.split("."), attr)):
+        raise ConfigError(
+            f"CELERIAC_BEAT_SCHEDULER={name!r} is not a class path; give 'module:Class', such "
+            "as 'django_celery_beat.schedulers:DatabaseScheduler'"
+        )
     return name

@@ -4,21 +4,24 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies: list[tuple[str, str]] = []  # noqa: RUF012  (generated)
 
-    operations = [
+    operations = [  # noqa: RUF012  (generated)
         migrations.CreateModel(
-            name='Order',
+            name="Order",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('amount_cents', models.PositiveIntegerField()),
-                ('paid_at', models.DateTimeField(blank=True, null=True)),
-                ('paid_by_pid', models.IntegerField(blank=True, null=True)),
-                ('paid_on_connection', models.IntegerField(blank=True, null=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("amount_cents", models.PositiveIntegerField()),
+                ("paid_at", models.DateTimeField(blank=True, null=True)),
+                ("paid_by_pid", models.IntegerField(blank=True, null=True)),
+                ("paid_on_connection", models.IntegerField(blank=True, null=True)),
             ],
         ),
     ]
