@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from tests.chart.matrix import MATRIX, MULTIPLE_GROUPS
-from tests.chart.render import Rendered, env_of, pod_spec, render
+from tests.chart.render import Rendered, RenderError, env_of, pod_spec, render
 
 pytestmark = pytest.mark.chart
 
@@ -63,3 +63,18 @@ def test_a_schedule_change_rolls_the_beat_pod() -> None:
     assert checksum(every_minute) == checksum(every_minute)
     assert checksum(every_minute) != checksum({"tick": {"task": "celeriac.demo.add", "every": 30}})
     assert checksum(every_minute) != checksum({})
+
+
+def test_a_scheduler_class_replaces_the_schedule_file() -> None:
+    scheduler = "django_celery_beat.schedulers:DatabaseScheduler"
+    rendered = render({"beat": {"scheduler": scheduler}})
+    (container,) = pod_spec(rendered.get("Deployment", "celeriac-beat"))["containers"]
+    env = env_of(container)
+    assert env["CELERIAC_BEAT_SCHEDULER"]["value"] == scheduler
+    assert "CELERIAC_BEAT_SCHEDULE_FILE" not in env
+
+
+def test_a_scheduler_class_and_a_schedule_are_refused_together() -> None:
+    values = {"beat": {"scheduler": "a.b:C", "schedule": {"x": {"task": "t", "every": 5}}}}
+    with pytest.raises(RenderError, match=r"beat\.scheduler and beat\.schedule"):
+        render(values)

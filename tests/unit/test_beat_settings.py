@@ -47,6 +47,11 @@ def test_lock_timeout_follows_the_loop_interval_unless_set(tmp_path: Path) -> No
         ({"CELERIAC_BEAT_LOCK_TIMEOUT_SECONDS": "x"}, "CELERIAC_BEAT_LOCK_TIMEOUT_SECONDS"),
         ({"CELERIAC_BEAT_TIMEZONE": "Mars/Olympus"}, "CELERIAC_BEAT_TIMEZONE='Mars/Olympus'"),
         ({"CELERIAC_BEAT_TIMEZONE": "../etc"}, "CELERIAC_BEAT_TIMEZONE"),
+        ({"CELERIAC_BEAT_SCHEDULER": "DatabaseScheduler"}, "is not a class path"),
+        (
+            {"CELERIAC_BEAT_SCHEDULER": "a.b:C", "CELERIAC_BEAT_SCHEDULE_FILE": __file__},
+            "are both set",
+        ),
     ],
 )
 def test_bad_settings_name_the_variable(environ: dict[str, str], fragment: str) -> None:
