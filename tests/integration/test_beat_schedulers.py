@@ -8,6 +8,7 @@ entry sets ``expire_seconds``, which Celery turns into an absolute time at publi
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import sys
@@ -106,15 +107,11 @@ def test_two_database_beats_send_each_entry_once_per_due_time_across_a_takeover(
     wait_until(lambda: "acquired the lock" in second.output(), message="the standby taking over")
     wait_until(lambda: len(sent(redis_client, "every-2s")) >= 8, timeout=20, message="4 more")
     times = [at for at, _ in sent(redis_client, "every-2s")]
-    gaps = [later - earlier for earlier, later in itertools_pairwise(times)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     # Once per due time: never two sends of one entry within one interval, the takeover
     # included (the new holder reads the last run its predecessor stored on SIGTERM).
     assert min(gaps) > 1.5, gaps
     assert max(gaps) < 2 * 2 + LOOP_SECONDS, gaps
-
-
-def itertools_pairwise(values: list[float]) -> list[tuple[float, float]]:
-    return list(zip(values, values[1:], strict=False))
 
 
 def test_entries_added_changed_or_disabled_in_the_database_take_effect_without_a_restart(
