@@ -20,10 +20,6 @@ one release exclude each other):
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +28,10 @@ from celery import Celery
 from celery.beat import ScheduleEntry
 from celery.beat import Scheduler as CeleryScheduler
 from redis.exceptions import LockError, RedisError
-from redis.lock import Lock
 
 from celeriac import heartbeat
-from celeriac.beat.scheduler import LOCK_SUFFIX, STANDBY_POLL_SECONDS
+from celeriac.beat.lock import LOCK_SUFFIX, LeaderLock
+from celeriac.beat.scheduler import STANDBY_POLL_SECONDS
 
 logger = logging.getLogger("celeriac.beat")
 
@@ -57,16 +53,11 @@ class LeaderScheduler(CeleryScheduler):
         self._scheduler_cls = scheduler_cls
         self._client = client
         self._heartbeat_file = heartbeat_file
-        self.lock_timeout = lock_timeout
-        self.lock_name = key_prefix + LOCK_SUFFIX
-        self.lock: Lock | None = None
+        self.leader = LeaderLock(lambda: client, key_prefix + LOCK_SUFFIX, lock_timeout)
         self._inner: CeleryScheduler | None = None
         kwargs.pop("lazy", None)
         self._inner_kwargs = dict(kwargs)
-        self._standing_by = False
         self._redis_failing = False
-        self._lock_extended_at = 0.0
-        self._token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         # lazy: this wrapper has no schedule of its own to set up.
         super().__init__(app, lazy=True, **kwargs)
 
@@ -86,18 +77,14 @@ class LeaderScheduler(CeleryScheduler):
     def tick(self, *args: Any, **kwargs: Any) -> float:
         heartbeat.touch(self._heartbeat_file)
         try:
-            if not self._hold_lock():
+            if not self.leader.hold(self.standby_interval):
                 return self.standby_interval
             if self._inner is None:
                 self._inner = self._build()
             interval = min(float(self._inner.tick(*args, **kwargs)), self._max_interval)
         except LockError:
-            logger.warning(
-                "beat: lost the lock %s (this beat stalled longer than the lock timeout of "
-                "%gs and another beat may have taken over); standing by",
-                self.lock_name,
-                self.lock_timeout,
-            )
+            self.leader.lost_warning()
+            self.leader.forget()
             self._stop_scheduling()
             return self.standby_interval
         except RedisError as exc:
@@ -114,7 +101,7 @@ class LeaderScheduler(CeleryScheduler):
         return interval
 
     def _build(self) -> CeleryScheduler:
-        guard = self._guard_send
+        guard = self.leader.recheck
         parent = self._scheduler_cls
 
         class Guarded(parent):  # type: ignore[valid-type,misc]  # a class known at run time
@@ -127,28 +114,10 @@ class LeaderScheduler(CeleryScheduler):
         logger.info("beat: scheduling with %s", self.info)
         return inner
 
-    def _guard_send(self) -> None:
-        # A tick that took long (a slow database, a slow publish) re-checks the lock before
-        # sending more, so a beat that lost it mid-tick does not send what the new holder sends.
-        if time.monotonic() - self._lock_extended_at > self.lock_timeout / 2:
-            self._extend_lock()
-
     def close(self) -> None:
         """Store the scheduler's state, then release the lock (SIGTERM lands here)."""
         self._stop_scheduling()
-        lock, self.lock = self.lock, None
-        if lock is not None:
-            try:
-                lock.release()
-                logger.info("beat: released the lock %s", self.lock_name)
-            except LockError:
-                logger.warning("beat: the lock %s had already expired", self.lock_name)
-            except RedisError as exc:
-                logger.warning(
-                    "beat: could not release the lock (%s); it expires within %gs",
-                    exc,
-                    self.lock_timeout,
-                )
+        self.leader.release()
 
     def _stop_scheduling(self) -> None:
         inner, self._inner = self._inner, None
@@ -157,38 +126,3 @@ class LeaderScheduler(CeleryScheduler):
                 inner.close()
             except Exception:
                 logger.exception("beat: closing %s failed", self.info)
-
-    def _hold_lock(self) -> bool:
-        if self.lock is None:
-            lock = self._client.lock(self.lock_name, timeout=self.lock_timeout, thread_local=False)
-            if not lock.acquire(blocking=False, token=self._token):
-                if not self._standing_by:
-                    logger.info(
-                        "beat: standing by: another beat holds the lock %s; polling every %gs",
-                        self.lock_name,
-                        self.standby_interval,
-                    )
-                    self._standing_by = True
-                return False
-            self.lock = lock
-            self._standing_by = False
-            self._lock_extended_at = time.monotonic()
-            logger.info(
-                "beat: acquired the lock %s as %s (timeout %gs)",
-                self.lock_name,
-                self._token,
-                self.lock_timeout,
-            )
-        else:
-            self._extend_lock()
-        return True
-
-    def _extend_lock(self) -> None:
-        if self.lock is None:
-            raise LockError("the lock is not held")
-        try:
-            self.lock.extend(self.lock_timeout, replace_ttl=True)
-        except LockError:
-            self.lock = None
-            raise
-        self._lock_extended_at = time.monotonic()

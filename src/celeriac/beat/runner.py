@@ -7,7 +7,6 @@ import logging
 from collections.abc import Sequence
 from typing import Any, cast
 
-import redis
 from celery import Celery
 from celery.apps.beat import Beat
 from celery.beat import Scheduler as CeleryScheduler
@@ -18,8 +17,9 @@ from redis.retry import Retry
 from celeriac import heartbeat, sentinel
 from celeriac.app import load_app
 from celeriac.beat.leader import LeaderScheduler
+from celeriac.beat.lock import LOCK_SUFFIX
 from celeriac.beat.schedule import Entry, load_schedule
-from celeriac.beat.scheduler import LOCK_SUFFIX, Scheduler
+from celeriac.beat.scheduler import Scheduler
 from celeriac.beat.settings import BeatSettings
 from celeriac.env import ConfigError
 from celeriac.settings import Settings, is_sentinel_url, redact_url
@@ -160,16 +160,7 @@ def run_beat(settings: Settings, beat: BeatSettings) -> None:
         heartbeat_file=beat.heartbeat_file,
         lock_timeout=beat.lock_timeout_seconds,
     )
-    # Celery's hints say str and int; it resolves a class (or factory) and takes a float too.
-    Beat(
-        app=app,
-        scheduler=cast(Any, scheduler),
-        max_interval=cast(Any, beat.max_loop_interval_seconds),
-        loglevel=settings.log_level,
-        quiet=True,
-        # Keep stdout and stderr as they are: the CLI's one-line errors must not become logs.
-        redirect_stdouts=False,
-    ).run()
+    _run_beat(app, settings, beat, scheduler)
 
 
 def _run_other_scheduler(app: Celery, settings: Settings, beat: BeatSettings, name: str) -> None:
@@ -182,17 +173,10 @@ def _run_other_scheduler(app: Celery, settings: Settings, beat: BeatSettings, na
     app.loader.import_default_modules()  # Django: django.setup(), before the scheduler imports
     cls = load_scheduler(name)
     _prepare_heartbeat(beat)
-    if is_sentinel_url(settings.broker_url):
-        client = sentinel.client(
-            settings,
-            settings.broker_connection_url,
-            decode_responses=True,
-            **redis_options(settings),
-        )
-    else:
-        client = redis.Redis.from_url(
-            settings.broker_connection_url, decode_responses=True, **redis_options(settings)
-        )
+    # Plain or through Sentinel, as the broker URL says.
+    client = sentinel.client(
+        settings, settings.broker_connection_url, decode_responses=True, **redis_options(settings)
+    )
     logger.info(
         "beat: starting with scheduler %s behind the lock %s in Redis %s, loop <= %gs, "
         "lock timeout %gs, timezone %s",
@@ -211,12 +195,18 @@ def _run_other_scheduler(app: Celery, settings: Settings, beat: BeatSettings, na
         heartbeat_file=beat.heartbeat_file,
         lock_timeout=beat.lock_timeout_seconds,
     )
+    _run_beat(app, settings, beat, scheduler)
+
+
+def _run_beat(app: Celery, settings: Settings, beat: BeatSettings, scheduler: Any) -> None:
+    # Celery's hints say str and int; it resolves a class (or factory) and takes a float too.
     Beat(
         app=app,
         scheduler=cast(Any, scheduler),
         max_interval=cast(Any, beat.max_loop_interval_seconds),
         loglevel=settings.log_level,
         quiet=True,
+        # Keep stdout and stderr as they are: the CLI's one-line errors must not become logs.
         redirect_stdouts=False,
     ).run()
 

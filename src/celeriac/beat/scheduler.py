@@ -20,10 +20,6 @@ Changes to redbeat's behavior, and why:
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,16 +27,15 @@ from typing import Any
 from celery import Celery
 from redbeat.schedulers import RedBeatScheduler, RedBeatSchedulerEntry, ensure_conf, get_redis
 from redis.exceptions import LockError, RedisError
-from redis.lock import Lock
 
 from celeriac import heartbeat
+from celeriac.beat.lock import LOCK_SUFFIX, LeaderLock
 from celeriac.beat.schedule import Entry
 
 logger = logging.getLogger("celeriac.beat")
 
 # How often a standby beat tries the lock (capped by the loop interval).
 STANDBY_POLL_SECONDS = 1.0
-LOCK_SUFFIX = ":lock"
 
 
 class Scheduler(RedBeatScheduler):  # type: ignore[misc]  # redbeat ships no type hints
@@ -59,14 +54,13 @@ class Scheduler(RedBeatScheduler):  # type: ignore[misc]  # redbeat ships no typ
         self._entries = tuple(entries)
         self._heartbeat_file = heartbeat_file
         self._synced = False
-        self._standing_by = False
         self._redis_failing = False
-        self._lock_extended_at = 0.0
-        # The lock's value says who holds it: `GET celeriac:beat::lock` answers "which pod?".
-        self._token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         super().__init__(app, lock_timeout=lock_timeout, **kwargs)
-        self.lock: Lock | None = None
-        self.lock_name: str = ensure_conf(app).key_prefix + LOCK_SUFFIX
+        # redbeat's own lock stays unused (its close() releases it when set).
+        self.lock = None
+        self.leader = LeaderLock(
+            lambda: get_redis(app), ensure_conf(app).key_prefix + LOCK_SUFFIX, lock_timeout
+        )
 
     @property
     def standby_interval(self) -> float:
@@ -78,17 +72,15 @@ class Scheduler(RedBeatScheduler):  # type: ignore[misc]  # redbeat ships no typ
     def tick(self, *args: Any, **kwargs: Any) -> float:
         heartbeat.touch(self._heartbeat_file)
         try:
-            if not self._hold_lock():
+            if not self.leader.hold(self.standby_interval):
                 return self.standby_interval
+            if not self._synced:
+                self._sync_schedule()
+                self._synced = True
             interval = float(super().tick(*args, **kwargs))
         except LockError:
-            logger.warning(
-                "beat: lost the lock %s (this beat stalled longer than the lock timeout of "
-                "%gs and another beat may have taken over); standing by",
-                self.lock_name,
-                self.lock_timeout,
-            )
-            self.lock = None
+            self.leader.lost_warning()
+            self.leader.forget()
             self._synced = False
             return self.standby_interval
         except RedisError as exc:
@@ -102,64 +94,12 @@ class Scheduler(RedBeatScheduler):  # type: ignore[misc]  # redbeat ships no typ
         return interval
 
     def maybe_due(self, entry: RedBeatSchedulerEntry, **kwargs: Any) -> Any:
-        # A tick that took long (a slow publish) re-checks the lock before sending more, so a
-        # beat that lost the lock mid-tick does not fire what the new holder fires.
-        if time.monotonic() - self._lock_extended_at > self.lock_timeout / 2:
-            self._extend_lock()
+        self.leader.recheck()
         return super().maybe_due(entry, **kwargs)
 
     def close(self) -> None:
-        """Release the lock at once (SIGTERM lands here) so a standby beat takes over fast."""
-        lock, self.lock = self.lock, None
-        if lock is not None:
-            try:
-                lock.release()
-                logger.info("beat: released the lock %s", self.lock_name)
-            except LockError:
-                logger.warning("beat: the lock %s had already expired", self.lock_name)
-            except RedisError as exc:
-                logger.warning(
-                    "beat: could not release the lock (%s); it expires within %gs",
-                    exc,
-                    self.lock_timeout,
-                )
+        self.leader.release()
         super().close()
-
-    def _hold_lock(self) -> bool:
-        if self.lock is None:
-            lock = get_redis(self.app).lock(
-                self.lock_name, timeout=self.lock_timeout, thread_local=False
-            )
-            if not lock.acquire(blocking=False, token=self._token):
-                if not self._standing_by:
-                    logger.info(
-                        "beat: standing by: another beat holds the lock %s; polling every %gs",
-                        self.lock_name,
-                        self.standby_interval,
-                    )
-                    self._standing_by = True
-                return False
-            self.lock = lock
-            self._standing_by = False
-            self._lock_extended_at = time.monotonic()
-            logger.info(
-                "beat: acquired the lock %s as %s (timeout %gs)",
-                self.lock_name,
-                self._token,
-                self.lock_timeout,
-            )
-        else:
-            self._extend_lock()
-        if not self._synced:
-            self._sync_schedule()
-            self._synced = True
-        return True
-
-    def _extend_lock(self) -> None:
-        if self.lock is None:
-            raise LockError("the lock is not held")
-        self.lock.extend(self.lock_timeout, replace_ttl=True)
-        self._lock_extended_at = time.monotonic()
 
     def _sync_schedule(self) -> None:
         """Make Redis hold exactly the file's entries, keeping the last run of those kept."""
