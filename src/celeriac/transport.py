@@ -493,7 +493,6 @@ class Channel(kombu_redis.Channel):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._check_writable()
         self._fetch_key = f"{FETCH_PREFIX}{uuid.uuid4().hex}"
         self._fetch_nonces = itertools.count(1)
         self._fetch_nonce = ""
@@ -502,6 +501,8 @@ class Channel(kombu_redis.Channel):
         self._fetch_replies = 0
         # Queues consumed without acknowledgements: their messages are never recorded as held.
         self._no_ack_queues: set[str] = set()
+        # Last: a refusal disconnects, and the disconnect handler reads the state above.
+        self._check_writable()
 
     def _check_writable(self) -> None:
         """Connect only to a node that accepts writes (kombu's channel checks with a PING).
