@@ -16,7 +16,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PREVIEW_FEATURES := package-conflicts
 SYNC := $(UV) sync --locked
 
-.PHONY: up test test-fast test-e2e e2e image test-image lint bench install install-local lock checkov clean
+.PHONY: up test test-suites test-fast test-e2e e2e image test-image lint bench install install-local lock checkov clean
 
 # uv itself: the one install outside the lock, pinned by version and hashes.
 $(UV): requirements-uv.txt
@@ -55,6 +55,14 @@ up: install-local
 test: lint checkov
 	CELERIAC_CHECKOV=$(abspath $(CHECKOV_VENV)/bin/checkov) CELERIAC_UV=$(abspath $(UV)) \
 		$(BIN)/pytest -m "not e2e and not cluster and not image" --durations=20
+
+# Celery's and kombu's own integration suites, from the locked versions' sdists (fetched and
+# cached under ~/.cache/celeriac/suites), against stock kombu and against celeriac: a test that
+# fails only with celeriac must be in tests/suites/expected-differences.yaml (README "Upstream
+# test suites"). Its own target: the three runs take longer than make test (README gives times).
+test-suites: install
+	$(SYNC) --inexact --extra suites
+	$(BIN)/python -m tests.suites.run
 
 # Lint, types and the unit tests (no network, no child processes): under a minute.
 test-fast: lint

@@ -33,7 +33,7 @@ from typing import Any
 import redis
 
 from celeriac.keys import dead_letters_key, in_flight_key, priority_list_keys
-from celeriac.transport import PUBLISHED_AT_HEADER
+from celeriac.transport import PUBLISHED_AT_PROPERTY
 
 
 @dataclass(frozen=True)
@@ -118,9 +118,9 @@ def _oldest_age(oldest_per_list: Sequence[bytes | None], moment: float) -> float
 def _publish_fields(raw: bytes) -> tuple[float | None, bool]:
     """(publish time or None, whether it is an ETA task) of a waiting message."""
     try:
-        headers = json.loads(raw)["headers"]
-        stamp = headers.get(PUBLISHED_AT_HEADER)
-        eta = headers.get("eta") is not None
+        message = json.loads(raw)
+        stamp = message["properties"].get(PUBLISHED_AT_PROPERTY)
+        eta = message["headers"].get("eta") is not None
     except (ValueError, TypeError, KeyError, AttributeError):
         return None, False
     return (float(stamp) if isinstance(stamp, int | float) else None), eta

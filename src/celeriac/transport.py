@@ -46,9 +46,10 @@ sends the fetch (or subscribes) again, and a fetch dropped with its reply unread
 (recovered as above). Commands on other connections (acks, publishes, the result backend) are
 bounded by the socket timeout and retried on a new connection by redis-py.
 
-Producers keep kombu's key layout: messages are published as kombu does, with one header more
-(the publish time), so a plain Celery producer still works (its messages just have no known
-age). Processes that consume (celeriac's workers) must use this transport, which
+Producers keep kombu's key layout: messages are published as kombu does, with one property
+more (the publish time; a property, not a header, so consumers see exactly the headers that were
+sent), so a plain Celery producer still works (its messages just have no known age). Processes
+that consume (celeriac's workers) must use this transport, which
 ``celeriac.app`` configures for every component.
 """
 
@@ -91,10 +92,11 @@ _kombu_redis: Any = kombu_redis
 
 # How Celery's ``broker_transport`` names this module's transport.
 TRANSPORT = "celeriac.transport:Transport"
-# A message header with the Unix time it was published: the age of the oldest waiting message
+# A message property with the Unix time it was published: the age of the oldest waiting message
 # (exporter) and the time a task waited before it started (worker metrics) are read from it.
-# Celery's message protocol has no publish time of its own.
-PUBLISHED_AT_HEADER = "celeriac_published_at"
+# Celery's message protocol has no publish time of its own. A property, not a header: consumers
+# (Celery's tasks, kombu's message.headers) see exactly the headers the producer sent.
+PUBLISHED_AT_PROPERTY = "celeriac_published_at"
 # Doorbell tokens kept per queue: enough to wake every idle worker of a burst, bounded so that
 # tokens piling up while every worker is busy cost little.
 WAKE_TOKENS_MAX = 1000
@@ -475,6 +477,21 @@ class ListenPubSub(redis.client.PubSub):
         return response
 
 
+def refuse_global_keyprefix(transport_options: Mapping[str, Any]) -> None:
+    """Refuse kombu's ``global_keyprefix`` when connecting (README "Sharing one Redis").
+
+    celeriac's fetch script, doorbells, in-flight index and dead letters, and every reader of
+    them (exporter, API, inspect), use unprefixed keys; with a prefix, fanout (Celery's
+    remote control) would also subscribe to channels nobody publishes to. Refused at once,
+    not at the first fetch or silently.
+    """
+    if transport_options.get("global_keyprefix"):
+        raise NotImplementedError(
+            "broker_transport_options['global_keyprefix'] is not supported by celeriac's "
+            "transport: use a Redis database (or server) of its own per application instead"
+        )
+
+
 class Channel(kombu_redis.Channel):
     QoS = QoS
     # Deliveries that did not finish (the worker was lost) before a message is dead-lettered;
@@ -491,8 +508,9 @@ class Channel(kombu_redis.Channel):
     _pool: Any
     connection_errors: tuple[type[BaseException], ...]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, connection: Any, *args: Any, **kwargs: Any) -> None:
+        refuse_global_keyprefix(connection.client.transport_options)
+        super().__init__(connection, *args, **kwargs)
         self._fetch_key = f"{FETCH_PREFIX}{uuid.uuid4().hex}"
         self._fetch_nonces = itertools.count(1)
         self._fetch_nonce = ""
@@ -540,10 +558,10 @@ class Channel(kombu_redis.Channel):
         return super().basic_consume(queue, no_ack, *args, **kwargs)
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
-        headers = message.setdefault("headers", {})
-        if isinstance(headers, dict):
+        properties = message.setdefault("properties", {})
+        if isinstance(properties, dict):
             # setdefault: a requeued or re-sent message keeps the time it was first published.
-            headers.setdefault(PUBLISHED_AT_HEADER, time())
+            properties.setdefault(PUBLISHED_AT_PROPERTY, time())
         batch = kwargs.get("_publish_batch")
         if batch is not None:
             super()._put(queue, message, **kwargs)
@@ -566,8 +584,6 @@ class Channel(kombu_redis.Channel):
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
-        if self.global_keyprefix:
-            raise NotImplementedError("celeriac's transport does not support global_keyprefix")
         self._recover_lost_fetches()
         pairs = [
             (queue, self._q_for_pri(queue, step))

@@ -39,7 +39,7 @@ import httpx
 import redis
 
 from celeriac.testing import wait_until
-from celeriac.transport import PUBLISHED_AT_HEADER
+from celeriac.transport import PUBLISHED_AT_PROPERTY
 from celeriac.worker.deletion_cost import ANNOTATION
 from tests.e2e import autoscaling, scenario
 from tests.e2e.autoscaling import TASK, ScenarioCluster, burst_values
@@ -484,7 +484,7 @@ def beat_messages(client: redis.Redis) -> list[Obj]:
 
 
 def published_at(message: Obj) -> float:
-    return float(message["headers"][PUBLISHED_AT_HEADER])
+    return float(message["properties"][PUBLISHED_AT_PROPERTY])
 
 
 def firings(messages: Iterable[Obj], marker: int) -> list[float]:

@@ -21,7 +21,7 @@ from celeriac.api.services import publisher
 from celeriac.api.templates import PROBE_ID
 from celeriac.demo import ADD_TASK
 from celeriac.settings import Settings
-from celeriac.transport import PUBLISHED_AT_HEADER
+from celeriac.transport import PUBLISHED_AT_PROPERTY
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,7 @@ def message(commands: list[Command]) -> dict[str, Any]:
     decoded = json.loads(payload)
     tag = decoded["properties"].pop("delivery_tag")
     assert uuid.UUID(tag).version == 4
-    assert isinstance(decoded["headers"].pop(PUBLISHED_AT_HEADER), float)
+    assert isinstance(decoded["properties"].pop(PUBLISHED_AT_PROPERTY), float)
     decoded["body"] = json.loads(base64.b64decode(decoded["body"]))
     decoded["list"] = key
     decoded["rest"] = commands[1:]

@@ -29,7 +29,7 @@ from celery import Celery, signals
 from celery.utils.saferepr import saferepr
 from kombu.utils.json import dumps, loads
 
-from celeriac.transport import PUBLISHED_AT_HEADER
+from celeriac.transport import PUBLISHED_AT_PROPERTY
 
 if TYPE_CHECKING:
     from celeriac.api.publish import Command  # publish uses this module
@@ -66,12 +66,12 @@ class Template:
                 args_or_empty, self.argsrepr_maxsize, maxlevels=self.repr_maxlevels
             ),
             "kwargsrepr": saferepr(kwargs, self.kwargsrepr_maxsize, maxlevels=self.repr_maxlevels),
-            PUBLISHED_AT_HEADER: time(),
         }
         properties = {
             **message["properties"],
             "correlation_id": task_id,
             "delivery_tag": str(uuid.uuid4()),
+            PUBLISHED_AT_PROPERTY: time(),
         }
         body = dumps([args_or_empty, kwargs, self.embed]).encode("utf-8")
         filled = {

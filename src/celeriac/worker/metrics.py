@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from celery import signals
 from celery.exceptions import TimeLimitExceeded
 
-from celeriac.transport import PUBLISHED_AT_HEADER, parse_eta
+from celeriac.transport import PUBLISHED_AT_PROPERTY, parse_eta
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -206,7 +206,8 @@ def queue_wait(request: Any, now: float) -> tuple[str, float] | None:
 
     An ETA task waits on purpose until its ETA, so its wait counts from then.
     """
-    published = getattr(request, PUBLISHED_AT_HEADER, None)
+    properties = getattr(request, "properties", None)
+    published = properties.get(PUBLISHED_AT_PROPERTY) if isinstance(properties, dict) else None
     if not isinstance(published, int | float):
         return None
     eta = parse_eta(getattr(request, "eta", None))
