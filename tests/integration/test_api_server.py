@@ -220,6 +220,13 @@ def test_several_processes_serve_one_port_and_stop_on_sigterm(
 ) -> None:
     api, client = _start_api(spawn, redis_url, workers=2)
     closing.append(client)
+    # /healthz answers once the first process serves; on a busy machine the second may still
+    # be importing, and a SIGTERM then would stop it before it ever started.
+    wait_until(
+        lambda: api.output().count("Started server process") == 2,
+        timeout=DEADLINE,
+        message="both API processes started",
+    )
     ids = {_submit(client, "celeriac.demo.add", args=[n, n]) for n in range(10)}
     assert len(ids) == 10
     for task_id in ids:
