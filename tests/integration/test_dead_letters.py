@@ -16,8 +16,8 @@ from celeriac.app import create_app
 from celeriac.backlog import read_backlog
 from celeriac.keys import DELIVERIES_KEY, UNACKED_KEY
 from celeriac.settings import DEFAULT_PRIORITY_STEPS, Settings
-from celeriac.testing import Child, celeriac_command, wait_until
-from tests.integration.workers import worker_env
+from celeriac.testing import Child, wait_until
+from tests.integration.workers import runs, spawn_ready_worker, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -40,17 +40,7 @@ def start_worker(
     **settings: str,
 ) -> Child:
     env = worker_env(redis_url, tmp_path, "w", app=app, **settings)
-    worker = spawn(celeriac_command("worker"), env=env, name="worker")
-    wait_until(
-        lambda: Path(env["CELERIAC_WORKER_READY_FILE"]).exists() or worker.check_alive(),
-        timeout=60,
-        message="worker ready",
-    )
-    return worker
-
-
-def runs(path: Path) -> list[str]:
-    return path.read_text().split() if path.exists() else []
+    return spawn_ready_worker(spawn, env, "worker")
 
 
 def test_a_task_that_kills_its_process_is_dead_lettered_after_three_runs(

@@ -24,8 +24,9 @@ from celery import Celery
 from celeriac.app import create_app
 from celeriac.keys import UNACKED_KEY
 from celeriac.settings import Settings
-from celeriac.testing import Child, RedisServer, celeriac_command, wait_until
-from tests.integration.workers import worker_env
+from celeriac.testing import Child, RedisServer, wait_until
+from tests.integration.workers import runs as runs_of
+from tests.integration.workers import spawn_ready_worker, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -76,17 +77,7 @@ def start_worker(spawn: Spawn, url: str, tmp_path: Path, name: str) -> Child:
         visibility_timeout_seconds=VISIBILITY_TIMEOUT_SECONDS,
         log_level="WARNING",
     )
-    worker = spawn(celeriac_command("worker"), env=env, name=name)
-    wait_until(
-        lambda: Path(env["CELERIAC_WORKER_READY_FILE"]).exists() or worker.check_alive(),
-        timeout=60,
-        message=f"worker {name} ready",
-    )
-    return worker
-
-
-def runs_of(path: Path) -> list[str]:
-    return path.read_text().split() if path.exists() else []
+    return spawn_ready_worker(spawn, env, name)
 
 
 def wait_for_every_task(runs: Path, ids: set[str], workers: list[Child]) -> list[str]:

@@ -28,14 +28,14 @@ from celeriac.exporter.collector import QUEUE_DEAD_LETTERS, create_registry
 from celeriac.exporter.settings import ExporterSettings
 from celeriac.keys import UNACKED_KEY, priority_list_keys
 from celeriac.settings import DEFAULT_PRIORITY_STEPS, Settings
-from celeriac.testing import Child, celeriac_command, wait_until
+from celeriac.testing import Child, wait_until
 from celeriac.worker.unregistered import (
     RETRY_SECONDS,
     UNREGISTERED_DELIVERIES_HEADER,
     UNREGISTERED_SINCE_HEADER,
 )
 from tests.integration.worker_tasks_v2 import NEW_TASK
-from tests.integration.workers import worker_env
+from tests.integration.workers import runs, spawn_ready_worker, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -59,17 +59,7 @@ def start_worker(
     spawn: Spawn, redis_url: str, tmp_path: Path, name: str, app: str, **settings: str
 ) -> Child:
     env = worker_env(redis_url, tmp_path, name, app=app, worker_hostname=f"{name}@test", **settings)
-    worker = spawn(celeriac_command("worker"), env=env, name=name)
-    wait_until(
-        lambda: Path(env["CELERIAC_WORKER_READY_FILE"]).exists() or worker.check_alive(),
-        timeout=60,
-        message=f"worker {name} ready",
-    )
-    return worker
-
-
-def runs(path: Path) -> list[str]:
-    return path.read_text().split() if path.exists() else []
+    return spawn_ready_worker(spawn, env, name)
 
 
 def waiting_or_held(client: redis.Redis, task_id: str) -> dict[str, Any] | None:
