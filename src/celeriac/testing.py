@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar, cast
 
@@ -456,6 +456,8 @@ class HalfOpenProxy:
         # Each socket -> its peer, for every connection forwarding now or frozen.
         self._peers: dict[socket.socket, socket.socket] = {}
         self._frozen: set[socket.socket] = set()
+        # While set, connections made from now on are frozen from their start.
+        self._freeze_new = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="half-open-proxy", daemon=True)
 
@@ -477,21 +479,35 @@ class HalfOpenProxy:
         with self._lock:
             return (len(self._peers) - len(self._frozen)) // 2
 
-    def freeze(self) -> int:
-        """Make every connection open now half-open; returns how many there were."""
+    def freeze(self, *, spare: Collection[int] = (), new: bool = False) -> int:
+        """Make every connection open now half-open; returns how many there were.
+
+        ``spare``: local ports of the proxy's connections to the target (Redis' ``CLIENT
+        LIST`` shows them as each client's ``addr``) to leave working. ``new``: connections
+        made from now until ``thaw`` are half-open from their start (they connect, nothing
+        answers): a consumer then cannot come back.
+        """
         with self._lock:
-            for sock in self._peers:
-                if sock not in self._frozen:
-                    self._frozen.add(sock)
-                    self._selector.unregister(sock)
+            self._freeze_new = new
+            for client, upstream in list(self._peers.items()):
+                if upstream.getsockname()[1] in spare or client.getsockname()[1] in spare:
+                    continue
+                self._freeze_pair(client)
             return len(self._frozen) // 2
 
     def thaw(self) -> None:
         """Forward on the frozen connections again (the dropped packets are let through)."""
         with self._lock:
+            self._freeze_new = False
             for sock in self._frozen:
                 self._selector.register(sock, selectors.EVENT_READ)
             self._frozen.clear()
+
+    def _freeze_pair(self, sock: socket.socket) -> None:
+        for end in (sock, self._peers[sock]):
+            if end not in self._frozen:
+                self._frozen.add(end)
+                self._selector.unregister(end)
 
     def close(self) -> None:
         self._stop.set()
@@ -537,6 +553,8 @@ class HalfOpenProxy:
             sock.setblocking(True)
             self._selector.register(sock, selectors.EVENT_READ)
         self._peers[client], self._peers[upstream] = upstream, client
+        if self._freeze_new:
+            self._freeze_pair(client)
 
     def _forward(self, sock: socket.socket) -> None:
         peer = self._peers[sock]
