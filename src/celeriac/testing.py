@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import Literal, TypeVar, cast
 
 import redis
 
@@ -430,6 +430,8 @@ class SentinelGroup:
         self.close()
 
 
+# What ``HalfOpenProxy.freeze`` does to connections made after it.
+NewConnections = Literal["forward", "freeze", "refuse"]
 # What the proxy reads from one side before it writes to the other.
 PROXY_CHUNK_BYTES = 65536
 
@@ -456,8 +458,8 @@ class HalfOpenProxy:
         # Each socket -> its peer, for every connection forwarding now or frozen.
         self._peers: dict[socket.socket, socket.socket] = {}
         self._frozen: set[socket.socket] = set()
-        # While set, connections made from now on are frozen from their start.
-        self._freeze_new = False
+        # What happens to connections made from now on (``freeze``).
+        self._new: NewConnections = "forward"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="half-open-proxy", daemon=True)
 
@@ -479,16 +481,17 @@ class HalfOpenProxy:
         with self._lock:
             return (len(self._peers) - len(self._frozen)) // 2
 
-    def freeze(self, *, spare: Collection[int] = (), new: bool = False) -> int:
+    def freeze(self, *, spare: Collection[int] = (), new: NewConnections = "forward") -> int:
         """Make every connection open now half-open; returns how many there were.
 
         ``spare``: local ports of the proxy's connections to the target (Redis' ``CLIENT
-        LIST`` shows them as each client's ``addr``) to leave working. ``new``: connections
-        made from now until ``thaw`` are half-open from their start (they connect, nothing
-        answers): a consumer then cannot come back.
+        LIST`` shows them as each client's ``addr``) to leave working. ``new``: what happens
+        to connections made from now until ``thaw``: forwarded; half-open from their start
+        ("freeze": they connect, nothing answers); or closed at once ("refuse"). With either
+        of the last two a client cannot come back while ``spare`` ones still work.
         """
         with self._lock:
-            self._freeze_new = new
+            self._new = new
             for client, upstream in list(self._peers.items()):
                 if upstream.getsockname()[1] in spare or client.getsockname()[1] in spare:
                     continue
@@ -498,7 +501,7 @@ class HalfOpenProxy:
     def thaw(self) -> None:
         """Forward on the frozen connections again (the dropped packets are let through)."""
         with self._lock:
-            self._freeze_new = False
+            self._new = "forward"
             for sock in self._frozen:
                 self._selector.register(sock, selectors.EVENT_READ)
             self._frozen.clear()
@@ -543,6 +546,9 @@ class HalfOpenProxy:
             client, _ = self._listener.accept()
         except BlockingIOError:
             return
+        if self._new == "refuse":
+            client.close()
+            return
         try:
             upstream = socket.create_connection(self.target, timeout=5)
         except OSError:
@@ -553,7 +559,7 @@ class HalfOpenProxy:
             sock.setblocking(True)
             self._selector.register(sock, selectors.EVENT_READ)
         self._peers[client], self._peers[upstream] = upstream, client
-        if self._freeze_new:
+        if self._new == "freeze":
             self._freeze_pair(client)
 
     def _forward(self, sock: socket.socket) -> None:
