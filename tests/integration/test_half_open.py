@@ -189,18 +189,6 @@ def worker_env(url: str, tmp_path: Path) -> dict[str, str]:
     return workers.worker_env(url, tmp_path, "h", **settings) | {"PYTHONPATH": str(REPO_ROOT)}
 
 
-def start_worker(spawn: Spawn, env: dict[str, str]) -> Child:
-    child = spawn(celeriac_command("worker"), env=env, name="h")
-    ready = Path(env["CELERIAC_WORKER_READY_FILE"])
-
-    def started() -> bool:
-        child.check_alive()
-        return ready.exists()
-
-    wait_until(started, timeout=60, message="the worker ready")
-    return child
-
-
 def probe(env: dict[str, str]) -> int:
     return subprocess.run(
         celeriac_command("probe", "worker"),
@@ -245,7 +233,7 @@ def test_worker_resumes_on_new_connections_and_loses_nothing(
     answers remote control within the socket timeout plus a few seconds, and runs every task
     once; its probe passes throughout."""
     env = worker_env(f"redis://127.0.0.1:{proxy.port}/0", tmp_path)
-    worker = start_worker(spawn, env)
+    worker = workers.spawn_ready_worker(spawn, env, "h")
     # Warm: pool processes hold result-backend connections, the fanout is subscribed.
     warm = run_tasks(producer, 5)
     wait_until(lambda: all_succeeded(warm), timeout=30, message="the warm-up tasks")
@@ -297,7 +285,7 @@ def test_probe_fails_while_the_consumer_cannot_come_back_and_passes_once_it_does
     longer "consuming"). Either way the probe fails within the stall time. Once the network
     heals the worker consumes, runs every task once and its probe passes."""
     env = worker_env(f"redis://127.0.0.1:{proxy.port}/0", tmp_path)
-    worker = start_worker(spawn, env)
+    worker = workers.spawn_ready_worker(spawn, env, "h")
     warm = run_tasks(producer, 2)
     wait_until(lambda: all_succeeded(warm), timeout=30, message="the warm-up tasks")
     spare = wait_until(lambda: stall_check_port(redis_client), message="the stall check")
