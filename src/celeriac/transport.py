@@ -431,12 +431,14 @@ class QoS(kombu_redis.QoS):
             channel._do_restore_message(message, exchange, routing_key, pipe, leftmost)
 
         channel: Any = self.channel  # kombu's Redis channel; the stubs know only the base
-        with channel.conn_or_acquire(client) as conn:
-            # A node that refuses writes (a failover under way) is a connection error: a
-            # closing channel then leaves the tag to the next fetch (``restore_unacked``)
-            # instead of to the visibility timeout, and a fetch reconnects.
-            with sentinel.reconnect_when_refused(conn.connection_pool.disconnect):
-                conn.transaction(restore_transaction, self.unacked_key)
+        # A node that refuses writes (a failover under way) is a connection error: a closing
+        # channel then leaves the tag to the next fetch (``restore_unacked``) instead of to the
+        # visibility timeout, and a fetch reconnects.
+        with (
+            channel.conn_or_acquire(client) as conn,
+            sentinel.reconnect_when_refused(conn.connection_pool.disconnect),
+        ):
+            conn.transaction(restore_transaction, self.unacked_key)
 
 
 class ListenPubSub(redis.client.PubSub):
