@@ -40,15 +40,17 @@ STOP_TIMEOUT_SECONDS = 10.0
 MAX_BODY_BYTES = 4096
 
 
-def _app(broker_url: str) -> FastAPI:
+def _app(broker_url: str, app: str = Settings.app) -> FastAPI:
     settings = Settings(
+        app=app,
         broker_url=broker_url,
         queues=QUEUES,
         visibility_timeout_seconds=600,
         redis_socket_timeout_seconds=2,
     )
+    tasks = TASKS if app == Settings.app else None
     return create_app(
-        settings, ApiSettings(tokens=(TOKEN,), allowed_tasks=TASKS, max_body_bytes=MAX_BODY_BYTES)
+        settings, ApiSettings(tokens=(TOKEN,), allowed_tasks=tasks, max_body_bytes=MAX_BODY_BYTES)
     )
 
 
@@ -198,6 +200,9 @@ PROVOKED: list[tuple[str, str, str, dict[str, Any], bool, int]] = [
     ("GET", "/readyz", "/readyz", OVERSIZE, True, 413),
     ("GET", "/readyz", "/readyz", {}, False, 503),
 ]
+# Given by an app whose results are not in Redis (tests/integration/results_elsewhere.py).
+RESULTS_ELSEWHERE = "tests.integration.results_elsewhere:app"
+PROVOKED_WITH_RESULTS_ELSEWHERE = [("GET", "/v1/tasks", "/v1/tasks", {}, True, 501)]
 
 
 @pytest.mark.parametrize(
@@ -224,9 +229,32 @@ def test_each_error_an_operation_gives_is_declared(
     assert str(status) in DOCUMENT["paths"][template][method.lower()]["responses"]
 
 
+@pytest.mark.parametrize(
+    ("method", "template", "path", "options", "redis_up", "status"),
+    PROVOKED_WITH_RESULTS_ELSEWHERE,
+    ids=[f"{case[0]} {case[2]} {case[5]}" for case in PROVOKED_WITH_RESULTS_ELSEWHERE],
+)
+def test_each_error_an_app_with_results_elsewhere_gives_is_declared(
+    redis_url: str,
+    method: str,
+    template: str,
+    path: str,
+    options: dict[str, Any],
+    redis_up: bool,
+    status: int,
+) -> None:
+    with TestClient(_app(redis_url, RESULTS_ELSEWHERE)) as client:
+        response = client.request(method, path, **{"headers": AUTH, **options})
+    assert response.status_code == status, response.text
+    assert str(status) in DOCUMENT["paths"][template][method.lower()]["responses"]
+
+
 def test_no_operation_declares_an_error_it_cannot_give() -> None:
     provoked: dict[tuple[str, str], set[str]] = {}
-    for method, template, _path, _options, _redis_up, status in PROVOKED:
+    for method, template, _path, _options, _redis_up, status in [
+        *PROVOKED,
+        *PROVOKED_WITH_RESULTS_ELSEWHERE,
+    ]:
         provoked.setdefault((method.lower(), template), set()).add(str(status))
     declared = {
         (method, template): {status for status in operation["responses"] if status >= "4"}

@@ -391,9 +391,35 @@ def test_results_in_the_database_are_stored_by_a_prefork_worker_and_read_by_the_
     assert error["type"] == "ValueError"
     assert "not-an-id" in error["message"]  # Django's words for the bad id
 
+    # Revoked before it ran: the API's record says so, the database has no state yet.
+    delayed = client.post(
+        "/v1/tasks", json={"task": "orders.pay", "args": [order], "countdown": 600}
+    ).json()["id"]
+    revoked = client.delete(f"/v1/tasks/{delayed}")
+    assert (revoked.status_code, revoked.json()["state"]) == (202, "REVOKED")
+    assert client.get(f"/v1/tasks/{delayed}").json()["state"] == "REVOKED"
+
     assert client.get("/v1/tasks/never-sent").status_code == 404
     # Listing needs results in Redis: refused, naming the setting.
     listing = client.get("/v1/tasks")
     assert listing.status_code == 501
     assert "django-db" in listing.json()["detail"]
     assert "CELERY_RESULT_BACKEND" in listing.json()["detail"]
+
+
+def test_a_result_database_out_of_reach_is_a_503_not_a_traceback(
+    spawn: Spawn,
+    redis_url: str,
+    postgres_server: PostgresServer,
+    django_db: str,
+    closing: list[httpx.Client],
+) -> None:
+    # The API's database is a port nothing listens on; Redis is up.
+    env = django_env(postgres_server, django_db, redis_url, DJANGO_RESULTS_IN_DATABASE="1")
+    client = start_api(spawn, env | {"PGPORT": str(free_port())}, closing)
+    accepted = client.post("/v1/tasks", json={"task": "orders.report"})
+    assert accepted.status_code == 202, accepted.text
+    response = client.get(f"/v1/tasks/{accepted.json()['id']}")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    assert response.json() == {"detail": "the app's result backend cannot be read; retry later"}
