@@ -24,7 +24,7 @@ from schemathesis.config import SchemathesisConfig
 
 from celeriac.api import ApiSettings, create_app, idempotency
 from celeriac.api.tracking import RESULT_PREFIX
-from celeriac.settings import Settings
+from celeriac.settings import DEFAULT_APP, Settings
 from celeriac.testing import free_port
 
 pytestmark = pytest.mark.integration
@@ -40,7 +40,7 @@ STOP_TIMEOUT_SECONDS = 10.0
 MAX_BODY_BYTES = 4096
 
 
-def _app(broker_url: str, app: str = Settings.app) -> FastAPI:
+def _app(broker_url: str, app: str = DEFAULT_APP) -> FastAPI:
     settings = Settings(
         app=app,
         broker_url=broker_url,
@@ -48,7 +48,7 @@ def _app(broker_url: str, app: str = Settings.app) -> FastAPI:
         visibility_timeout_seconds=600,
         redis_socket_timeout_seconds=2,
     )
-    tasks = TASKS if app == Settings.app else None
+    tasks = TASKS if app == DEFAULT_APP else None
     return create_app(
         settings, ApiSettings(tokens=(TOKEN,), allowed_tasks=tasks, max_body_bytes=MAX_BODY_BYTES)
     )
@@ -206,9 +206,12 @@ PROVOKED_WITH_RESULTS_ELSEWHERE = [("GET", "/v1/tasks", "/v1/tasks", {}, True, 5
 
 
 @pytest.mark.parametrize(
-    ("method", "template", "path", "options", "redis_up", "status"),
-    PROVOKED,
-    ids=[f"{case[0]} {case[2]} {case[5]}" for case in PROVOKED],
+    ("method", "template", "path", "options", "redis_up", "status", "app"),
+    [
+        *[(*case, DEFAULT_APP) for case in PROVOKED],
+        *[(*case, RESULTS_ELSEWHERE) for case in PROVOKED_WITH_RESULTS_ELSEWHERE],
+    ],
+    ids=[f"{case[0]} {case[2]} {case[5]}" for case in PROVOKED + PROVOKED_WITH_RESULTS_ELSEWHERE],
 )
 def test_each_error_an_operation_gives_is_declared(
     redis_url: str,
@@ -219,31 +222,12 @@ def test_each_error_an_operation_gives_is_declared(
     options: dict[str, Any],
     redis_up: bool,
     status: int,
+    app: str,
 ) -> None:
     broker_url = redis_url if redis_up else f"redis://127.0.0.1:{free_port()}/0"
     finished = {"status": "SUCCESS", "result": 3, "task_id": "finished-task"}
     redis_client.set(RESULT_PREFIX + "finished-task", json.dumps(finished))
-    with TestClient(_app(broker_url)) as client:
-        response = client.request(method, path, **{"headers": AUTH, **options})
-    assert response.status_code == status, response.text
-    assert str(status) in DOCUMENT["paths"][template][method.lower()]["responses"]
-
-
-@pytest.mark.parametrize(
-    ("method", "template", "path", "options", "redis_up", "status"),
-    PROVOKED_WITH_RESULTS_ELSEWHERE,
-    ids=[f"{case[0]} {case[2]} {case[5]}" for case in PROVOKED_WITH_RESULTS_ELSEWHERE],
-)
-def test_each_error_an_app_with_results_elsewhere_gives_is_declared(
-    redis_url: str,
-    method: str,
-    template: str,
-    path: str,
-    options: dict[str, Any],
-    redis_up: bool,
-    status: int,
-) -> None:
-    with TestClient(_app(redis_url, RESULTS_ELSEWHERE)) as client:
+    with TestClient(_app(broker_url, app)) as client:
         response = client.request(method, path, **{"headers": AUTH, **options})
     assert response.status_code == status, response.text
     assert str(status) in DOCUMENT["paths"][template][method.lower()]["responses"]

@@ -9,11 +9,12 @@ with results in the database (django-celery-results) the API reads task states f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -300,15 +301,8 @@ def test_celeriac_settings_and_djangos_celery_settings_combine_as_documented(
 TOKEN = "django-results-token-0123456789"
 
 
-@pytest.fixture
-def closing() -> Iterator[list[httpx.Client]]:
-    clients: list[httpx.Client] = []
-    yield clients
-    for client in clients:
-        client.close()
-
-
-def start_api(spawn: Spawn, env: dict[str, str], closing: list[httpx.Client]) -> httpx.Client:
+def start_api(spawn: Spawn, env: dict[str, str]) -> httpx.Client:
+    """``celeriac api`` with ``env``, answering: a client for it, to close."""
     port = free_port()
     api = spawn(
         celeriac_command("api", "--host", "127.0.0.1", "--port", str(port)),
@@ -328,8 +322,11 @@ def start_api(spawn: Spawn, env: dict[str, str], closing: list[httpx.Client]) ->
         except httpx.TransportError:
             return False
 
-    wait_until(healthy, timeout=60, message="celeriac api to answer /healthz")
-    closing.append(client)
+    try:
+        wait_until(healthy, timeout=60, message="celeriac api to answer /healthz")
+    except BaseException:
+        client.close()
+        raise
     return client
 
 
@@ -350,11 +347,21 @@ def test_results_in_the_database_are_stored_by_a_prefork_worker_and_read_by_the_
     redis_client: redis.Redis,
     postgres_server: PostgresServer,
     django_db: str,
-    closing: list[httpx.Client],
 ) -> None:
     env = django_env(postgres_server, django_db, redis_url, DJANGO_RESULTS_IN_DATABASE="1")
     worker = start_worker(spawn, tmp_path, env)
-    client = start_api(spawn, env, closing)
+    with contextlib.closing(start_api(spawn, env)) as client:
+        check_results_in_the_database(client, env, worker, postgres_server, redis_client)
+
+
+def check_results_in_the_database(
+    client: httpx.Client,
+    env: dict[str, str],
+    worker: Child,
+    postgres_server: PostgresServer,
+    redis_client: redis.Redis,
+) -> None:
+    django_db = env["PGDATABASE"]
     order = new_order(postgres_server, django_db)
 
     response = client.post("/v1/tasks", json={"task": "orders.pay", "args": [order]})
@@ -412,14 +419,13 @@ def test_a_result_database_out_of_reach_is_a_503_not_a_traceback(
     redis_url: str,
     postgres_server: PostgresServer,
     django_db: str,
-    closing: list[httpx.Client],
 ) -> None:
     # The API's database is a port nothing listens on; Redis is up.
     env = django_env(postgres_server, django_db, redis_url, DJANGO_RESULTS_IN_DATABASE="1")
-    client = start_api(spawn, env | {"PGPORT": str(free_port())}, closing)
-    accepted = client.post("/v1/tasks", json={"task": "orders.report"})
-    assert accepted.status_code == 202, accepted.text
-    response = client.get(f"/v1/tasks/{accepted.json()['id']}")
+    with contextlib.closing(start_api(spawn, env | {"PGPORT": str(free_port())})) as client:
+        accepted = client.post("/v1/tasks", json={"task": "orders.report"})
+        assert accepted.status_code == 202, accepted.text
+        response = client.get(f"/v1/tasks/{accepted.json()['id']}")
     assert response.status_code == 503
     assert response.headers["Retry-After"]
     assert response.json() == {"detail": "the app's result backend cannot be read; retry later"}

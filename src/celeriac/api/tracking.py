@@ -4,7 +4,8 @@ Celery answers PENDING for any id it has no result for, so a typo looks like a t
 forever. The API therefore records each id it submits (task name, queue) in the result
 backend's Redis, expiring with the result; an id with neither a record nor a result is unknown
 (404). Both are read with one pipelined round trip; a submission writes its record and its
-message in one transaction when results and broker share a Redis.
+message in one transaction when results and broker share a Redis. An app that keeps results
+outside Redis (django-db ...) has them read through its backend (``app_results``) instead.
 """
 
 from __future__ import annotations
