@@ -379,6 +379,20 @@ def check_results_in_the_database(
         task_id,
     )
     assert row == [("SUCCESS", "1", "orders.pay")]
+    # Its two states cost two writes (README): the STARTED row inserted, then updated.
+    wait_until(
+        lambda: (
+            fetch(
+                postgres_server,
+                django_db,
+                "SELECT n_tup_ins, n_tup_upd FROM pg_stat_user_tables WHERE relname = %s",
+                "django_celery_results_taskresult",
+            )
+            == [(1, 1)]
+        ),
+        timeout=10,
+        message="one insert and one update of the result row counted",
+    )
     paid_by = fetch(
         postgres_server, django_db, "SELECT paid_by_pid FROM orders_order WHERE id = %s", order
     )
