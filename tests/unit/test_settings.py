@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
+from celery.backends.redis import RedisBackend
+from celery.backends.rpc import RPCBackend
 
 from celeriac.app import app_result_backend, celery_config, configure, load_app
 from celeriac.env import ConfigError
@@ -158,3 +160,8 @@ def test_a_redis_result_backend_is_always_celeriacs(backend: str | None) -> None
     app = configure(own_app(result_backend=backend), settings)
     assert app.conf.result_backend == "celeriac.backend:ResultBackend+redis://127.0.0.1:6390/0"
     assert app_result_backend(app) is None
+
+
+def test_a_backend_class_counts_as_redis_when_it_is_one() -> None:
+    assert app_result_backend(own_app(result_backend=RedisBackend)) is None
+    assert app_result_backend(own_app(result_backend=RPCBackend)) is RPCBackend
