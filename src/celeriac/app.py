@@ -3,6 +3,11 @@
 ``create_app`` makes a new app for your tasks; ``load_app`` imports any app given as
 ``module:attr`` and applies the same configuration, so the worker, beat, API and exporter
 always agree on broker, serialization and queues.
+
+The result backend is celeriac's Redis one, unless the app chose a backend that is not Redis
+(django-celery-results' ``django-db``, ``db+postgresql://...``) and ``CELERIAC_RESULT_BACKEND_URL``
+is not set: then the app's stays (``app_result_backend``), and the API reads task states through
+it. A Redis URL in the app is replaced, so Redis results always live where the settings say.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 
 from celery import Celery
 from celery.app.defaults import DEFAULTS as CELERY_DEFAULTS
+from celery.backends.redis import RedisBackend
 from kombu import Queue
 
 from celeriac import sentinel
@@ -41,6 +47,8 @@ APP_MAY_SET = frozenset(
         "worker_cancel_long_running_tasks_on_connection_loss",
     }
 )
+# How Celery names its Redis result backends: the scheme of the URL, or the alias before a "+".
+REDIS_BACKEND_NAMES = frozenset({"redis", "rediss", "sentinel"})
 # What configure() set on an app, so configuring it again does not take celeriac's own earlier
 # value for one the app set.
 _APPLIED = "celeriac_applied_defaults"
@@ -123,6 +131,8 @@ def configure(app: Celery, settings: Settings) -> Celery:
     defaults of ``APP_MAY_SET`` where the app left Celery's default or the environment gives
     them (README "Configuration": environment, then app code, then celeriac's defaults)."""
     config = celery_config(settings)
+    if settings.result_backend_url is None and app_result_backend(app) is not None:
+        del config["result_backend"]  # the app's own, not Redis
     applied: dict[str, Any] = getattr(app, _APPLIED, {})
     for key in APP_MAY_SET - settings.celery_from_environment:
         current = app.conf.get(key)
@@ -131,6 +141,19 @@ def configure(app: Celery, settings: Settings) -> Celery:
     app.conf.update(config)
     setattr(app, _APPLIED, {**applied, **{k: config[k] for k in APP_MAY_SET & config.keys()}})
     return app
+
+
+def app_result_backend(app: Celery) -> object | None:
+    """The app's own result backend when it is not a Redis one (``django-db``, ``db+...``,
+    a backend class ...); None for a Redis backend (celeriac's included) or none at all."""
+    backend = app.conf.get("result_backend")
+    if backend is None:
+        return None
+    if isinstance(backend, type):
+        return None if issubclass(backend, RedisBackend) else backend
+    # "redis://h", "celeriac.backend:ResultBackend+redis://h", "redis+socket:///s", "django-db"
+    names = str(backend).split("://", 1)[0].split("+")
+    return None if REDIS_BACKEND_NAMES.intersection(names) else backend
 
 
 def create_app(name: str = "celeriac", settings: Settings | None = None) -> Celery:

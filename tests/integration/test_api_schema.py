@@ -24,7 +24,7 @@ from schemathesis.config import SchemathesisConfig
 
 from celeriac.api import ApiSettings, create_app, idempotency
 from celeriac.api.tracking import RESULT_PREFIX
-from celeriac.settings import Settings
+from celeriac.settings import DEFAULT_APP, Settings
 from celeriac.testing import free_port
 
 pytestmark = pytest.mark.integration
@@ -40,15 +40,17 @@ STOP_TIMEOUT_SECONDS = 10.0
 MAX_BODY_BYTES = 4096
 
 
-def _app(broker_url: str) -> FastAPI:
+def _app(broker_url: str, app: str = DEFAULT_APP) -> FastAPI:
     settings = Settings(
+        app=app,
         broker_url=broker_url,
         queues=QUEUES,
         visibility_timeout_seconds=600,
         redis_socket_timeout_seconds=2,
     )
+    tasks = TASKS if app == DEFAULT_APP else None
     return create_app(
-        settings, ApiSettings(tokens=(TOKEN,), allowed_tasks=TASKS, max_body_bytes=MAX_BODY_BYTES)
+        settings, ApiSettings(tokens=(TOKEN,), allowed_tasks=tasks, max_body_bytes=MAX_BODY_BYTES)
     )
 
 
@@ -198,12 +200,18 @@ PROVOKED: list[tuple[str, str, str, dict[str, Any], bool, int]] = [
     ("GET", "/readyz", "/readyz", OVERSIZE, True, 413),
     ("GET", "/readyz", "/readyz", {}, False, 503),
 ]
+# Given by an app whose results are not in Redis (tests/integration/results_elsewhere.py).
+RESULTS_ELSEWHERE = "tests.integration.results_elsewhere:app"
+PROVOKED_WITH_RESULTS_ELSEWHERE = [("GET", "/v1/tasks", "/v1/tasks", {}, True, 501)]
 
 
 @pytest.mark.parametrize(
-    ("method", "template", "path", "options", "redis_up", "status"),
-    PROVOKED,
-    ids=[f"{case[0]} {case[2]} {case[5]}" for case in PROVOKED],
+    ("method", "template", "path", "options", "redis_up", "status", "app"),
+    [
+        *[(*case, DEFAULT_APP) for case in PROVOKED],
+        *[(*case, RESULTS_ELSEWHERE) for case in PROVOKED_WITH_RESULTS_ELSEWHERE],
+    ],
+    ids=[f"{case[0]} {case[2]} {case[5]}" for case in PROVOKED + PROVOKED_WITH_RESULTS_ELSEWHERE],
 )
 def test_each_error_an_operation_gives_is_declared(
     redis_url: str,
@@ -214,11 +222,12 @@ def test_each_error_an_operation_gives_is_declared(
     options: dict[str, Any],
     redis_up: bool,
     status: int,
+    app: str,
 ) -> None:
     broker_url = redis_url if redis_up else f"redis://127.0.0.1:{free_port()}/0"
     finished = {"status": "SUCCESS", "result": 3, "task_id": "finished-task"}
     redis_client.set(RESULT_PREFIX + "finished-task", json.dumps(finished))
-    with TestClient(_app(broker_url)) as client:
+    with TestClient(_app(broker_url, app)) as client:
         response = client.request(method, path, **{"headers": AUTH, **options})
     assert response.status_code == status, response.text
     assert str(status) in DOCUMENT["paths"][template][method.lower()]["responses"]
@@ -226,7 +235,10 @@ def test_each_error_an_operation_gives_is_declared(
 
 def test_no_operation_declares_an_error_it_cannot_give() -> None:
     provoked: dict[tuple[str, str], set[str]] = {}
-    for method, template, _path, _options, _redis_up, status in PROVOKED:
+    for method, template, _path, _options, _redis_up, status in [
+        *PROVOKED,
+        *PROVOKED_WITH_RESULTS_ELSEWHERE,
+    ]:
         provoked.setdefault((method.lower(), template), set()).add(str(status))
     declared = {
         (method, template): {status for status in operation["responses"] if status >= "4"}

@@ -3,11 +3,13 @@
 A request to Django's view enqueues a task, a prefork ``celeriac worker`` runs it through the
 ORM; Django's connection handling in the worker is checked on the server (``pg_stat_activity``
 and ``pg_backend_pid()``, which each task stores in its row); a worker SIGTERMed mid-task leaves
-no transaction open; and celeriac's settings combine with Django's ``CELERY_*`` as README says.
+no transaction open; celeriac's settings combine with Django's ``CELERY_*`` as README says; and
+with results in the database (django-celery-results) the API reads task states from there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -17,8 +19,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from celeriac import Settings, create_app
+from celeriac.api.tracking import RESULT_PREFIX
 from celeriac.testing import Child, celeriac_command, free_port, wait_until
 from tests.integration.django_example import EXAMPLE, django_env, fetch
 from tests.integration.postgres import PostgresServer
@@ -230,7 +234,8 @@ SHOW_CONFIG = """
 import json
 from celeriac import Settings, load_app
 app = load_app("proj.celery:app", Settings.from_env())
-print(json.dumps({k: app.conf[k] for k in ("broker_url", "result_expires", "task_time_limit")}))
+keys = ("broker_url", "result_backend", "result_expires", "task_time_limit")
+print(json.dumps({k: app.conf[k] for k in keys}))
 """
 OTHER_BROKER_SETTINGS = """
 from proj.settings import *  # noqa: F403
@@ -253,6 +258,17 @@ CELERY_TASK_DEFAULT_QUEUE = "celery"
         ),
         # The broker is enforced: CELERY_BROKER_URL in Django's settings is overridden.
         ("other_broker", {}, {"result_expires": 3600}),
+        # Results in the database, the project's choice: kept...
+        ("proj.settings", {"DJANGO_RESULTS_IN_DATABASE": "1"}, {"result_backend": "django-db"}),
+        # ... unless CELERIAC_RESULT_BACKEND_URL says otherwise.
+        (
+            "proj.settings",
+            {
+                "DJANGO_RESULTS_IN_DATABASE": "1",
+                "CELERIAC_RESULT_BACKEND_URL": "redis://127.0.0.1:6390/4",
+            },
+            {"result_backend": "celeriac.backend:ResultBackend+redis://127.0.0.1:6390/4"},
+        ),
     ],
 )
 def test_celeriac_settings_and_djangos_celery_settings_combine_as_documented(
@@ -280,3 +296,150 @@ def test_celeriac_settings_and_djangos_celery_settings_combine_as_documented(
     assert config["broker_url"] == broker
     for key, value in expected.items():
         assert config[key] == value, key
+
+
+TOKEN = "django-results-token-0123456789"
+
+
+def start_api(spawn: Spawn, env: dict[str, str]) -> httpx.Client:
+    """``celeriac api`` with ``env``, answering: a client for it, to close."""
+    port = free_port()
+    api = spawn(
+        celeriac_command("api", "--host", "127.0.0.1", "--port", str(port)),
+        env=env | {"CELERIAC_API_TOKENS": TOKEN},
+        name="api",
+    )
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    )
+
+    def healthy() -> bool:
+        api.check_alive()
+        try:
+            return client.get("/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(healthy, timeout=60, message="celeriac api to answer /healthz")
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def finished(client: httpx.Client, task_id: str) -> dict[str, object]:
+    def state() -> dict[str, object] | None:
+        response = client.get(f"/v1/tasks/{task_id}")
+        assert response.status_code == 200, response.text
+        body: dict[str, object] = response.json()
+        return body if body["state"] in ("SUCCESS", "FAILURE") else None
+
+    return wait_until(state, timeout=30, message=f"task {task_id} finished")
+
+
+def test_results_in_the_database_are_stored_by_a_prefork_worker_and_read_by_the_api(
+    spawn: Spawn,
+    tmp_path: Path,
+    redis_url: str,
+    redis_client: redis.Redis,
+    postgres_server: PostgresServer,
+    django_db: str,
+) -> None:
+    env = django_env(postgres_server, django_db, redis_url, DJANGO_RESULTS_IN_DATABASE="1")
+    worker = start_worker(spawn, tmp_path, env)
+    with contextlib.closing(start_api(spawn, env)) as client:
+        check_results_in_the_database(client, env, worker, postgres_server, redis_client)
+
+
+def check_results_in_the_database(
+    client: httpx.Client,
+    env: dict[str, str],
+    worker: Child,
+    postgres_server: PostgresServer,
+    redis_client: redis.Redis,
+) -> None:
+    django_db = env["PGDATABASE"]
+    order = new_order(postgres_server, django_db)
+
+    response = client.post("/v1/tasks", json={"task": "orders.pay", "args": [order]})
+    assert response.status_code == 202, response.text
+    task_id = response.json()["id"]
+    status = finished(client, task_id)
+    assert (status["state"], status["result"], status["task"]) == ("SUCCESS", 1, "orders.pay")
+    assert status["queue"] == "default"  # the API's own record, in Redis
+    assert status["finished_at"]
+    # The row django-celery-results wrote from a pool process; no result in Redis.
+    row = fetch(
+        postgres_server,
+        django_db,
+        "SELECT status, result, task_name FROM django_celery_results_taskresult WHERE task_id = %s",
+        task_id,
+    )
+    assert row == [("SUCCESS", "1", "orders.pay")]
+    # Its two states cost two writes (README): the STARTED row inserted, then updated.
+    wait_until(
+        lambda: (
+            fetch(
+                postgres_server,
+                django_db,
+                "SELECT n_tup_ins, n_tup_upd FROM pg_stat_user_tables WHERE relname = %s",
+                "django_celery_results_taskresult",
+            )
+            == [(1, 1)]
+        ),
+        timeout=10,
+        message="one insert and one update of the result row counted",
+    )
+    paid_by = fetch(
+        postgres_server, django_db, "SELECT paid_by_pid FROM orders_order WHERE id = %s", order
+    )
+    assert paid_by[0][0] in pool_pids(worker)
+    assert redis_client.exists(RESULT_PREFIX + task_id) == 0
+
+    # A task sent elsewhere (the web process, beat) has no record in the API: found in the
+    # database all the same. A failure reads as with Redis results.
+    sender = create_app("sender", Settings.from_env(env))
+    report = sender.send_task("orders.report").id
+    assert finished(client, report)["result"] == {"paid": 1, "unpaid": 0}
+    failed = client.post("/v1/tasks", json={"task": "orders.pay", "args": ["not-an-id"]})
+    status = finished(client, failed.json()["id"])
+    assert status["state"] == "FAILURE"
+    error = status["error"]
+    assert isinstance(error, dict)
+    assert error["type"] == "ValueError"
+    assert "not-an-id" in error["message"]  # Django's words for the bad id
+
+    # Revoked before it ran: the API's record says so, the database has no state yet.
+    delayed = client.post(
+        "/v1/tasks", json={"task": "orders.pay", "args": [order], "countdown": 600}
+    ).json()["id"]
+    revoked = client.delete(f"/v1/tasks/{delayed}")
+    assert (revoked.status_code, revoked.json()["state"]) == (202, "REVOKED")
+    assert client.get(f"/v1/tasks/{delayed}").json()["state"] == "REVOKED"
+
+    assert client.get("/v1/tasks/never-sent").status_code == 404
+    # Listing needs results in Redis: refused, naming the setting.
+    listing = client.get("/v1/tasks")
+    assert listing.status_code == 501
+    assert "django-db" in listing.json()["detail"]
+    assert "CELERY_RESULT_BACKEND" in listing.json()["detail"]
+
+
+def test_a_result_database_out_of_reach_is_a_503_not_a_traceback(
+    spawn: Spawn,
+    redis_url: str,
+    postgres_server: PostgresServer,
+    django_db: str,
+) -> None:
+    # The API's database is a port nothing listens on; Redis is up.
+    env = django_env(postgres_server, django_db, redis_url, DJANGO_RESULTS_IN_DATABASE="1")
+    with contextlib.closing(start_api(spawn, env | {"PGPORT": str(free_port())})) as client:
+        accepted = client.post("/v1/tasks", json={"task": "orders.report"})
+        assert accepted.status_code == 202, accepted.text
+        response = client.get(f"/v1/tasks/{accepted.json()['id']}")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    assert response.json() == {"detail": "the app's result backend cannot be read; retry later"}

@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
+from celery.backends.redis import RedisBackend
+from celery.backends.rpc import RPCBackend
 
-from celeriac.app import celery_config, configure, load_app
+from celeriac.app import app_result_backend, celery_config, configure, load_app
 from celeriac.env import ConfigError
 from celeriac.settings import Settings, redact_url
 
@@ -138,3 +140,28 @@ def test_configuring_again_replaces_celeriacs_own_earlier_defaults_only() -> Non
     configure(app, Settings.from_env({}))
     assert app.conf.result_expires == 86400  # 100 was celeriac's, not the app's
     assert app.conf.worker_prefetch_multiplier == 8  # the app's, every time
+
+
+@pytest.mark.parametrize("backend", ["django-db", "db+postgresql://db/results", "rpc://"])
+def test_an_app_keeps_its_own_result_backend_when_it_is_not_redis(backend: str) -> None:
+    app = configure(own_app(result_backend=backend), Settings.from_env({}))
+    assert app.conf.result_backend == backend
+    configure(app, Settings.from_env({}))  # as each component does again
+    assert app.conf.result_backend == backend
+    # CELERIAC_RESULT_BACKEND_URL wins, as every CELERIAC_* variable does.
+    settings = Settings.from_env({"CELERIAC_RESULT_BACKEND_URL": "redis://127.0.0.1:6390/1"})
+    configure(app, settings)
+    assert app.conf.result_backend == "celeriac.backend:ResultBackend+redis://127.0.0.1:6390/1"
+
+
+@pytest.mark.parametrize("backend", [None, "redis://elsewhere:6379/1", "rediss://x/0"])
+def test_a_redis_result_backend_is_always_celeriacs(backend: str | None) -> None:
+    settings = Settings(broker_url="redis://127.0.0.1:6390/0")
+    app = configure(own_app(result_backend=backend), settings)
+    assert app.conf.result_backend == "celeriac.backend:ResultBackend+redis://127.0.0.1:6390/0"
+    assert app_result_backend(app) is None
+
+
+def test_a_backend_class_counts_as_redis_when_it_is_one() -> None:
+    assert app_result_backend(own_app(result_backend=RedisBackend)) is None
+    assert app_result_backend(own_app(result_backend=RPCBackend)) is RPCBackend

@@ -18,6 +18,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import Match
 
+from celeriac.api.app_results import ResultBackendError
+
 log = logging.getLogger("celeriac.api")
 
 RETRY_AFTER_SECONDS = 5
@@ -39,6 +41,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     for error in UNAVAILABLE_ERRORS:
         app.add_exception_handler(error, _unavailable)
+    app.add_exception_handler(ResultBackendError, _backend_unavailable)
     app.add_exception_handler(Exception, _unexpected)
 
 
@@ -92,6 +95,18 @@ def unavailable(method: str, path: str, exc: Exception) -> JSONResponse:
     log.warning("Redis unavailable during %s %s: %s", method, path, exc)
     return JSONResponse(
         {"detail": "Redis is unavailable; retry later"},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+async def _backend_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # With the traceback: a missing migration reads the same as a database that is down.
+    log.warning(
+        "result backend unreadable during %s %s", request.method, request.url.path, exc_info=exc
+    )
+    return JSONResponse(
+        {"detail": "the app's result backend cannot be read; retry later"},
         status_code=503,
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )

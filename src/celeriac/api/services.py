@@ -13,10 +13,11 @@ from redis.retry import Retry
 
 from celeriac import sentinel
 from celeriac.api import publish
+from celeriac.api.app_results import AppResults
 from celeriac.api.auth import Tokens
 from celeriac.api.batching import TransactionQueue
 from celeriac.api.settings import ApiSettings
-from celeriac.app import celery_config, load_app
+from celeriac.app import app_result_backend, celery_config, load_app
 from celeriac.env import ConfigError
 from celeriac.settings import Settings
 
@@ -40,6 +41,9 @@ class Services:
     broker: redis.Redis
     results: redis.Redis
     probes: tuple[redis.Redis, ...]
+    # Set when the app keeps results outside Redis (django-db ...): task states are read
+    # through its backend, and what needs results in Redis (listing) is refused.
+    app_results: AppResults | None = None
     # Clients for the event loop, opened by ``open`` in the app's lifespan: their connections
     # belong to the loop that made them.
     aio: AsyncClients = field(default_factory=lambda: AsyncClients())
@@ -164,7 +168,14 @@ def build_services(settings: Settings, api_settings: ApiSettings) -> Services:
         broker=broker,
         results=results,
         probes=probes,
+        app_results=_app_results(settings),
     )
+
+
+def _app_results(settings: Settings) -> AppResults | None:
+    app = load_app(settings.app, settings)  # imported already: the same app object
+    backend = app_result_backend(app)
+    return None if backend is None else AppResults(app, str(backend))
 
 
 def allowed_tasks(settings: Settings, api_settings: ApiSettings) -> frozenset[str]:
@@ -173,6 +184,9 @@ def allowed_tasks(settings: Settings, api_settings: ApiSettings) -> frozenset[st
     Celery's own ``celery.*`` tasks (chord unlock, backend cleanup ...) are never offered.
     """
     app = load_app(settings.app, settings)
+    # Sends Celery's import_modules signal, as a worker does at start: Django is set up and
+    # autodiscover_tasks() imports each app's tasks.
+    app.loader.import_default_modules()
     registered = {name for name in app.tasks if not name.startswith("celery.")}
     if api_settings.allowed_tasks is None:
         if not registered:

@@ -43,7 +43,10 @@ MAX_LISTED_TASKS = 20
 Responses = dict[int | str, dict[str, Any]]
 _AUTH: Responses = {401: {"model": ErrorBody, "description": "Missing or invalid bearer token."}}
 _UNAVAILABLE: Responses = {
-    503: {"model": ErrorBody, "description": "Redis is unavailable (Retry-After)."}
+    503: {
+        "model": ErrorBody,
+        "description": "Redis, or the app's own result backend, is unavailable (Retry-After).",
+    }
 }
 _UNKNOWN: Responses = {
     404: {"model": ErrorBody, "description": "Never submitted here, or expired."}
@@ -212,6 +215,10 @@ _CURSOR_PATTERN = r"^[0-9]{1,20}:[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$"
     responses={
         **_AUTH,
         422: {"model": ErrorBody, "description": "A malformed state, limit or cursor."},
+        501: {
+            "model": ErrorBody,
+            "description": "The app keeps results outside Redis (django-db ...): no listing.",
+        },
         **_UNAVAILABLE,
     },
 )
@@ -243,6 +250,13 @@ async def list_tasks(
     With ``state``, a page may hold fewer than ``limit`` tasks though more follow (at most
     1000 ids are looked at per request): go on while ``next_cursor`` is not null.
     """
+    if services.app_results is not None:
+        raise HTTPException(
+            501,
+            "listing tasks needs task results in Redis, and the app keeps them in "
+            f"{services.app_results.backend!r} (its result_backend setting; CELERY_RESULT_BACKEND"
+            " in Django): read each task with GET /v1/tasks/{id}",
+        )
     after = None
     if cursor is not None:
         after = tracking.Cursor.parse(cursor)
@@ -317,7 +331,7 @@ async def revoke_task(
     await run_in_threadpool(_revoke, services, task_id)
     # The backend says PENDING until a worker meets the task: the API's record says REVOKED.
     await tracking.record_revoked(services.aio.results, task_id, datetime.now(UTC))
-    return await tracking.lookup(services.aio.results, task_id) or status
+    return await tracking.lookup(services.aio.results, task_id, services.app_results) or status
 
 
 def _revoke(services: Services, task_id: str) -> None:
@@ -327,7 +341,7 @@ def _revoke(services: Services, task_id: str) -> None:
 
 
 async def _known(task_id: str, services: Services) -> TaskStatus:
-    status = await tracking.lookup(services.aio.results, task_id)
+    status = await tracking.lookup(services.aio.results, task_id, services.app_results)
     if status is None:
         raise HTTPException(
             404, f"task {task_id} is unknown: never submitted here, or its result expired"

@@ -4,11 +4,13 @@ Celery answers PENDING for any id it has no result for, so a typo looks like a t
 forever. The API therefore records each id it submits (task name, queue) in the result
 backend's Redis, expiring with the result; an id with neither a record nor a result is unknown
 (404). Both are read with one pipelined round trip; a submission writes its record and its
-message in one transaction when results and broker share a Redis.
+message in one transaction when results and broker share a Redis. An app that keeps results
+outside Redis (django-db ...) has them read through its backend (``app_results``) instead.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ import redis.asyncio
 from celery.backends.base import KeyValueStoreBackend
 
 from celeriac.api import idempotency
+from celeriac.api.app_results import AppResults
 from celeriac.api.batching import TransactionQueue
 from celeriac.api.models import TaskError, TaskStatus, TaskSummary
 from celeriac.api.publish import Command
@@ -147,8 +150,19 @@ async def record_revoked(client: redis.asyncio.Redis, task_id: str, at: datetime
     await client.set(key, json.dumps(record), keepttl=True, xx=True)
 
 
-async def lookup(client: redis.asyncio.Redis, task_id: str) -> TaskStatus | None:
-    """The task's status, or None when this id was never submitted here and has no result."""
+async def lookup(
+    client: redis.asyncio.Redis, task_id: str, app_results: AppResults | None = None
+) -> TaskStatus | None:
+    """The task's status, or None when this id was never submitted here and has no result.
+
+    With ``app_results`` (the app keeps results outside Redis) the result is read through the
+    app's backend, the record from Redis, at the same time.
+    """
+    if app_results is not None:
+        record_raw, meta = await asyncio.gather(
+            client.get(RECORD_PREFIX + task_id), app_results.meta(task_id)
+        )
+        return _status_of(task_id, _json_object(record_raw), meta)
     async with client.pipeline(transaction=False) as pipe:
         pipe.get(RECORD_PREFIX + task_id)
         pipe.get(RESULT_PREFIX + task_id)
@@ -251,8 +265,12 @@ def _summary(status: TaskStatus, score: int) -> TaskSummary:
 
 
 def _status(task_id: str, record_raw: bytes | None, meta_raw: bytes | None) -> TaskStatus | None:
-    record = _json_object(record_raw)
-    meta = _json_object(meta_raw)
+    return _status_of(task_id, _json_object(record_raw), _json_object(meta_raw))
+
+
+def _status_of(
+    task_id: str, record: dict[str, Any] | None, meta: dict[str, Any] | None
+) -> TaskStatus | None:
     if record is None and meta is None:
         return None
     record = record or {}

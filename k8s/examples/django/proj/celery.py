@@ -2,8 +2,9 @@
 
 Every celeriac component loads it with ``--app proj.celery:app`` (or ``CELERIAC_APP``) and
 ``DJANGO_SETTINGS_MODULE=proj.settings``, and applies celeriac's configuration on top: the
-broker, result backend, JSON only and queues always come from celeriac (``CELERIAC_*``); for the
-settings celeriac only has a default for (``CELERY_RESULT_EXPIRES``, ``CELERY_TASK_ACKS_LATE``,
+broker, a Redis result backend, JSON only and queues always come from celeriac (``CELERIAC_*``);
+``CELERY_RESULT_BACKEND = "django-db"`` stays unless ``CELERIAC_RESULT_BACKEND_URL`` is set; for
+the settings celeriac only has a default for (``CELERY_RESULT_EXPIRES``, ``CELERY_TASK_ACKS_LATE``,
 ...), a ``CELERIAC_*`` variable wins, else your ``CELERY_*`` setting, else celeriac's default.
 """
 

@@ -23,6 +23,9 @@ INSTALLED_APPS = [
     # The beat schedule in the database, edited in the admin (celeriac beat with
     # CELERIAC_BEAT_SCHEDULER=django_celery_beat.schedulers:DatabaseScheduler).
     "django_celery_beat",
+    # Task results in the database, when DJANGO_RESULTS_IN_DATABASE=1 (below); its tables are
+    # migrated either way.
+    "django_celery_results",
     "orders",
 ]
 
@@ -72,8 +75,13 @@ TIME_ZONE = "UTC"
 STATIC_URL = "static/"
 
 # Celery settings (the CELERY_ namespace of proj/celery.py). celeriac enforces the broker,
-# result backend, serializers and queues from its CELERIAC_* variables; settings like these,
-# where celeriac only has a default, stay yours unless a CELERIAC_* variable sets them.
+# serializers and queues from its CELERIAC_* variables; settings like these, where celeriac only
+# has a default, stay yours unless a CELERIAC_* variable sets them.
 CELERY_RESULT_EXPIRES = 3600
 CELERY_TASK_TIME_LIMIT = 300
 CELERY_TIMEZONE = TIME_ZONE
+# Results in this database (django-celery-results) instead of celeriac's Redis: one write per
+# state stored, read back by the API through this backend. CELERIAC_RESULT_BACKEND_URL, when
+# set, still wins (README "Django").
+if os.environ.get("DJANGO_RESULTS_IN_DATABASE", "") == "1":
+    CELERY_RESULT_BACKEND = "django-db"
