@@ -7,6 +7,6 @@ app = Celery("results-elsewhere", set_as_current=False)
 app.conf.result_backend = "rpc://"
 
 
-@app.task(name="results_elsewhere.noop")
+@app.task(name="results_elsewhere.noop", shared=False)  # never in other apps
 def noop() -> None:
     """A task, so the API has one to allow."""
