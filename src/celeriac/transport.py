@@ -231,8 +231,9 @@ class QoS(kombu_redis.QoS):
         When Celery closes a channel after a connection error, kombu can no longer open a
         connection for this (its transport has no connection parameters left: the
         ``'NoneType' object has no attribute 'hostname'`` that made Celery's consumer exit for
-        good), or Redis is still down. The messages stay recorded as held; their tags are
-        handed to the next fetch on a working connection, which puts them back.
+        good), or Redis is still down, or the node refuses writes (a failover under way). The
+        messages stay recorded as held; their tags are handed to the next fetch on a working
+        connection, which puts them back.
         """
         channel: Any = self.channel
         delivered: dict[str, Any] = self._delivered or {}
@@ -414,7 +415,13 @@ class QoS(kombu_redis.QoS):
             channel._do_restore_message(message, exchange, routing_key, pipe, leftmost)
 
         channel: Any = self.channel  # kombu's Redis channel; the stubs know only the base
-        with channel.conn_or_acquire(client) as conn:
+        # A node that refuses writes (a failover under way) is a connection error: a closing
+        # channel then leaves the tag to the next fetch (``restore_unacked``) instead of to the
+        # visibility timeout, and a fetch reconnects.
+        with (
+            channel.conn_or_acquire(client) as conn,
+            sentinel.reconnect_when_refused(conn.connection_pool.disconnect),
+        ):
             conn.transaction(restore_transaction, self.unacked_key)
 
 

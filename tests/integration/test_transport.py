@@ -162,6 +162,34 @@ def test_a_lost_reply_puts_the_message_back(app: Celery, redis_client: redis.Red
         connection.close()
 
 
+def test_held_messages_a_refusing_master_cannot_take_back_are_put_back_later(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    """A consumer's connection is lost while it holds a message, and the node it reaches to put
+    the message back refuses writes (``NOREPLICAS``: a failover under way). The message is not
+    left held until the visibility timeout: the next fetch that can write puts it back."""
+    app.send_task("t.a", queue=QUEUE)
+    received = Received()
+    connection, _channel = consume(app, received)
+    held = drain_one(connection, received, timeout=5)
+    redis_client.config_set("min-replicas-to-write", 1)  # no replica: every write refused
+    try:
+        connection.close()  # puts back what it holds (kombu's restore on close)
+        assert redis_client.hexists(UNACKED_KEY, held.delivery_tag)
+    finally:
+        redis_client.config_set("min-replicas-to-write", 0)
+    received = Received()
+    connection, _channel = consume(app, received)
+    try:
+        again = drain_one(connection, received, timeout=5)
+        assert again.delivery_tag == held.delivery_tag
+        assert again.delivery_info["redelivered"]
+        again.ack()
+        assert redis_client.hlen(UNACKED_KEY) == 0
+    finally:
+        connection.close()
+
+
 def test_a_message_that_is_not_kombus_is_set_aside_not_lost(
     app: Celery, redis_client: redis.Redis
 ) -> None:
