@@ -34,6 +34,18 @@ worker's event loop waits in that read for ever: connected, heartbeat alive, tak
 read takes the one reply the event loop found, within the socket timeout, and a dropped
 connection is a connection error, as kombu expects: Celery reconnects.
 
+Half-open connections. A connection whose peer is gone without a FIN or RST (an expired NAT or
+conntrack entry, a load balancer that cut an idle flow, a network blip) accepts writes and never
+delivers a reply; the event loop waits on no socket timeout, so kombu's own check drops a BRPOP
+only once its reply is ``brpop_timeout + health_check_interval`` overdue and a pub/sub after two
+missed pings (20-30 s with celeriac's settings), and when it dropped a fetch whose script had
+run, that message stayed held until the visibility timeout. Here the poller (``Poller``) checks
+every second: a fetch whose reply is overdue by the socket timeout, and a fanout connection
+whose ping went unanswered for the socket timeout, are dropped; the next poll reconnects and
+sends the fetch (or subscribes) again, and a fetch dropped with its reply unread is a lost fetch
+(recovered as above). Commands on other connections (acks, publishes, the result backend) are
+bounded by the socket timeout and retried on a new connection by redis-py.
+
 Producers keep kombu's key layout: messages are published as kombu does, with one property
 more (the publish time; a property, not a header, so consumers see exactly the headers that were
 sent), so a plain Celery producer still works (its messages just have no known age). Processes
@@ -75,6 +87,8 @@ from celeriac.keys import (
 from celeriac.settings import DEFAULT_MAX_LOST_DELIVERIES
 
 log = logging.getLogger(__name__)
+# kombu's poller clock and socket check, which its type stubs do not declare.
+_kombu_redis: Any = kombu_redis
 
 # How Celery's ``broker_transport`` names this module's transport.
 TRANSPORT = "celeriac.transport:Transport"
@@ -86,6 +100,8 @@ PUBLISHED_AT_PROPERTY = "celeriac_published_at"
 # Doorbell tokens kept per queue: enough to wake every idle worker of a burst, bounded so that
 # tokens piling up while every worker is busy cost little.
 WAKE_TOKENS_MAX = 1000
+# How often the poller looks for half-open fetch and fanout connections (``Poller``).
+CONNECTION_CHECK_SECONDS = 1.0
 # How long Redis keeps a channel's last fetched tag: longer than any reconnect takes.
 FETCH_KEY_TTL_SECONDS = 3600
 
@@ -434,6 +450,24 @@ class ListenPubSub(redis.client.PubSub):
     dropped connection raises, so kombu clears its LISTEN state and Celery reconnects.
     """
 
+    # Since when a ping of ``ping`` waits for its reply (None: nothing unanswered).
+    awaiting_reply_since: float | None = None
+
+    def ping_for_health(self) -> None:
+        """Send a health-check PING; any reply read afterwards proves the connection alive.
+
+        redis-py's ``check_health`` pings at most every ``health_check_interval`` and kombu
+        drops the connection after two unanswered ones; ``Poller`` pings every check instead,
+        so a half-open connection shows within the socket timeout.
+        """
+        connection = self.connection
+        if connection is None or connection._sock is None:
+            return
+        if self.awaiting_reply_since is None:
+            self.awaiting_reply_since = monotonic()
+        connection.send_command("PING", self.HEALTH_CHECK_MESSAGE, check_health=False)
+        self.health_check_response_counter += 1
+
     def parse_response(self, block: bool = True, timeout: float = 0) -> Any:
         connection = self.connection
         if connection is None or connection._sock is None:
@@ -443,6 +477,7 @@ class ListenPubSub(redis.client.PubSub):
         # The connection's socket timeout bounds the read; on an error it disconnects (kombu's
         # poller forgets the socket) and raises.
         response = connection.read_response(push_request=True)
+        self.awaiting_reply_since = None
         if self.is_health_check_response(response):
             self.health_check_response_counter -= 1
             return None
@@ -477,6 +512,7 @@ class Channel(kombu_redis.Channel):
     _flush_brpop_reauth: Any
     _create_client: Any
     _disconnect_pools: Any
+    _pool: Any
     connection_errors: tuple[type[BaseException], ...]
 
     def __init__(self, connection: Any, *args: Any, **kwargs: Any) -> None:
@@ -610,8 +646,7 @@ class Channel(kombu_redis.Channel):
                         self.client.parse_response(connection, "BLPOP", **options)
                     reply = self.client.parse_response(connection, "EVAL", **options)
                 except self.connection_errors:
-                    # The script may have run: find out on the next connection (module doc).
-                    _lost_fetches.append((self._fetch_key, self._fetch_nonce))
+                    # A lost fetch, recorded by _on_connection_disconnect.
                     connection.disconnect()
                     raise
             if not reply:
@@ -630,6 +665,26 @@ class Channel(kombu_redis.Channel):
             self._in_poll = None
             self._fetch_replies = 0
             self._flush_brpop_reauth()
+
+    def drop_half_open(self, connection: Any) -> None:
+        """Drop ``connection`` (half-open: ``Poller``) and this channel's idle pooled ones.
+
+        Those went the same way (the same NAT entry, balancer or link) and are most likely
+        half-open too: each would cost the next ack, restore or recovery a socket timeout
+        before redis-py retries it on a new connection. Connections are made again on demand.
+        """
+        connection.disconnect()
+        if self._pool is not None:
+            self._pool.disconnect(inuse_connections=False)
+
+    def _on_connection_disconnect(self, connection: Any) -> None:
+        """Whoever drops the fetch's connection with its reply unread (a read error, the
+        poller's check of a half-open connection, a refused write, a close), the script may
+        have taken a message: the next fetch on a working connection finds out (module doc)."""
+        if self._fetch_replies and self._in_poll is connection:
+            _lost_fetches.append((self._fetch_key, self._fetch_nonce))
+            self._fetch_replies = 0
+        cast(Any, super())._on_connection_disconnect(connection)
 
     def _recover_lost_fetches(self) -> None:
         """Put back on their queues the messages of lost fetch replies and closed channels."""
@@ -659,5 +714,98 @@ class Channel(kombu_redis.Channel):
         cast(QoS, self.qos).restore_by_tag(message.delivery_tag, leftmost=leftmost)
 
 
+class Poller(kombu_redis.MultiChannelPoller):
+    """kombu's poller, dropping half-open fetch and fanout connections within the socket
+    timeout (module doc) instead of kombu's ``health_check_interval`` multiples.
+
+    Both checks run every ``CONNECTION_CHECK_SECONDS`` from the event loop (``Transport``),
+    from kombu's own timers, and (the fetch's) from ``drain_events`` when nothing arrived. A
+    socket with a reply waiting to be read is alive, however late the loop reads it.
+    """
+
+    _channels: set[Any]
+
+    def maybe_check_brpop_health(self) -> None:
+        # kombu's poller clock (its own check reads this one too).
+        now = _kombu_redis.monotonic()
+        for channel in self._channels:
+            connection = channel._in_poll
+            sent_at = getattr(channel, "_brpop_sent_at", None)
+            timeout = _reply_timeout(channel)
+            # A wait of 0 blocks without end on the server: no reply is ever overdue.
+            if not connection or sent_at is None or not timeout or not channel.brpop_timeout:
+                continue
+            # A fetch that waits on the doorbells first replies within that wait.
+            waited = now - sent_at
+            if waited < channel.brpop_timeout + timeout:
+                continue
+            sock = getattr(connection, "_sock", None)
+            if sock is None or _kombu_redis._socket_readable(sock):
+                continue
+            log.warning(
+                "Redis fetch got no reply for %.0f s (socket timeout %g s): the connection is "
+                "half-open; dropping it and fetching on a new one",
+                waited,
+                timeout,
+            )
+            channel.drop_half_open(connection)
+
+    def maybe_check_subclient_health(self) -> None:
+        now = _kombu_redis.monotonic()
+        for channel in self._channels:
+            # Only a fanout connection that exists and is subscribed (kombu's LISTEN state).
+            client = channel.__dict__.get("subclient")
+            timeout = _reply_timeout(channel)
+            if not isinstance(client, ListenPubSub) or not channel._in_listen or not timeout:
+                continue
+            connection = client.connection
+            sock = getattr(connection, "_sock", None)
+            if sock is None:
+                continue
+            try:
+                since = client.awaiting_reply_since
+                if since is None:
+                    client.ping_for_health()
+                    continue
+                if now - since < timeout or _kombu_redis._socket_readable(sock):
+                    continue
+                log.warning(
+                    "Redis pub/sub connection: no reply to a ping for %.0f s (socket timeout "
+                    "%g s): the connection is half-open; dropping it and subscribing on a new one",
+                    now - since,
+                    timeout,
+                )
+            except channel.connection_errors:
+                pass  # the write failed: the connection is dead already, drop it as well
+            client.awaiting_reply_since = None
+            client.health_check_response_counter = 0
+            channel.drop_half_open(connection)
+
+    def check_connections(self) -> None:
+        self.maybe_check_brpop_health()
+        self.maybe_check_subclient_health()
+
+
+def _reply_timeout(channel: Any) -> float:
+    """How long a live Redis may take to answer: the socket timeout (kombu's health-check
+    interval without one; 0: never overdue)."""
+    return float(channel.socket_timeout or channel.health_check_interval or 0)
+
+
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cycle = Poller()
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        super().register_with_event_loop(connection, loop)
+        cycle = cast(Poller, self.cycle)
+        # As kombu does with its timers: a reconnect registers again, never twice.
+        previous = getattr(cycle, "_celeriac_check_tref", None)
+        if previous is not None:
+            previous.cancel()
+        cycle._celeriac_check_tref = loop.call_repeatedly(  # type: ignore[attr-defined]
+            CONNECTION_CHECK_SECONDS, cycle.check_connections
+        )

@@ -12,12 +12,14 @@ enforced: there is no network plugin.
 One test, in order, since each step needs the one before: install, every pod Ready, KEDA's
 ScaledObject Ready and its HPA reading the exporter's backlog, `helm test`, a task through the
 API Service run by the worker pod, the pool equal to the CPU limit, `helm upgrade` of the worker's
-CPU limit rolling the worker alone, `helm uninstall` leaving nothing but the Redis claim the
-chart keeps on purpose.
+CPU limit rolling the worker alone, the worker's connections to Redis made half-open and tasks
+still run, `helm uninstall` leaving nothing but the Redis claim the chart keeps on purpose.
 """
 
 from __future__ import annotations
 
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -159,6 +161,34 @@ def run_task_on_worker(
     )
 
 
+def cut_connections(pod: dict[str, Any], port: int) -> int:
+    """Make each established TCP connection of ``pod`` to ``port`` half-open, as an expired NAT
+    or conntrack entry does: its packets are dropped both ways, by port pair, inside the pod's
+    own network namespace; new connections pass. Returns how many were cut."""
+    namespace, _ = netns.names(pod["metadata"]["uid"])
+    listing = subprocess.run(
+        ["ip", "netns", "exec", namespace, "ss", "-Htn", "state", "established"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    cut = 0
+    for line in listing.splitlines():
+        local, peer = line.split()[2:4]
+        local_port = local.rsplit(":", 1)[1]
+        peer_address, peer_port = peer.rsplit(":", 1)
+        if int(peer_port) != port:
+            continue
+        for rule in (
+            ["OUTPUT", "--sport", local_port, "-d", peer_address, "--dport", peer_port],
+            ["INPUT", "-s", peer_address, "--sport", peer_port, "--dport", local_port],
+        ):
+            iptables = ["ip", "netns", "exec", namespace, "iptables", "-I", rule[0], "-p", "tcp"]
+            subprocess.run([*iptables, *rule[1:], "-j", "DROP"], check=True)
+        cut += 1
+    return cut
+
+
 def test_install_test_upgrade_uninstall(plane: ControlPlane) -> None:
     release = Release(plane.kubeconfig, RELEASE, NAMESPACE)
     values = scenario.values(LOCAL_VALUES)
@@ -217,6 +247,21 @@ def test_install_test_upgrade_uninstall(plane: ControlPlane) -> None:
         wait_pool(plane, worker, 2)
         assert release.api_token(plane) == token  # the generated Secret kept across upgrades
         run_task_on_worker(plane, release, worker, 0.1)
+
+        # Every connection of the worker pod to Redis half-open (issue 16): the worker takes
+        # work again on new connections (or liveness restarts it), and nothing is lost.
+        redis_port = scenario.container_port(pods["redis"], "redis")
+        assert cut_connections(worker, redis_port) >= 2  # at least the fetch and the fanout
+        cut_at = time.monotonic()
+        with scenario.api_client(api_base_url(plane, release), token) as api:
+            ids = [scenario.submit(api, "celeriac.demo.add", x=n, y=1) for n in range(10)]
+            finished = scenario.wait_finished(api, ids, timeout=TIMEOUT)
+        assert [finished[i]["result"] for i in ids] == [n + 1 for n in range(10)]
+        restarts = release.one(plane, "pod", "worker")["status"]["containerStatuses"][0]
+        print(
+            f"half-open: 10 tasks done {time.monotonic() - cut_at:.1f} s after the cut, "
+            f"worker restarts {restarts['restartCount']}"
+        )
     except BaseException:
         print(diagnostics(plane))
         raise

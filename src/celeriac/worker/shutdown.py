@@ -69,6 +69,11 @@ class GracefulShutdown:
         self._done = False
         self._tick_entry: Any = None
 
+    @property
+    def draining(self) -> bool:
+        """SIGTERM came: the worker takes nothing more."""
+        return self.deadline is not None
+
     def install(self) -> None:
         """Take over SIGTERM (after Celery installed its handler) and start ticking."""
         # The drain replaces soft shutdown: the cold path at the deadline must not sleep again.

@@ -7,18 +7,24 @@ event loop (and so its heartbeat) alive while it no longer fetches anything (cel
 So a thread of the worker's main process checks, every second, three things it can see cheaply:
 
 - messages wait in its queues: one pipelined ``LLEN`` per priority list of its queues;
-- it could take one: it is consuming (its ready file exists: connected, not draining) and its
-  channel is under its prefetch limit (a pool process is free; ETA and rate-limited messages it
-  holds count as Celery counts them);
+- it could take one: it is not shutting down, and a pool process is free: its channel is under
+  its prefetch limit (ETA and rate-limited messages it holds count as Celery counts them), or,
+  with no channel (between connections, or a consumer that is gone), it holds fewer tasks
+  than its pool has processes;
 - the time it last took a message (the consumer's message handler records it).
+
+Whether the consumer says it is connected does not matter: a consumer that dropped a
+half-open connection and never came back, or a reconnect loop that fails while Redis answers
+this check, takes nothing just the same.
 
 When all of this has held for ``CELERIAC_WORKER_STALL_SECONDS`` with nothing taken, it writes
 a marker file beside the heartbeat (``<heartbeat>.stalled``, one line saying why) and logs a
 warning; ``celeriac probe worker`` fails while the marker exists, so Kubernetes restarts the
 worker. The marker goes as soon as the worker takes a message again or the condition ends
-(the queues empty, every process busy, the connection lost: a Redis outage is the consumer's
-reconnect loop's business, not a stall). The check is a thread, not a timer of the event loop,
-so a slow Redis never blocks the loop; it reads Redis with its own connection.
+(the queues empty, every process busy, a shutdown begins, or this check's own read of Redis
+fails: a Redis that answers nobody is the consumer's reconnect loop's business, not a stall).
+The check is a thread, not a timer of the event loop, so a slow Redis never blocks the loop;
+it reads Redis with its own connection.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from celery.worker import state
 
 from celeriac import heartbeat, sentinel
 from celeriac.keys import priority_list_keys
@@ -81,12 +88,22 @@ def waiting_messages(
         return sum(int(n) for n in pipe.execute())
 
 
-def channel_can_take(consumer: Any) -> bool:
-    """Whether the consumer's channel is under its prefetch limit (kombu's ``can_consume``)."""
-    try:
-        return bool(consumer.task_consumer.channel.qos.can_consume())
-    except AttributeError:  # no consumer or channel yet, or between connections
+def worker_can_take(worker: Any, held: Callable[[], int]) -> bool:
+    """Whether ``worker`` could take a message now: not shutting down, a pool process free.
+
+    ``held``: tasks the worker holds (received, not finished). Its channel's prefetch limit
+    (kombu's ``can_consume``) says it when there is a channel; without one (no consumer yet,
+    between connections, a consumer that is gone) the pool does.
+    """
+    shutdown = getattr(worker, "celeriac_shutdown", None)
+    if state.should_stop is not None or state.should_terminate is not None:
         return False
+    if shutdown is not None and shutdown.draining:
+        return False
+    try:
+        return bool(worker.consumer.task_consumer.channel.qos.can_consume())
+    except AttributeError:  # no channel: count the pool's free processes
+        return held() < int(getattr(worker, "concurrency", 0) or 0)
 
 
 def redis_client(settings: WorkerSettings) -> redis.Redis:
@@ -136,7 +153,7 @@ class StallWatcher:
                 logger.exception("stall check failed")
 
     def check_once(self) -> str | None:
-        reason = self.clock.check(self._waiting(), self._consuming() and self._can_take())
+        reason = self.clock.check(self._waiting(), self._can_take())
         if reason is not None:
             if not self._stalled:
                 logger.warning("consumer stalled, liveness fails from now: %s", reason)
@@ -147,9 +164,6 @@ class StallWatcher:
             heartbeat.remove(self.settings.stalled_file)
             logger.warning("consumer no longer stalled")
         return reason
-
-    def _consuming(self) -> bool:
-        return self.settings.ready_file.exists()
 
     def _waiting(self) -> int | None:
         try:

@@ -24,7 +24,7 @@ from celeriac.worker.reconnect import BrokerBackoff
 from celeriac.worker.registry import WorkerRegistry, registry_client
 from celeriac.worker.settings import HEARTBEAT_INTERVAL_SECONDS, WorkerSettings
 from celeriac.worker.shutdown import GracefulShutdown
-from celeriac.worker.stall import StallWatcher, channel_can_take, redis_client
+from celeriac.worker.stall import StallWatcher, redis_client, worker_can_take
 from celeriac.worker.unregistered import UnregisteredTasks
 
 logger = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class StallCheck(bootsteps.StartStopStep):
         assert self.settings is not None
         self.watcher = StallWatcher(
             self.settings,
-            can_take=lambda: channel_can_take(getattr(w, "consumer", None)),
+            can_take=lambda: worker_can_take(w, held_tasks),
             client=redis_client(self.settings),
         )
         w.celeriac_stall_clock = self.watcher.clock
@@ -220,6 +220,8 @@ class Drain(bootsteps.StartStopStep):
             w, self.settings.shutdown_timeout_seconds, on_drain=lambda: heartbeat.remove(ready_file)
         )
         self.shutdown.install()
+        # A draining worker takes nothing on purpose: the stall check asks (``stall``).
+        w.celeriac_shutdown = self.shutdown
 
     def stop(self, w: Any) -> None:
         if self.shutdown is not None:
