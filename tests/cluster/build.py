@@ -60,6 +60,12 @@ class Component:
                     f"-X {pkg}.gitMinor={minor}",
                     f"-X {pkg}.buildDate={K8S_BUILD_DATE}",
                 ]
+        elif self.wrapper == "containerd":
+            pkg = "github.com/containerd/containerd/v2/version"
+            flags += [
+                f"-X {pkg}.Version={version}",
+                f"-X {pkg}.Package=github.com/containerd/containerd/v2",
+            ]
         elif self.wrapper == "keda":
             pkg = "github.com/kedacore/keda/v2/version"
             flags += [f"-X {pkg}.Version={version.lstrip('v')}"]
@@ -69,6 +75,7 @@ class Component:
 
 _K8S = "k8s.io/kubernetes"
 _KEDA = "github.com/kedacore/keda/v2"
+_CONTAINERD = "github.com/containerd/containerd/v2"
 COMPONENTS: dict[str, Component] = {
     c.name: c
     for c in (
@@ -82,10 +89,25 @@ COMPONENTS: dict[str, Component] = {
             K8S_TAGS,
         ),
         Component("kube-scheduler", "kubernetes", _K8S, f"{_K8S}/cmd/kube-scheduler", K8S_TAGS),
+        Component("kubelet", "kubernetes", _K8S, f"{_K8S}/cmd/kubelet", K8S_TAGS),
+        Component("kube-proxy", "kubernetes", _K8S, f"{_K8S}/cmd/kube-proxy", K8S_TAGS),
+        Component("containerd", "containerd", _CONTAINERD, f"{_CONTAINERD}/cmd/containerd"),
+        Component("ctr", "containerd", _CONTAINERD, f"{_CONTAINERD}/cmd/ctr"),
+        Component(
+            "containerd-shim-runc-v2",
+            "containerd",
+            _CONTAINERD,
+            f"{_CONTAINERD}/cmd/containerd-shim-runc-v2",
+        ),
         Component("keda-operator", "keda", _KEDA, f"{_KEDA}/cmd/operator"),
         Component("keda-adapter", "keda", _KEDA, f"{_KEDA}/cmd/adapter"),
     )
 }
+
+
+CONTROL_PLANE = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+KEDA = ["keda-operator", "keda-adapter"]
+NODE = ["kubelet", "kube-proxy", "containerd", "containerd-shim-runc-v2", "ctr"]
 
 
 def cache_root() -> Path:

@@ -96,7 +96,7 @@ def _load(pair: KeyPair) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     return cert, key
 
 
-def _issue(
+def issue_cert(
     pair: KeyPair,
     common_name: str,
     *,
@@ -186,8 +186,8 @@ class Pki:
         def pair(name: str) -> KeyPair:
             return KeyPair(self.root / f"{name}.crt", self.root / f"{name}.key")
 
-        self.ca = _issue(pair("ca"), "kubernetes-ca")
-        self.apiserver = _issue(
+        self.ca = issue_cert(pair("ca"), "kubernetes-ca")
+        self.apiserver = issue_cert(
             pair("apiserver"),
             "kube-apiserver",
             issuer=self.ca,
@@ -195,37 +195,37 @@ class Pki:
             dns_names=[*_service_dns_names("kubernetes", "default")[:4], "localhost"],
             ip_addresses=[network.HOST_IP, "127.0.0.1", KUBERNETES_SERVICE_IP],
         )
-        self.apiserver_kubelet_client = _issue(
+        self.apiserver_kubelet_client = issue_cert(
             pair("apiserver-kubelet-client"),
             "kube-apiserver-kubelet-client",
             issuer=self.ca,
             organizations=["system:masters"],
             client=True,
         )
-        self.front_proxy_ca = _issue(pair("front-proxy-ca"), "front-proxy-ca")
-        self.front_proxy_client = _issue(
+        self.front_proxy_ca = issue_cert(pair("front-proxy-ca"), "front-proxy-ca")
+        self.front_proxy_client = issue_cert(
             pair("front-proxy-client"),
             "front-proxy-client",
             issuer=self.front_proxy_ca,
             client=True,
         )
-        self.admin = _issue(
+        self.admin = issue_cert(
             pair("admin"),
             "kubernetes-admin",
             issuer=self.ca,
             organizations=["system:masters"],
             client=True,
         )
-        self.controller_manager = _issue(
+        self.controller_manager = issue_cert(
             pair("controller-manager"),
             "system:kube-controller-manager",
             issuer=self.ca,
             client=True,
         )
-        self.scheduler = _issue(
+        self.scheduler = issue_cert(
             pair("scheduler"), "system:kube-scheduler", issuer=self.ca, client=True
         )
-        self.keda = _issue(
+        self.keda = issue_cert(
             pair("keda-operator"),
             f"system:serviceaccount:{KEDA_NAMESPACE}:{KEDA_SERVICE_ACCOUNT}",
             issuer=self.ca,
@@ -245,12 +245,12 @@ class Pki:
         # KEDA's own CA and one cert for the operator's gRPC server, the adapter's gRPC client
         # and the adapter's HTTPS server: what the operator's cert rotation would make
         # (pkg/certificates: CA "KEDA", server+client usage, these DNS names).
-        keda_ca = _issue(
+        keda_ca = issue_cert(
             KeyPair(self.keda_certs / "ca.crt", self.keda_certs / "ca.key"),
             "KEDA",
             organizations=["KEDAORG"],
         )
-        _issue(
+        issue_cert(
             KeyPair(self.keda_certs / "tls.crt", self.keda_certs / "tls.key"),
             f"keda-operator.{KEDA_NAMESPACE}.svc",
             issuer=keda_ca,
@@ -414,9 +414,7 @@ class ControlPlane:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
         self.binaries = build.ensure_built(
-            None
-            if self.keda
-            else ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+            build.CONTROL_PLANE + build.KEDA if self.keda else build.CONTROL_PLANE
         )
         network.ensure()
         self.pki = Pki(self.state_dir / "pki")

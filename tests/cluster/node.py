@@ -1,0 +1,502 @@
+"""A real Kubernetes node joined to the local control plane (issue 17, item 3).
+
+``with Node(plane, state_dir) as node:`` runs the kubelet of the control plane's release with a
+real container runtime: containerd (its Go module) driving Debian's runc, CNI networking from
+Debian's reference plugins (bridge, host-local, loopback, portmap), and kube-proxy for Services.
+Everything a node changes on the machine stays in namespaces of its own:
+
+- **Network**: a network namespace (``celeriac-<name>``) with a veth on the control plane's
+  bridge and the node's address (``10.231.0.10/16``). Inside it, the CNI bridge ``cni0`` gives
+  pods addresses of the node's pod range (``10.233.0.0/24``) with the node as their gateway;
+  IP forwarding and kube-proxy's iptables rules live in that namespace only. The root namespace
+  gets one route, to the pod range via the node's address, so the host's processes (the
+  apiserver, KEDA, the tests) reach pods; the machine's forwarding is never turned on.
+- **Mounts**: containerd and the kubelet share one private mount namespace (mounts propagate
+  in from the host, never out), so volume, overlay and network-namespace mounts vanish with
+  them.
+- **Cgroups** (v1 here, cgroupfs driver: no systemd): the kubelet's ``cgroupRoot`` is a folder
+  under this process's own memory cgroup (``failCgroupV1: false``: 1.35 refuses v1 otherwise);
+  containerd and its shims run in ``<root>/runtime`` so a stop can end every process.
+- **Images**: no registry can be reached, so images come from the project's podman storage
+  (``make image``), saved and imported into containerd's ``k8s.io`` namespace; the sandbox
+  ("pause") image is made from the same Debian base (tini waiting for ever).
+
+State, logs and sockets live under ``state_dir`` (``logs/<component>.log``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import yaml
+
+from celeriac.testing import Child, free_port, wait_until
+from tests.cluster import build, network
+from tests.cluster.controlplane import CLUSTER_DOMAIN, ControlPlane, KeyPair, issue_cert
+from tests.image import build as image_build
+
+NODE_ADDRESS = "10.231.0.10"
+POD_RANGE = ipaddress.ip_network("10.233.0.0/24")
+CLUSTER_POD_RANGE = "10.233.0.0/16"
+CNI_PLUGINS = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
+RUNC = "/usr/sbin/runc"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+K8S_NAMESPACE = "k8s.io"  # containerd's namespace for the CRI's images and containers
+START_TIMEOUT = 120.0
+
+
+def own_cgroup() -> str:
+    """This process's memory cgroup (v1), where the node's cgroups go."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            return path
+    return "/"
+
+
+def cgroup_controllers() -> list[Path]:
+    """Every mounted hierarchy (``cpu,cpuacct`` style links skipped); ``unified`` too, where
+    runc makes each container's folder on this hybrid layout."""
+    return [p for p in sorted(CGROUP_ROOT.iterdir()) if p.is_dir() and not p.is_symlink()]
+
+
+def make_cgroup(path: str) -> list[Path]:
+    """Create ``path`` in every controller; the folders it created, parents first.
+
+    In v1 a new cpuset inherits no CPUs or memory nodes: each level gets its parent's.
+    """
+    created: list[Path] = []
+    for controller in cgroup_controllers():
+        current = controller
+        for part in Path(path.lstrip("/")).parts:
+            child = current / part
+            if not child.is_dir():
+                child.mkdir()
+                created.append(child)
+            if controller.name == "cpuset":
+                for name in ("cpuset.cpus", "cpuset.mems"):
+                    if not (child / name).read_text().strip():
+                        (child / name).write_text((current / name).read_text())
+            current = child
+    return created
+
+
+def cgroup_pids(path: str) -> set[int]:
+    """Every process in ``path`` or below it (memory hierarchy)."""
+    pids: set[int] = set()
+    folder = CGROUP_ROOT / "memory" / path.lstrip("/")
+    if not folder.is_dir():
+        return pids
+    for procs in folder.rglob("cgroup.procs"):
+        with contextlib.suppress(OSError):
+            pids.update(int(p) for p in procs.read_text().split())
+    return pids
+
+
+def remove_cgroups(folders: list[Path]) -> None:
+    """Remove cgroup folders and whatever the kubelet made below them, deepest first."""
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        if not folder.is_dir():
+            continue
+        for child in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if child.is_dir():
+                with contextlib.suppress(OSError):
+                    child.rmdir()
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def pause_image() -> str:
+    """The sandbox image: the Debian base, tini reaping and waiting for a signal."""
+    base = image_build.base_image()
+    reference = f"localhost/celeriac-pause:{base.rsplit(':', 1)[1]}"
+    if not image_build.image_exists(reference):
+        with tempfile.TemporaryDirectory(prefix="celeriac-pause-") as context:
+            containerfile = Path(context) / "Containerfile"
+            containerfile.write_text(
+                f"FROM {base}\n"
+                'ENTRYPOINT ["/usr/bin/tini", "-s", "--", "sleep", "infinity"]\n'
+                "USER 65535:65535\n"
+            )
+            image_build.podman("build", "--quiet", "-t", reference, context, capture=True)
+    return reference
+
+
+class Node:
+    """containerd, the kubelet and kube-proxy of one node, joined to ``plane``."""
+
+    def __init__(
+        self,
+        plane: ControlPlane,
+        state_dir: Path,
+        *,
+        name: str = "node0",
+        address: str = NODE_ADDRESS,
+        start_timeout: float = START_TIMEOUT,
+    ) -> None:
+        self.plane = plane
+        self.name = name
+        self.address = address
+        self.state_dir = Path(state_dir).resolve()
+        self.logs = self.state_dir / "logs"
+        self.netns = f"celeriac-{name}"
+        self.host_if = f"cn-{name}"[:15]
+        self.cgroup = f"{own_cgroup().rstrip('/')}/celeriac-{name}"
+        self.socket = self.state_dir / "containerd" / "containerd.sock"
+        self.start_timeout = start_timeout
+        self.children: dict[str, Child] = {}
+        self.binaries: dict[str, Path] = {}
+        self.cgroups: list[Path] = []  # the cgroup folders this node created
+
+    def __enter__(self) -> Node:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # public helpers
+
+    def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """containerd's own client on this node's socket, in the CRI's namespace."""
+        return subprocess.run(
+            [str(self.binaries["ctr"]), "--address", str(self.socket), "-n", K8S_NAMESPACE, *args],
+            capture_output=True,
+            text=True,
+            check=check,
+        )
+
+    def load_image(self, reference: str) -> None:
+        """Copy an image of the project's podman storage into containerd (what a pull does)."""
+        with tempfile.TemporaryDirectory(prefix="celeriac-image-", dir=self.state_dir) as tmp:
+            archive = Path(tmp) / "image.tar"
+            image_build.podman(
+                "save", "--format", "docker-archive", "-o", str(archive), reference, capture=True
+            )
+            self.ctr("images", "import", "--no-unpack=false", str(archive))
+
+    # lifecycle
+
+    def start(self) -> None:
+        self.binaries = build.ensure_built(build.NODE)
+        for folder in ("logs", "containerd", "kubelet", "pods-logs", "cni/net.d", "cni/ipam"):
+            (self.state_dir / folder).mkdir(parents=True, exist_ok=True)
+        self._network_up()
+        self.cgroups += make_cgroup(f"{self.cgroup}/runtime")
+        self._start_containerd()
+        self.load_image(self.sandbox_image)
+        self._start_kubelet()
+        self._start_kube_proxy()
+
+    def stop(self) -> None:
+        for name in ("kube-proxy", "kubelet"):
+            child = self.children.pop(name, None)
+            if child is not None:
+                child.stop()
+        # Containers, shims and containerd: every process in the node's cgroups.
+        deadline = time.monotonic() + 15
+        while (pids := cgroup_pids(self.cgroup)) and time.monotonic() < deadline:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+        for child in self.children.values():
+            child.stop()
+        self.children.clear()
+        remove_cgroups(self.cgroups)
+        self.cgroups.clear()
+        self._network_down()
+
+    @property
+    def sandbox_image(self) -> str:
+        return pause_image()
+
+    # network
+
+    def _in_netns(self, *args: str) -> None:
+        subprocess.run(["ip", "netns", "exec", self.netns, *args], check=True, capture_output=True)
+
+    def _network_up(self) -> None:
+        network.ensure()
+        self._network_down()
+        subprocess.run(["ip", "netns", "add", self.netns], check=True, capture_output=True)
+        network.attach(self.netns, self.address, self.host_if)
+        # Forwarding between the pods' bridge and the node's veth: this namespace only.
+        self._in_netns("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+        subprocess.run(
+            ["ip", "route", "replace", str(POD_RANGE), "via", self.address, "dev", network.BRIDGE],
+            check=True,
+            capture_output=True,
+        )
+        (self.state_dir / "cni" / "net.d" / "10-celeriac.conflist").write_text(
+            json.dumps(
+                {
+                    "cniVersion": "1.0.0",
+                    "name": "celeriac",
+                    "plugins": [
+                        {
+                            "type": "bridge",
+                            "bridge": "cni0",
+                            "isGateway": True,
+                            "ipMasq": False,
+                            "hairpinMode": True,
+                            "ipam": {
+                                "type": "host-local",
+                                "ranges": [[{"subnet": str(POD_RANGE)}]],
+                                "routes": [{"dst": "0.0.0.0/0"}],
+                                "dataDir": str(self.state_dir / "cni" / "ipam"),
+                            },
+                        },
+                        {"type": "portmap", "capabilities": {"portMappings": True}},
+                    ],
+                },
+                indent=2,
+            )
+        )
+
+    def _network_down(self) -> None:
+        subprocess.run(
+            ["ip", "route", "del", str(POD_RANGE), "via", self.address],
+            check=False,
+            capture_output=True,
+        )
+        network.detach(self.host_if)
+        subprocess.run(["ip", "netns", "del", self.netns], check=False, capture_output=True)
+
+    # components
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
+        child = Child(args, env=env, log_path=self.logs / f"{name}.log", cwd=self.state_dir)
+        self.children[name] = child
+        return child
+
+    def _wait(self, name: str, probe: object) -> None:
+        child = self.children[name]
+
+        def ready_or_exited() -> object:
+            return child.process.poll() is not None or (callable(probe) and probe())
+
+        wait_until(ready_or_exited, timeout=self.start_timeout, interval=0.2, message=f"{name}")
+        child.check_alive()
+
+    def _start_containerd(self) -> None:
+        root = self.state_dir / "containerd"
+        config = root / "config.toml"
+        config.write_text(
+            f"""version = 3
+root = "{root}/root"
+state = "{root}/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.blockfile",
+  "io.containerd.snapshotter.v1.erofs", "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing", "io.containerd.grpc.v1.cri-checkpoint"]
+
+[grpc]
+  address = "{self.socket}"
+
+[ttrpc]
+  address = "{self.socket}.ttrpc"
+
+[debug]
+  level = "info"
+
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = "{self.sandbox_image}"
+  [plugins.'io.containerd.cri.v1.images'.registry]
+    config_path = "{root}/certs.d"
+
+[plugins.'io.containerd.cri.v1.runtime']
+  enable_selinux = false
+  disable_apparmor = true
+  # No CAP_SYS_RESOURCE here: runc cannot give the sandbox the kubelet's -998.
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  enable_cdi = false
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = "runc"
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = "{RUNC}"
+        SystemdCgroup = false
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ["{CNI_PLUGINS}"]
+    conf_dir = "{self.state_dir}/cni/net.d"
+
+[plugins.'io.containerd.grpc.v1.cri']
+  stream_server_address = "127.0.0.1"
+"""
+        )
+        shim_dir = self.binaries["containerd-shim-runc-v2"].parent
+        runtime_procs = [
+            str(c / self.cgroup.lstrip("/") / "runtime" / "cgroup.procs")
+            for c in cgroup_controllers()
+        ]
+        # Join the runtime cgroup, then a private mount namespace and the node's network.
+        join = " ".join(f'echo $$ > "{p}";' for p in runtime_procs)
+        self._spawn(
+            "containerd",
+            [
+                "sh",
+                "-c",
+                f"{join} exec unshare --mount --propagation slave nsenter --net=/run/netns/"
+                f'{self.netns} "$@"',
+                "containerd",
+                str(self.binaries["containerd"]),
+                "--config",
+                str(config),
+            ],
+            env={"PATH": f"{shim_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"},
+        )
+        self._wait("containerd", lambda: self.ctr("version", check=False).returncode == 0)
+
+    def _kubelet_pki(self) -> tuple[KeyPair, KeyPair]:
+        pki = self.plane.pki
+        folder = self.state_dir / "pki"
+        folder.mkdir(exist_ok=True)
+        client = issue_cert(
+            KeyPair(folder / "kubelet-client.crt", folder / "kubelet-client.key"),
+            f"system:node:{self.name}",
+            issuer=pki.ca,
+            organizations=["system:nodes"],
+            client=True,
+        )
+        serving = issue_cert(
+            KeyPair(folder / "kubelet.crt", folder / "kubelet.key"),
+            self.name,
+            issuer=pki.ca,
+            server=True,
+            dns_names=[self.name],
+            ip_addresses=[self.address],
+        )
+        return client, serving
+
+    def _start_kubelet(self) -> None:
+        from tests.cluster.controlplane import write_kubeconfig
+
+        client, serving = self._kubelet_pki()
+        kubeconfig = write_kubeconfig(
+            self.state_dir / "kubelet.kubeconfig",
+            self.plane.server,
+            self.plane.pki.ca.cert,
+            client,
+            f"system:node:{self.name}",
+        )
+        healthz = free_port()
+        config = self.state_dir / "kubelet-config.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kubelet.config.k8s.io/v1beta1",
+                    "kind": "KubeletConfiguration",
+                    "failCgroupV1": False,
+                    "cgroupDriver": "cgroupfs",
+                    "cgroupRoot": self.cgroup,
+                    "containerRuntimeEndpoint": f"unix://{self.socket}",
+                    "address": self.address,
+                    "port": 10250,
+                    "readOnlyPort": 0,
+                    "healthzBindAddress": "127.0.0.1",
+                    "healthzPort": healthz,
+                    "tlsCertFile": str(serving.cert),
+                    "tlsPrivateKeyFile": str(serving.key),
+                    "authentication": {
+                        "anonymous": {"enabled": False},
+                        "webhook": {"enabled": True},
+                        "x509": {"clientCAFile": str(self.plane.pki.ca.cert)},
+                    },
+                    "authorization": {"mode": "Webhook"},
+                    "clusterDomain": CLUSTER_DOMAIN,
+                    "resolvConf": "",
+                    "failSwapOn": False,
+                    "protectKernelDefaults": False,
+                    "podLogsDir": str(self.state_dir / "pods-logs"),
+                    "serializeImagePulls": False,
+                    # A shared test machine's disk: evict only when it is really full.
+                    "evictionHard": {
+                        "memory.available": "100Mi",
+                        "nodefs.available": "1%",
+                        "imagefs.available": "1%",
+                    },
+                    "imageGCHighThresholdPercent": 100,
+                    "imageGCLowThresholdPercent": 99,
+                    "containerLogMaxSize": "10Mi",
+                    "staticPodPath": "",
+                    "podCIDR": str(POD_RANGE),
+                }
+            )
+        )
+        self._spawn(
+            "kubelet",
+            [
+                "nsenter",
+                f"--target={self.children['containerd'].pid}",
+                "--mount",
+                "--net",
+                "--",
+                str(self.binaries["kubelet"]),
+                f"--config={config}",
+                f"--kubeconfig={kubeconfig}",
+                f"--root-dir={self.state_dir / 'kubelet'}",
+                f"--hostname-override={self.name}",
+                f"--node-ip={self.address}",
+                "--v=2",
+            ],
+        )
+        self._wait(
+            "kubelet",
+            lambda: (
+                self.plane.kubectl(
+                    "get",
+                    "node",
+                    self.name,
+                    "-o",
+                    'jsonpath={.status.conditions[?(@.type=="Ready")].status}',
+                    check=False,
+                ).strip()
+                == "True"
+            ),
+        )
+
+    def _start_kube_proxy(self) -> None:
+        pass
+
+
+def main() -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.cluster.node")
+    parser.add_argument("state_dir", type=Path)
+    args = parser.parse_args()
+    with (
+        ControlPlane(args.state_dir / "plane", keda=False) as plane,
+        Node(plane, args.state_dir / "node"),
+    ):
+        print(f"export KUBECONFIG={plane.kubeconfig}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""A real node (issue 17, item 3): the kubelet of the control plane's release, containerd and
+runc run the celeriac image as the chart asks, and kubectl logs and exec work as a user expects.
+``make e2e`` (root; builds the node's binaries if not cached and needs ``make image``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from celeriac.testing import wait_until
+from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane
+from tests.cluster.node import POD_RANGE, Node
+from tests.image import build as image_build
+from tests.support import missing
+
+pytestmark = [pytest.mark.cluster]
+
+POD_TIMEOUT = 120.0
+CHECK = "celeriac --help >/dev/null"  # the image's own command runs
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    reference = image_build.image_tag()
+    if not image_build.image_exists(reference):
+        missing("the celeriac image", "build it with `make image` (root, podman)")
+    return reference
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    ports = {
+        "apiserver_port": int(os.environ.get("CELERIAC_CLUSTER_APISERVER_PORT", APISERVER_PORT)),
+        "adapter_port": int(os.environ.get("CELERIAC_CLUSTER_ADAPTER_PORT", ADAPTER_PORT)),
+    }
+    with ControlPlane(tmp_path_factory.mktemp("controlplane"), keda=False, **ports) as plane:
+        yield plane
+
+
+@pytest.fixture(scope="module")
+def node(
+    plane: ControlPlane, image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Node]:
+    with Node(plane, tmp_path_factory.mktemp("node")) as node:
+        node.load_image(image)
+        yield node
+
+
+def pod_json(plane: ControlPlane, name: str) -> Any:
+    return json.loads(plane.kubectl("get", "pod", name, "-o", "json"))
+
+
+def test_the_node_joins_ready_with_its_runtime(plane: ControlPlane, node: Node) -> None:
+    info = json.loads(plane.kubectl("get", "node", node.name, "-o", "json"))
+    status = info["status"]
+    assert status["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://2.")
+    assert status["nodeInfo"]["kubeletVersion"] == "v1.35.5"
+    assert {"type": "InternalIP", "address": node.address} in status["addresses"]
+
+
+def test_the_image_runs_as_the_chart_asks(plane: ControlPlane, node: Node, image: str) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "celeriac-version", "namespace": "default"},
+        "spec": {
+            "nodeName": node.name,
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "main",
+                    "image": image,
+                    "imagePullPolicy": "Never",
+                    "command": [
+                        "sh",
+                        "-c",
+                        "id -u; celeriac --help >/dev/null && echo ok; sleep 3600",
+                    ],
+                    "securityContext": {
+                        "readOnlyRootFilesystem": True,
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                    "resources": {"limits": {"cpu": "500m", "memory": "256Mi"}},
+                }
+            ],
+        },
+    }
+    plane.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    wait_until(
+        lambda: pod_json(plane, "celeriac-version")["status"].get("phase") == "Running",
+        timeout=POD_TIMEOUT,
+        message="the pod running",
+    )
+    logs = wait_until(
+        lambda: (out := plane.kubectl("logs", "celeriac-version")) and "ok" in out and out,
+        timeout=POD_TIMEOUT,
+        message="the pod's output",
+    )
+    assert logs.split() == ["10001", "ok"]
+    status = pod_json(plane, "celeriac-version")["status"]
+    assert status["podIP"] in [str(a) for a in POD_RANGE.hosts()]
+    assert plane.kubectl("exec", "celeriac-version", "--", "id", "-u").strip() == "10001"
+    touched = plane.kubectl("exec", "celeriac-version", "--", "sh", "-c", "touch /x 2>&1; true")
+    assert "Read-only file system" in touched
+    quota = plane.kubectl(
+        "exec", "celeriac-version", "--", "cat", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"
+    )
+    assert quota.strip() == "50000"
