@@ -66,6 +66,8 @@ class Component:
                 f"-X {pkg}.Version={version}",
                 f"-X {pkg}.Package=github.com/containerd/containerd/v2",
             ]
+        elif self.wrapper == "coredns":
+            flags += [f"-X github.com/coredns/coredns/coremain.GitCommit={version}"]
         elif self.wrapper == "keda":
             pkg = "github.com/kedacore/keda/v2/version"
             flags += [f"-X {pkg}.Version={version.lstrip('v')}"]
@@ -76,6 +78,7 @@ class Component:
 _K8S = "k8s.io/kubernetes"
 _KEDA = "github.com/kedacore/keda/v2"
 _CONTAINERD = "github.com/containerd/containerd/v2"
+_COREDNS = "github.com/coredns/coredns"
 COMPONENTS: dict[str, Component] = {
     c.name: c
     for c in (
@@ -99,6 +102,7 @@ COMPONENTS: dict[str, Component] = {
             _CONTAINERD,
             f"{_CONTAINERD}/cmd/containerd-shim-runc-v2",
         ),
+        Component("coredns", "coredns", _COREDNS, _COREDNS),
         Component("keda-operator", "keda", _KEDA, f"{_KEDA}/cmd/operator"),
         Component("keda-adapter", "keda", _KEDA, f"{_KEDA}/cmd/adapter"),
     )
@@ -107,7 +111,7 @@ COMPONENTS: dict[str, Component] = {
 
 CONTROL_PLANE = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
 KEDA = ["keda-operator", "keda-adapter"]
-NODE = ["kubelet", "kube-proxy", "containerd", "containerd-shim-runc-v2", "ctr"]
+NODE = ["kubelet", "kube-proxy", "containerd", "containerd-shim-runc-v2", "ctr", "coredns"]
 
 
 def cache_root() -> Path:

@@ -41,7 +41,13 @@ import yaml
 
 from celeriac.testing import Child, free_port, wait_until
 from tests.cluster import build, network
-from tests.cluster.controlplane import CLUSTER_DOMAIN, ControlPlane, KeyPair, issue_cert
+from tests.cluster.controlplane import (
+    CLUSTER_DOMAIN,
+    ControlPlane,
+    KeyPair,
+    issue_cert,
+    write_kubeconfig,
+)
 from tests.image import build as image_build
 
 NODE_ADDRESS = "10.231.0.10"
@@ -113,6 +119,35 @@ def remove_cgroups(folders: list[Path]) -> None:
                     child.rmdir()
         with contextlib.suppress(OSError):
             folder.rmdir()
+
+
+# What CoreDNS's kubernetes plugin reads (CoreDNS's own deployment manifest grants the same).
+COREDNS_RBAC = """
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "system:coredns"}
+rules:
+  - apiGroups: [""]
+    resources: [endpoints, services, pods, namespaces]
+    verbs: [list, watch]
+  - apiGroups: [discovery.k8s.io]
+    resources: [endpointslices]
+    verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "system:coredns"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:coredns"}
+subjects:
+  - {apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:coredns"}
+"""
+
+
+def _healthy(url: str, node: Node) -> bool:
+    """Whether ``url``, served inside the node's network namespace, answers 200."""
+    probe = ["curl", "-fsS", "-o", "/dev/null", "--max-time", "2", url]
+    command = ["nsenter", f"--net=/run/netns/{node.netns}", *probe]
+    return subprocess.run(command, capture_output=True, check=False).returncode == 0
 
 
 def pause_image() -> str:
@@ -197,12 +232,21 @@ class Node:
 
     def start(self) -> None:
         self.binaries = build.ensure_built(build.NODE)
-        for folder in ("logs", "containerd", "kubelet", "pods-logs", "cni/net.d", "cni/ipam"):
+        for folder in (
+            "logs",
+            "pki",
+            "containerd",
+            "kubelet",
+            "pods-logs",
+            "cni/net.d",
+            "cni/ipam",
+        ):
             (self.state_dir / folder).mkdir(parents=True, exist_ok=True)
         self._network_up()
         self.cgroups += make_cgroup(f"{self.cgroup}/runtime")
         self._start_containerd()
         self.load_image(self.sandbox_image)
+        self._start_coredns()
         self._start_kubelet()
         self._start_kube_proxy()
 
@@ -392,8 +436,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         return client, serving
 
     def _start_kubelet(self) -> None:
-        from tests.cluster.controlplane import write_kubeconfig
-
         client, serving = self._kubelet_pki()
         kubeconfig = write_kubeconfig(
             self.state_dir / "kubelet.kubeconfig",
@@ -427,6 +469,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                     },
                     "authorization": {"mode": "Webhook"},
                     "clusterDomain": CLUSTER_DOMAIN,
+                    "clusterDNS": [self.address],
                     "resolvConf": "",
                     "failSwapOn": False,
                     "protectKernelDefaults": False,
@@ -478,8 +521,104 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             ),
         )
 
+    def _start_coredns(self) -> None:
+        """Cluster DNS: CoreDNS on the node's address, answering for the cluster's names only
+        (no upstream: these machines may not query other resolvers)."""
+        folder = self.state_dir / "pki"
+        client = issue_cert(
+            KeyPair(folder / "coredns.crt", folder / "coredns.key"),
+            "system:coredns",
+            issuer=self.plane.pki.ca,
+            client=True,
+        )
+        kubeconfig = write_kubeconfig(
+            self.state_dir / "coredns.kubeconfig",
+            self.plane.server,
+            self.plane.pki.ca.cert,
+            client,
+            "system:coredns",
+        )
+        self.plane.kubectl("apply", "-f", "-", input=COREDNS_RBAC)
+        ready = free_port()
+        corefile = self.state_dir / "Corefile"
+        corefile.write_text(
+            f"""{CLUSTER_DOMAIN}:53 in-addr.arpa:53 {{
+    bind {self.address}
+    errors
+    ready 127.0.0.1:{ready}
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa {{
+        kubeconfig {kubeconfig} celeriac
+        pods insecure
+    }}
+    cache 5
+}}
+"""
+        )
+        self._spawn(
+            "coredns",
+            [
+                "nsenter",
+                f"--net=/run/netns/{self.netns}",
+                "--",
+                str(self.binaries["coredns"]),
+                "-conf",
+                str(corefile),
+            ],
+        )
+        self._wait("coredns", lambda: _healthy(f"http://127.0.0.1:{ready}/ready", self))
+
     def _start_kube_proxy(self) -> None:
-        pass
+        """kube-proxy in iptables mode, its rules in the node's network namespace only."""
+        folder = self.state_dir / "pki"
+        client = issue_cert(
+            KeyPair(folder / "kube-proxy.crt", folder / "kube-proxy.key"),
+            "system:kube-proxy",  # bound to system:node-proxier by default
+            issuer=self.plane.pki.ca,
+            client=True,
+        )
+        kubeconfig = write_kubeconfig(
+            self.state_dir / "kube-proxy.kubeconfig",
+            self.plane.server,
+            self.plane.pki.ca.cert,
+            client,
+            "system:kube-proxy",
+        )
+        healthz = free_port()
+        config = self.state_dir / "kube-proxy-config.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+                    "kind": "KubeProxyConfiguration",
+                    "clientConnection": {"kubeconfig": str(kubeconfig)},
+                    "mode": "iptables",
+                    "clusterCIDR": CLUSTER_POD_RANGE,
+                    "hostnameOverride": self.name,
+                    "bindAddress": self.address,
+                    "healthzBindAddress": f"127.0.0.1:{healthz}",
+                    "metricsBindAddress": f"127.0.0.1:{free_port()}",
+                    # Service traffic leaves through the node, so a reply from a pod on the
+                    # same bridge comes back through it too (no br_netfilter needed).
+                    "iptables": {"masqueradeAll": True},
+                    # nf_conntrack_max is the machine's, not the namespace's: leave it alone.
+                    "conntrack": {"maxPerCore": 0, "min": 0},
+                }
+            )
+        )
+        self._spawn(
+            "kube-proxy",
+            [
+                "nsenter",
+                f"--target={self.children['containerd'].pid}",
+                "--mount",
+                "--net",
+                "--",
+                str(self.binaries["kube-proxy"]),
+                f"--config={config}",
+                "--v=2",
+            ],
+        )
+        self._wait("kube-proxy", lambda: _healthy(f"http://127.0.0.1:{healthz}/healthz", self))
 
 
 def main() -> int:

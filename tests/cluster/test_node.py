@@ -63,39 +63,12 @@ def test_the_node_joins_ready_with_its_runtime(plane: ControlPlane, node: Node) 
 
 
 def test_the_image_runs_as_the_chart_asks(plane: ControlPlane, node: Node, image: str) -> None:
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "celeriac-version", "namespace": "default"},
-        "spec": {
-            "nodeName": node.name,
-            "restartPolicy": "Never",
-            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [
-                {
-                    "name": "main",
-                    "image": image,
-                    "imagePullPolicy": "Never",
-                    "command": [
-                        "sh",
-                        "-c",
-                        "id -u; celeriac --help >/dev/null && echo ok; sleep 3600",
-                    ],
-                    "securityContext": {
-                        "readOnlyRootFilesystem": True,
-                        "allowPrivilegeEscalation": False,
-                        "capabilities": {"drop": ["ALL"]},
-                    },
-                    "resources": {"limits": {"cpu": "500m", "memory": "256Mi"}},
-                }
-            ],
-        },
-    }
-    plane.kubectl("apply", "-f", "-", input=json.dumps(pod))
-    wait_until(
-        lambda: pod_json(plane, "celeriac-version")["status"].get("phase") == "Running",
-        timeout=POD_TIMEOUT,
-        message="the pod running",
+    run_pod(
+        plane,
+        node,
+        image,
+        "celeriac-version",
+        ["sh", "-c", f"id -u; {CHECK} && echo ok; sleep 3600"],
     )
     logs = wait_until(
         lambda: (out := plane.kubectl("logs", "celeriac-version")) and "ok" in out and out,
@@ -112,3 +85,60 @@ def test_the_image_runs_as_the_chart_asks(plane: ControlPlane, node: Node, image
         "exec", "celeriac-version", "--", "cat", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"
     )
     assert quota.strip() == "50000"
+
+
+def run_pod(plane: ControlPlane, node: Node, image: str, name: str, command: list[str]) -> None:
+    """A pod of the celeriac image on ``node``, locked down as the chart's are, running."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+        "spec": {
+            "nodeName": node.name,
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "main",
+                    "image": image,
+                    "imagePullPolicy": "Never",
+                    "command": command,
+                    "securityContext": {
+                        "readOnlyRootFilesystem": True,
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                    "resources": {"limits": {"cpu": "500m", "memory": "256Mi"}},
+                }
+            ],
+        },
+    }
+    plane.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    wait_until(
+        lambda: pod_json(plane, name)["status"].get("phase") == "Running",
+        timeout=POD_TIMEOUT,
+        message=f"pod {name} running",
+    )
+
+
+def test_a_service_answers_by_its_cluster_name(plane: ControlPlane, node: Node, image: str) -> None:
+    """kube-proxy routes the Service's ClusterIP and CoreDNS resolves its name, from a pod."""
+    run_pod(plane, node, image, "web", ["python3", "-m", "http.server", "8080"])
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }
+    plane.kubectl("apply", "-f", "-", input=json.dumps(service))
+    run_pod(plane, node, image, "client", ["sleep", "3600"])
+    fetch = (
+        "import urllib.request; print(urllib.request.urlopen("
+        "'http://web.default.svc.cluster.local/', timeout=3).status)"
+    )
+
+    def answered() -> bool:
+        out = plane.kubectl("exec", "client", "--", "python3", "-c", fetch, check=False)
+        return out.strip() == "200"
+
+    wait_until(answered, timeout=60, message="the Service answering by name")

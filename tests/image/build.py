@@ -51,6 +51,8 @@ BASE_SUITE = "bookworm"
 BASE_VARIANT = "minbase"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "tini")
 BASE_REPOSITORY = "localhost/celeriac-base"
+REDIS_PACKAGES = ("redis-server", "redis-sentinel")
+REDIS_REPOSITORY = "localhost/celeriac-redis"
 # The machine's Debian mirrors, as apt on the machine reaches them.
 APT_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 
@@ -242,12 +244,12 @@ def image_exists(reference: str) -> bool:
 # --- the base from Debian's packages ----------------------------------------------------------
 
 
-def base_key() -> str:
-    """A hash of everything that makes the base: suite, variant, packages, mirrors."""
+def base_key(packages: Sequence[str] | None = None) -> str:
+    """A hash of everything that makes a Debian image: suite, variant, packages, mirrors."""
     inputs = {
         "suite": BASE_SUITE,
         "variant": BASE_VARIANT,
-        "packages": sorted(BASE_PACKAGES),
+        "packages": sorted(BASE_PACKAGES if packages is None else packages),
         "sources": APT_SOURCES.read_text() if APT_SOURCES.exists() else "",
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
@@ -255,20 +257,33 @@ def base_key() -> str:
 
 def base_image() -> str:
     """The local base image's reference: imported once, then found in the project's storage."""
-    reference = f"{BASE_REPOSITORY}:{BASE_SUITE}-{base_key()}"
+    return debian_image(BASE_REPOSITORY, BASE_PACKAGES, ['CMD ["/bin/bash"]'])
+
+
+def redis_image() -> str:
+    """Redis from Debian's package, standing in for the chart's public Redis image on the local
+    cluster's node (no public registry here): the chart runs ``redis-server`` and
+    ``redis-sentinel`` through ``sh``, as with the official image."""
+    return debian_image(REDIS_REPOSITORY, REDIS_PACKAGES, ['CMD ["redis-server"]'])
+
+
+def debian_image(repository: str, packages: Sequence[str], changes: Sequence[str]) -> str:
+    """An image of Debian's ``packages`` made by mmdebstrap and imported, with ``changes``
+    (Dockerfile instructions) applied; tagged by ``base_key`` and made only once."""
+    reference = f"{repository}:{BASE_SUITE}-{base_key(packages)}"
     if image_exists(reference):
         return reference
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="celeriac-base-") as scratch:
         rootfs = Path(scratch) / "rootfs.tar"
         mirrors = [str(APT_SOURCES)] if APT_SOURCES.exists() else []
-        log(f"mmdebstrap {BASE_SUITE} {BASE_VARIANT} + {', '.join(BASE_PACKAGES)}")
+        log(f"mmdebstrap {BASE_SUITE} {BASE_VARIANT} + {', '.join(packages)}")
         subprocess.run(
             [
                 "mmdebstrap",
                 "--quiet",
                 f"--variant={BASE_VARIANT}",
-                f"--include={','.join(BASE_PACKAGES)}",
+                f"--include={','.join(packages)}",
                 # No apt lists, caches or docs the image would carry for nothing.
                 "--dpkgopt=path-exclude=/usr/share/doc/*",
                 "--dpkgopt=path-exclude=/usr/share/man/*",
@@ -281,17 +296,16 @@ def base_image() -> str:
             ],
             check=True,
         )
-        podman(
-            "import",
-            "--change",
-            'CMD ["/bin/bash"]',
-            "--change",
-            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            str(rootfs),
-            reference,
-            capture=True,
-        )
-    log(f"base {reference} made in {time.monotonic() - started:.0f} s")
+        change_options = [
+            option
+            for change in (
+                *changes,
+                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            for option in ("--change", change)
+        ]
+        podman("import", *change_options, str(rootfs), reference, capture=True)
+    log(f"{reference} made in {time.monotonic() - started:.0f} s")
     return reference
 
 
