@@ -14,12 +14,16 @@ import pytest
 from celeriac.testing import wait_until
 from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane
 from tests.cluster.node import POD_RANGE, Node
+from tests.cluster.test_helm import api_base_url
+from tests.e2e import scenario
+from tests.e2e.scenario import Release
 from tests.image import build as image_build
 from tests.support import missing
 
 pytestmark = [pytest.mark.cluster]
 
 POD_TIMEOUT = 120.0
+NAMESPACE = "celeriac"
 CHECK = "celeriac --help >/dev/null"  # the image's own command runs
 
 
@@ -142,3 +146,39 @@ def test_a_service_answers_by_its_cluster_name(plane: ControlPlane, node: Node, 
         return out.strip() == "200"
 
     wait_until(answered, timeout=60, message="the Service answering by name")
+
+
+def test_helm_install_runs_a_task_on_the_real_node(
+    plane: ControlPlane, node: Node, image: str
+) -> None:
+    """The user's flow: `helm install` with the image on the node, every pod Ready under the
+    real kubelet, a task sent through the API Service run by a worker container."""
+    redis = image_build.redis_image()
+    node.load_image(redis)
+    repository, tag = image.rsplit(":", 1)
+    redis_repository, redis_tag = redis.rsplit(":", 1)
+    release = Release(plane.kubeconfig, "real", NAMESPACE)
+    release.install(
+        scenario.values(
+            {
+                "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+                "redis": {
+                    "image": {
+                        "repository": redis_repository,
+                        "tag": redis_tag,
+                        "pullPolicy": "Never",
+                    },
+                    "persistence": {"enabled": False},
+                },
+                "workerDefaults": {"autoscaling": {"engine": "none", "replicas": 1}},
+            }
+        ),
+        timeout=int(POD_TIMEOUT * 2),
+    )
+    pods = release.pods(plane)
+    assert {pod["spec"]["nodeName"] for pod in pods} == {node.name}
+    assert not scenario.not_ready(pods)
+    with scenario.api_client(api_base_url(plane, release), release.api_token(plane)) as api:
+        status = scenario.run_task(api, "celeriac.demo.add", timeout=POD_TIMEOUT, x=2, y=3)
+    assert status["state"] == "SUCCESS", status
+    assert status["result"] == 5
