@@ -73,7 +73,8 @@ test-e2e: install
 
 # The local control plane (tests/cluster/README.md): builds etcd, Kubernetes and KEDA from the
 # pinned sources if not cached, then runs its tests (root: bridge, network and mount namespaces),
-# test_helm.py among them: helm install/test/upgrade/uninstall of the chart, every pod a process.
+# test_helm.py among them: helm install/test/upgrade/uninstall of the chart, every pod a process;
+# test_node.py joins a real node (kubelet, containerd, CNI, kube-proxy, CoreDNS) running `make image`s.
 e2e: install
 	$(BIN)/python -m tests.cluster.build
 	$(BIN)/pytest -m cluster tests/cluster --durations=10

@@ -521,23 +521,27 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             ),
         )
 
-    def _start_coredns(self) -> None:
-        """Cluster DNS: CoreDNS on the node's address, answering for the cluster's names only
-        (no upstream: these machines may not query other resolvers)."""
+    def _client_kubeconfig(self, name: str, user: str) -> Path:
+        """A kubeconfig for ``user``, with a client certificate the cluster's CA signed."""
         folder = self.state_dir / "pki"
         client = issue_cert(
-            KeyPair(folder / "coredns.crt", folder / "coredns.key"),
-            "system:coredns",
+            KeyPair(folder / f"{name}.crt", folder / f"{name}.key"),
+            user,
             issuer=self.plane.pki.ca,
             client=True,
         )
-        kubeconfig = write_kubeconfig(
-            self.state_dir / "coredns.kubeconfig",
+        return write_kubeconfig(
+            self.state_dir / f"{name}.kubeconfig",
             self.plane.server,
             self.plane.pki.ca.cert,
             client,
-            "system:coredns",
+            user,
         )
+
+    def _start_coredns(self) -> None:
+        """Cluster DNS: CoreDNS on the node's address, answering for the cluster's names only
+        (no upstream: these machines may not query other resolvers)."""
+        kubeconfig = self._client_kubeconfig("coredns", "system:coredns")
         self.plane.kubectl("apply", "-f", "-", input=COREDNS_RBAC)
         ready = free_port()
         corefile = self.state_dir / "Corefile"
@@ -569,20 +573,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
     def _start_kube_proxy(self) -> None:
         """kube-proxy in iptables mode, its rules in the node's network namespace only."""
-        folder = self.state_dir / "pki"
-        client = issue_cert(
-            KeyPair(folder / "kube-proxy.crt", folder / "kube-proxy.key"),
-            "system:kube-proxy",  # bound to system:node-proxier by default
-            issuer=self.plane.pki.ca,
-            client=True,
-        )
-        kubeconfig = write_kubeconfig(
-            self.state_dir / "kube-proxy.kubeconfig",
-            self.plane.server,
-            self.plane.pki.ca.cert,
-            client,
-            "system:kube-proxy",
-        )
+        # system:kube-proxy is bound to the system:node-proxier ClusterRole by default.
+        kubeconfig = self._client_kubeconfig("kube-proxy", "system:kube-proxy")
         healthz = free_port()
         config = self.state_dir / "kube-proxy-config.yaml"
         config.write_text(

@@ -13,7 +13,7 @@ import pytest
 
 from celeriac.testing import wait_until
 from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane
-from tests.cluster.node import POD_RANGE, Node
+from tests.cluster.node import CNI_PLUGINS, POD_RANGE, Node
 from tests.cluster.test_helm import api_base_url
 from tests.e2e import scenario
 from tests.e2e.scenario import Release
@@ -49,6 +49,8 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
 def node(
     plane: ControlPlane, image: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Node]:
+    if not (CNI_PLUGINS / "bridge").is_file():
+        missing("Debian's CNI plugins", "apt-get install containernetworking-plugins")
     with Node(plane, tmp_path_factory.mktemp("node")) as node:
         node.load_image(image)
         yield node
