@@ -66,6 +66,8 @@ class Component:
                 f"-X {pkg}.Version={version}",
                 f"-X {pkg}.Package=github.com/containerd/containerd/v2",
             ]
+        elif self.wrapper == "registry":
+            flags += [f"-X {_REGISTRY}/version.version={version}"]
         elif self.wrapper == "coredns":
             flags += [f"-X github.com/coredns/coredns/coremain.GitCommit={version}"]
         elif self.wrapper == "keda":
@@ -79,6 +81,7 @@ _K8S = "k8s.io/kubernetes"
 _KEDA = "github.com/kedacore/keda/v2"
 _CONTAINERD = "github.com/containerd/containerd/v2"
 _COREDNS = "github.com/coredns/coredns"
+_REGISTRY = "github.com/distribution/distribution/v3"
 COMPONENTS: dict[str, Component] = {
     c.name: c
     for c in (
@@ -103,6 +106,7 @@ COMPONENTS: dict[str, Component] = {
             f"{_CONTAINERD}/cmd/containerd-shim-runc-v2",
         ),
         Component("coredns", "coredns", _COREDNS, _COREDNS),
+        Component("registry", "registry", _REGISTRY, f"{_REGISTRY}/cmd/registry"),
         Component("keda-operator", "keda", _KEDA, f"{_KEDA}/cmd/operator"),
         Component("keda-adapter", "keda", _KEDA, f"{_KEDA}/cmd/adapter"),
     )
@@ -112,6 +116,7 @@ COMPONENTS: dict[str, Component] = {
 CONTROL_PLANE = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
 KEDA = ["keda-operator", "keda-adapter"]
 NODE = ["kubelet", "kube-proxy", "containerd", "containerd-shim-runc-v2", "ctr", "coredns"]
+REGISTRY = ["registry"]
 
 
 def cache_root() -> Path:

@@ -17,9 +17,10 @@ Everything a node changes on the machine stays in namespaces of its own:
 - **Cgroups** (v1 here, cgroupfs driver: no systemd): the kubelet's ``cgroupRoot`` is a folder
   under this process's own memory cgroup (``failCgroupV1: false``: 1.35 refuses v1 otherwise);
   containerd and its shims run in ``<root>/runtime`` so a stop can end every process.
-- **Images**: no registry can be reached, so images come from the project's podman storage
-  (``make image``), saved and imported into containerd's ``k8s.io`` namespace; the sandbox
-  ("pause") image is made from the same Debian base (tini waiting for ever).
+- **Images**: pulled from the project's own registry (``tests/cluster/registry.py``; containerd
+  trusts its CA through ``trust_registry``), or copied from the project's podman storage
+  (``make image``) with ``load_image``; the sandbox ("pause") image is made from the same
+  Debian base (tini waiting for ever) and loaded: no public registry can be reached.
 
 State, logs and sockets live under ``state_dir`` (``logs/<component>.log``).
 """
@@ -227,6 +228,18 @@ class Node:
                 "save", "--format", "docker-archive", "-o", str(archive), reference, capture=True
             )
             self.ctr("images", "import", "--no-unpack=false", str(archive))
+
+    def trust_registry(self, address: str, ca: Path) -> None:
+        """Pull from the registry at ``address`` over TLS with ``ca`` (containerd's hosts
+        configuration, read at each pull)."""
+        folder = self.state_dir / "containerd" / "certs.d" / address
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "hosts.toml").write_text(
+            f'server = "https://{address}"\n\n'
+            f'[host."https://{address}"]\n'
+            '  capabilities = ["pull", "resolve"]\n'
+            f'  ca = "{ca}"\n'
+        )
 
     # lifecycle
 

@@ -14,6 +14,7 @@ import pytest
 from celeriac.testing import wait_until
 from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane
 from tests.cluster.node import CNI_PLUGINS, POD_RANGE, Node
+from tests.cluster.registry import Registry
 from tests.cluster.test_helm import api_base_url
 from tests.e2e import scenario
 from tests.e2e.scenario import Release
@@ -24,6 +25,7 @@ pytestmark = [pytest.mark.cluster]
 
 POD_TIMEOUT = 120.0
 NAMESPACE = "celeriac"
+PULL_SECRET = "regcred"
 CHECK = "celeriac --help >/dev/null"  # the image's own command runs
 
 
@@ -43,6 +45,12 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     }
     with ControlPlane(tmp_path_factory.mktemp("controlplane"), keda=False, **ports) as plane:
         yield plane
+
+
+@pytest.fixture(scope="module")
+def registry(plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    with Registry(tmp_path_factory.mktemp("registry"), plane.pki.ca) as registry:
+        yield registry
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +101,11 @@ def test_the_image_runs_as_the_chart_asks(plane: ControlPlane, node: Node, image
     assert quota.strip() == "50000"
 
 
-def run_pod(plane: ControlPlane, node: Node, image: str, name: str, command: list[str]) -> None:
-    """A pod of the celeriac image on ``node``, locked down as the chart's are, running."""
-    pod = {
+def pod_manifest(
+    node: Node, image: str, name: str, command: list[str], pull: str = "Never", **spec: Any
+) -> dict[str, Any]:
+    """A pod of ``image`` on ``node``, locked down as the chart's are; ``spec``: more fields."""
+    return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
@@ -107,18 +117,30 @@ def run_pod(plane: ControlPlane, node: Node, image: str, name: str, command: lis
                 {
                     "name": "main",
                     "image": image,
-                    "imagePullPolicy": "Never",
+                    "imagePullPolicy": pull,
                     "command": command,
                     "securityContext": {
                         "readOnlyRootFilesystem": True,
                         "allowPrivilegeEscalation": False,
                         "capabilities": {"drop": ["ALL"]},
                     },
-                    "resources": {"limits": {"cpu": "500m", "memory": "256Mi"}},
+                    # Small requests: the node has 2 CPUs for these pods and the chart's.
+                    "resources": {
+                        "requests": {"cpu": "10m", "memory": "32Mi"},
+                        "limits": {"cpu": "500m", "memory": "256Mi"},
+                    },
                 }
             ],
+            **spec,
         },
     }
+
+
+def run_pod(
+    plane: ControlPlane, node: Node, image: str, name: str, command: list[str], **spec: Any
+) -> None:
+    """``pod_manifest``'s pod, applied and waited for until it runs."""
+    pod = pod_manifest(node, image, name, command, **spec)
     plane.kubectl("apply", "-f", "-", input=json.dumps(pod))
     wait_until(
         lambda: pod_json(plane, name)["status"].get("phase") == "Running",
@@ -151,25 +173,24 @@ def test_a_service_answers_by_its_cluster_name(plane: ControlPlane, node: Node, 
 
 
 def test_helm_install_runs_a_task_on_the_real_node(
-    plane: ControlPlane, node: Node, image: str
+    plane: ControlPlane, node: Node, registry: Registry, image: str
 ) -> None:
-    """The user's flow: `helm install` with the image on the node, every pod Ready under the
-    real kubelet, a task sent through the API Service run by a worker container."""
-    redis = image_build.redis_image()
-    node.load_image(redis)
-    repository, tag = image.rsplit(":", 1)
-    redis_repository, redis_tag = redis.rsplit(":", 1)
+    """The user's flow: the images in a private registry, `helm install` with the chart's
+    ``image`` values and an ``imagePullSecrets`` entry, every pod pulled and Ready under the real
+    kubelet, a task sent through the API Service run by a worker container."""
+    node.trust_registry(registry.address, plane.pki.ca.cert)
+    repository, tag = registry.push(image).rsplit(":", 1)
+    redis_repository, redis_tag = registry.push(image_build.redis_image()).rsplit(":", 1)
+    plane.kubectl("create", "namespace", NAMESPACE)
+    create_pull_secret(plane, registry, NAMESPACE)
     release = Release(plane.kubeconfig, "real", NAMESPACE)
     release.install(
         scenario.values(
             {
-                "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+                "image": {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"},
+                "imagePullSecrets": [{"name": PULL_SECRET}],
                 "redis": {
-                    "image": {
-                        "repository": redis_repository,
-                        "tag": redis_tag,
-                        "pullPolicy": "Never",
-                    },
+                    "image": {"repository": redis_repository, "tag": redis_tag},
                     "persistence": {"enabled": False},
                 },
                 "workerDefaults": {"autoscaling": {"engine": "none", "replicas": 1}},
@@ -184,3 +205,47 @@ def test_helm_install_runs_a_task_on_the_real_node(
         status = scenario.run_task(api, "celeriac.demo.add", timeout=POD_TIMEOUT, x=2, y=3)
     assert status["state"] == "SUCCESS", status
     assert status["result"] == 5
+
+
+def test_the_node_pulls_from_a_private_registry_with_a_pull_secret(
+    plane: ControlPlane, node: Node, registry: Registry, image: str
+) -> None:
+    """As on a user's cluster: the image pushed to a registry with TLS and authentication; a pod
+    with an ``imagePullSecrets`` entry pulls it, a pod without one is refused."""
+    remote = registry.push(image)
+    node.trust_registry(registry.address, plane.pki.ca.cert)
+    create_pull_secret(plane, registry, "default")
+    denied = pod_manifest(node, remote, "no-secret", ["true"], pull="Always")
+    plane.kubectl("apply", "-f", "-", input=json.dumps(denied))
+    run_pod(
+        plane,
+        node,
+        remote,
+        "pulled",
+        ["sh", "-c", f"{CHECK} && echo ok; sleep 3600"],
+        pull="Always",
+        imagePullSecrets=[{"name": PULL_SECRET}],
+    )
+    assert "ok" in wait_until(
+        lambda: plane.kubectl("logs", "pulled"), timeout=POD_TIMEOUT, message="its output"
+    )
+
+    def refused() -> str | None:
+        waiting = pod_json(plane, "no-secret")["status"]["containerStatuses"][0]["state"]
+        reason: str | None = waiting.get("waiting", {}).get("reason")
+        return reason if reason in ("ErrImagePull", "ImagePullBackOff") else None
+
+    wait_until(refused, timeout=POD_TIMEOUT, message="the pull without credentials refused")
+    events = plane.kubectl("get", "events", "--field-selector", "involvedObject.name=no-secret")
+    assert "authorization failed: no basic auth credentials" in events, events
+
+
+def create_pull_secret(plane: ControlPlane, registry: Registry, namespace: str) -> None:
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {"name": PULL_SECRET, "namespace": namespace},
+        "stringData": {".dockerconfigjson": registry.docker_config()},
+    }
+    plane.kubectl("apply", "-f", "-", input=json.dumps(secret))
