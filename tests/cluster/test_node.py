@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -205,6 +206,22 @@ def test_helm_install_runs_a_task_on_the_real_node(
         status = scenario.run_task(api, "celeriac.demo.add", timeout=POD_TIMEOUT, x=2, y=3)
     assert status["state"] == "SUCCESS", status
     assert status["result"] == 5
+    # The pool as the container sees it: CPU limit 1 (values-dev) on a node of 2 CPUs.
+    (worker,) = release.pods(plane, f"{scenario.COMPONENT_LABEL}=worker")
+    table = scenario.parse_process_table(
+        plane.kubectl(
+            "exec",
+            "-n",
+            NAMESPACE,
+            worker["metadata"]["name"],
+            "--",
+            "python",
+            "-c",
+            scenario.PROCESS_TABLE_SCRIPT,
+        )
+    )
+    assert len(scenario.pool_processes(table)) == 1
+    assert Path(table[1][1][0]).name == "tini", table[1]  # PID 1 forwards SIGTERM
 
 
 def test_the_node_pulls_from_a_private_registry_with_a_pull_secret(

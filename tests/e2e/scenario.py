@@ -224,6 +224,8 @@ def run_task(api: httpx.Client, task: str, *, timeout: float = 120, **kwargs: An
 PROCESS_TABLE_SCRIPT = """
 import os
 for pid in sorted(p for p in os.listdir("/proc") if p.isdigit()):
+    if int(pid) == os.getpid():  # this script: its argv has newlines
+        continue
     try:
         stat = open(f"/proc/{pid}/stat").read()
         argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0")
