@@ -21,6 +21,7 @@ app = create_app("celeriac.demo")
 # not add the demo's tasks to an app of your own, whose API would then accept them.
 
 MAX_SLEEP_SECONDS = 3600.0
+MAX_MEMORY_MEGABYTES = 4096
 # The smallest task: the first request `celeriac up` prints and the chart's NOTES.txt repeats
 # (tests/chart/test_notes.py compares the two).
 ADD_TASK = "celeriac.demo.add"
@@ -68,6 +69,16 @@ def flaky(self: Task[Any, Any], fail_times: int = 2) -> int:
     if attempt < int(fail_times):
         raise self.retry(exc=RuntimeError(f"attempt {attempt + 1} failed on purpose"))
     return attempt + 1
+
+
+@app.task(name="celeriac.demo.memory", shared=False)
+def memory(megabytes: int = 64, seconds: float = 0.0) -> int:
+    """Holds ``megabytes`` (at most ``MAX_MEMORY_MEGABYTES``) for ``seconds``: above the worker
+    container's memory limit the kernel's OOM killer ends the pool process running it."""
+    size = min(max(int(megabytes), 0), MAX_MEMORY_MEGABYTES) * 1024 * 1024
+    held = bytearray(size)  # zero-filled: every page written, so resident
+    time.sleep(min(max(float(seconds), 0.0), 60.0))
+    return len(held) // (1024 * 1024)
 
 
 @app.task(name="celeriac.demo.crash", shared=False)

@@ -173,12 +173,10 @@ def test_a_service_answers_by_its_cluster_name(plane: ControlPlane, node: Node, 
     wait_until(answered, timeout=60, message="the Service answering by name")
 
 
-def test_helm_install_runs_a_task_on_the_real_node(
-    plane: ControlPlane, node: Node, registry: Registry, image: str
-) -> None:
+@pytest.fixture(scope="module")
+def release(plane: ControlPlane, node: Node, registry: Registry, image: str) -> Release:
     """The user's flow: the images in a private registry, `helm install` with the chart's
-    ``image`` values and an ``imagePullSecrets`` entry, every pod pulled and Ready under the real
-    kubelet, a task sent through the API Service run by a worker container."""
+    ``image`` values and an ``imagePullSecrets`` entry (waiting for every object ready)."""
     node.trust_registry(registry.address, plane.pki.ca.cert)
     repository, tag = registry.push(image).rsplit(":", 1)
     redis_repository, redis_tag = registry.push(image_build.redis_image()).rsplit(":", 1)
@@ -199,6 +197,20 @@ def test_helm_install_runs_a_task_on_the_real_node(
         ),
         timeout=int(POD_TIMEOUT * 2),
     )
+    return release
+
+
+def worker_exec(plane: ControlPlane, release: Release, *command: str) -> str:
+    """``kubectl exec`` in the release's one worker pod."""
+    (worker,) = release.pods(plane, f"{scenario.COMPONENT_LABEL}=worker")
+    return plane.kubectl("exec", "-n", NAMESPACE, worker["metadata"]["name"], "--", *command)
+
+
+def test_helm_install_runs_a_task_on_the_real_node(
+    plane: ControlPlane, node: Node, release: Release
+) -> None:
+    """Every pod pulled and Ready under the real kubelet, a task sent through the API Service
+    run by a worker container whose pool is its CPU limit, under tini."""
     pods = release.pods(plane)
     assert {pod["spec"]["nodeName"] for pod in pods} == {node.name}
     assert not scenario.not_ready(pods)
@@ -207,18 +219,8 @@ def test_helm_install_runs_a_task_on_the_real_node(
     assert status["state"] == "SUCCESS", status
     assert status["result"] == 5
     # The pool as the container sees it: CPU limit 1 (values-dev) on a node of 2 CPUs.
-    (worker,) = release.pods(plane, f"{scenario.COMPONENT_LABEL}=worker")
     table = scenario.parse_process_table(
-        plane.kubectl(
-            "exec",
-            "-n",
-            NAMESPACE,
-            worker["metadata"]["name"],
-            "--",
-            "python",
-            "-c",
-            scenario.PROCESS_TABLE_SCRIPT,
-        )
+        worker_exec(plane, release, "python", "-c", scenario.PROCESS_TABLE_SCRIPT)
     )
     assert len(scenario.pool_processes(table)) == 1
     assert Path(table[1][1][0]).name == "tini", table[1]  # PID 1 forwards SIGTERM
@@ -266,3 +268,35 @@ def create_pull_secret(plane: ControlPlane, registry: Registry, namespace: str) 
         "stringData": {".dockerconfigjson": registry.docker_config()},
     }
     plane.kubectl("apply", "-f", "-", input=json.dumps(secret))
+
+
+def test_a_task_over_the_memory_limit_is_oom_killed_then_dead_lettered(
+    plane: ControlPlane, release: Release
+) -> None:
+    """The kernel's OOM killer ends the pool process holding more than the worker container's
+    memory limit (384Mi, values-dev); the task is delivered again each time and, after
+    ``CELERIAC_MAX_LOST_DELIVERIES`` (3) lost deliveries, set aside as a dead letter. The
+    worker itself stays up and keeps running tasks."""
+    oom_before = oom_kills(plane, release)
+    with scenario.api_client(api_base_url(plane, release), release.api_token(plane)) as api:
+        task_id = scenario.submit(api, "celeriac.demo.memory", megabytes=768)
+
+        def dead_letter() -> dict[str, Any] | None:
+            entries = api.get("/v1/dead-letters").json()["dead_letters"]
+            return next((entry for entry in entries if entry["id"] == task_id), None)
+
+        entry = wait_until(dead_letter, timeout=POD_TIMEOUT * 2, message="the dead letter")
+        assert entry["task"] == "celeriac.demo.memory"
+        assert entry["deliveries"] == 3, entry
+        assert oom_kills(plane, release) - oom_before == 3
+        status = scenario.run_task(api, "celeriac.demo.add", timeout=POD_TIMEOUT, x=1, y=1)
+    assert status["state"] == "SUCCESS", status
+    (worker,) = release.pods(plane, f"{scenario.COMPONENT_LABEL}=worker")
+    assert worker["status"]["containerStatuses"][0]["restartCount"] == 0
+
+
+def oom_kills(plane: ControlPlane, release: Release) -> int:
+    """The kernel's count of OOM kills in the worker container's memory cgroup (v1)."""
+    control = worker_exec(plane, release, "cat", "/sys/fs/cgroup/memory/memory.oom_control")
+    fields = dict(line.split() for line in control.splitlines())
+    return int(fields["oom_kill"])

@@ -19,6 +19,7 @@ DEMO_TASKS = {
     "celeriac.demo.cpu",
     "celeriac.demo.io",
     "celeriac.demo.flaky",
+    "celeriac.demo.memory",
     "celeriac.demo.crash",
 }
 
