@@ -192,7 +192,11 @@ def release(plane: ControlPlane, node: Node, registry: Registry, image: str) -> 
                     "image": {"repository": redis_repository, "tag": redis_tag},
                     "persistence": {"enabled": False},
                 },
-                "workerDefaults": {"autoscaling": {"engine": "none", "replicas": 1}},
+                "workerDefaults": {
+                    "autoscaling": {"engine": "none", "replicas": 1},
+                    # A hung worker ignores SIGTERM: the kubelet's restart waits this long.
+                    "terminationGracePeriodSeconds": 15,
+                },
             }
         ),
         timeout=int(POD_TIMEOUT * 2),
@@ -300,3 +304,29 @@ def oom_kills(plane: ControlPlane, release: Release) -> int:
     control = worker_exec(plane, release, "cat", "/sys/fs/cgroup/memory/memory.oom_control")
     fields = dict(line.split() for line in control.splitlines())
     return int(fields["oom_kill"])
+
+
+def test_a_hung_worker_is_restarted_by_its_liveness_probe(
+    plane: ControlPlane, release: Release
+) -> None:
+    """The worker's main process stops (SIGSTOP: a hang), its heartbeat goes stale, the
+    liveness probe fails and the kubelet restarts the container, which runs tasks again."""
+    table = scenario.parse_process_table(
+        worker_exec(plane, release, "python", "-c", scenario.PROCESS_TABLE_SCRIPT)
+    )
+    main = table[scenario.pool_processes(table)[0]][0]
+    stop = f"import os, signal; os.kill({main}, signal.SIGSTOP)"
+    worker_exec(plane, release, "python", "-c", stop)
+
+    def restarted() -> bool:
+        (worker,) = release.pods(plane, f"{scenario.COMPONENT_LABEL}=worker")
+        status = worker["status"]["containerStatuses"][0]
+        return bool(status["restartCount"] >= 1 and status["ready"])
+
+    # Stale after 30 s, three failed probes 10 s apart, 15 s of grace, the start again.
+    wait_until(restarted, timeout=POD_TIMEOUT * 2, message="the worker restarted and ready")
+    events = plane.kubectl("get", "events", "-n", NAMESPACE, "--field-selector", "reason=Unhealthy")
+    assert "Liveness probe failed" in events, events
+    with scenario.api_client(api_base_url(plane, release), release.api_token(plane)) as api:
+        status = scenario.run_task(api, "celeriac.demo.add", timeout=POD_TIMEOUT, x=3, y=4)
+    assert status["state"] == "SUCCESS", status
