@@ -258,7 +258,12 @@ class QoS(kombu_redis.QoS):
             delivered.clear()
             return
         try:
-            super().restore_unacked(client)
+            with channel.conn_or_acquire(client) as conn:
+                for tag in delivered:
+                    # This process is alive and hands its messages back (its connection was
+                    # lost, or it closes): not a lost worker, so no count towards dead letters.
+                    self.restore_by_tag(tag, client=conn, lost=False)
+            delivered.clear()
         except channel.connection_errors:
             _unrestored.extend(delivered)
             delivered.clear()
@@ -692,8 +697,9 @@ class Channel(kombu_redis.Channel):
         while _unrestored:
             tag = _unrestored[0]
             with self.conn_or_acquire() as client:
-                # Only a message still held is put back (restore_by_tag checks unacked).
-                qos.restore_by_tag(tag, client=client)
+                # Only a message still held is put back (restore_by_tag checks unacked); handed
+                # back by a live process, so not a lost delivery (restore_unacked).
+                qos.restore_by_tag(tag, client=client, lost=False)
             _unrestored.pop(0)
         while _lost_fetches:
             fetch_key, nonce = _lost_fetches[0]

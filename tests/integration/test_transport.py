@@ -246,6 +246,36 @@ def test_an_ack_after_the_channel_closed_is_a_connection_error(
         message.ack()
 
 
+def test_messages_handed_back_on_a_connection_loss_are_never_dead_lettered(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    """A worker whose connection drops while it runs a task hands the message back (Celery
+    closes the channel; kombu restores what it held), directly or, when the node refuses writes,
+    through the next fetch. Its process was not lost, so however many Redis restarts or
+    failovers a task lives through, it is never set aside as a dead letter."""
+    task_id = app.send_task("t.long", queue=QUEUE).id
+    limit = 2
+    for attempt in range(4):
+        received = Received()
+        connection, _channel = consume(app, received, max_lost_deliveries=limit)
+        drain_one(connection, received, timeout=5)
+        if attempt == 1:  # this hand-back is refused and goes through the next fetch instead
+            redis_client.config_set("min-replicas-to-write", 1)
+        try:
+            connection.close()
+        finally:
+            redis_client.config_set("min-replicas-to-write", 0)
+    assert dead_letters.get(redis_client, task_id) is None
+    received = Received()
+    connection, _channel = consume(app, received, max_lost_deliveries=limit)
+    try:
+        again = drain_one(connection, received, timeout=5)
+        assert again.headers["id"] == task_id
+        again.ack()
+    finally:
+        connection.close()
+
+
 @pytest.mark.parametrize(("limit", "fetches_before_dead_letter"), [(2, 2), (0, None)])
 def test_deliveries_that_never_finish_lead_to_the_dead_letters(
     app: Celery, redis_client: redis.Redis, limit: int, fetches_before_dead_letter: int | None
