@@ -8,12 +8,14 @@ import sys
 
 from celeriac import demo
 
-# Peak resident size (KiB) of a fresh interpreter that imports the demo and runs the task.
+# Peak resident size (KiB) of a fresh interpreter that imports the demo and runs the task:
+# VmHWM, its own memory's high-water mark (getrusage's ru_maxrss keeps the parent's across exec).
 PEAK = """
-import resource, sys
+import sys
 from celeriac import demo
 demo.memory.run(megabytes=int(sys.argv[1]))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print(status["VmHWM"].split()[0])
 """
 
 
