@@ -42,10 +42,9 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import yaml
@@ -54,8 +53,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from celeriac.testing import Child, free_port, wait_until
+from celeriac.testing import Child, free_port
 from tests.cluster import build, network
+from tests.cluster.lifecycle import Processes
 
 APISERVER_PORT = 6443
 ADAPTER_PORT = 7443  # 6443 (the adapter's port in KEDA's manifests) is the apiserver's here
@@ -334,7 +334,7 @@ def _insecure_context() -> ssl.SSLContext:
 # -- the control plane ------------------------------------------------------------------------
 
 
-class ControlPlane:
+class ControlPlane(Processes):
     """etcd, kube-apiserver, kube-controller-manager, kube-scheduler, KEDA operator + adapter."""
 
     def __init__(
@@ -394,22 +394,6 @@ class ControlPlane:
 
     # lifecycle
 
-    def __enter__(self) -> ControlPlane:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
@@ -458,23 +442,6 @@ class ControlPlane:
         self.children.clear()
 
     # components
-
-    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
-        child = Child(args, env=env, log_path=self.logs / f"{name}.log", cwd=self.state_dir)
-        self.children[name] = child
-        return child
-
-    def _wait(self, name: str, probe: Callable[[], object]) -> None:
-        """Wait for ``probe`` to pass, failing at once (with the log's tail) if ``name`` exits."""
-        child = self.children[name]
-
-        def ready_or_exited() -> object:
-            return child.process.poll() is not None or probe()
-
-        wait_until(
-            ready_or_exited, timeout=self.start_timeout, interval=0.2, message=f"{name} ready"
-        )
-        child.check_alive()
 
     def _start_etcd(self) -> None:
         client_port, peer_port = free_port(), free_port()

@@ -36,11 +36,10 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 import yaml
 
-from celeriac.testing import Child, free_port, wait_until
+from celeriac.testing import Child, free_port
 from tests.cluster import build, network
 from tests.cluster.controlplane import (
     CLUSTER_DOMAIN,
@@ -49,6 +48,7 @@ from tests.cluster.controlplane import (
     issue_cert,
     write_kubeconfig,
 )
+from tests.cluster.lifecycle import Processes
 from tests.image import build as image_build
 
 NODE_ADDRESS = "10.231.0.10"
@@ -167,7 +167,7 @@ def pause_image() -> str:
     return reference
 
 
-class Node:
+class Node(Processes):
     """containerd, the kubelet and kube-proxy of one node, joined to ``plane``."""
 
     def __init__(
@@ -192,22 +192,7 @@ class Node:
         self.children: dict[str, Child] = {}
         self.binaries: dict[str, Path] = {}
         self.cgroups: list[Path] = []  # the cgroup folders this node created
-
-    def __enter__(self) -> Node:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        self.sandbox_image = ""  # the pause image's reference, once started
 
     # public helpers
 
@@ -245,6 +230,7 @@ class Node:
 
     def start(self) -> None:
         self.binaries = build.ensure_built(build.NODE)
+        self.sandbox_image = pause_image()
         for folder in (
             "logs",
             "pki",
@@ -281,10 +267,6 @@ class Node:
         remove_cgroups(self.cgroups)
         self.cgroups.clear()
         self._network_down()
-
-    @property
-    def sandbox_image(self) -> str:
-        return pause_image()
 
     # network
 
@@ -340,19 +322,10 @@ class Node:
 
     # components
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
-        child = Child(args, env=env, log_path=self.logs / f"{name}.log", cwd=self.state_dir)
-        self.children[name] = child
-        return child
-
-    def _wait(self, name: str, probe: object) -> None:
-        child = self.children[name]
-
-        def ready_or_exited() -> object:
-            return child.process.poll() is not None or (callable(probe) and probe())
-
-        wait_until(ready_or_exited, timeout=self.start_timeout, interval=0.2, message=f"{name}")
-        child.check_alive()
+    def _beside_containerd(self) -> list[str]:
+        """The command prefix that runs a component in containerd's mount and network
+        namespaces (volume and netns mounts must be the same for the kubelet and the runtime)."""
+        return ["nsenter", f"--target={self.children['containerd'].pid}", "--mount", "--net", "--"]
 
     def _start_containerd(self) -> None:
         root = self.state_dir / "containerd"
@@ -505,11 +478,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         self._spawn(
             "kubelet",
             [
-                "nsenter",
-                f"--target={self.children['containerd'].pid}",
-                "--mount",
-                "--net",
-                "--",
+                *self._beside_containerd(),
                 str(self.binaries["kubelet"]),
                 f"--config={config}",
                 f"--kubeconfig={kubeconfig}",
@@ -613,11 +582,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         self._spawn(
             "kube-proxy",
             [
-                "nsenter",
-                f"--target={self.children['containerd'].pid}",
-                "--mount",
-                "--net",
-                "--",
+                *self._beside_containerd(),
                 str(self.binaries["kube-proxy"]),
                 f"--config={config}",
                 "--v=2",

@@ -18,7 +18,6 @@ import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
 import bcrypt
 import yaml
@@ -26,12 +25,13 @@ import yaml
 from celeriac.testing import Child, free_port, wait_until
 from tests.cluster import build, network
 from tests.cluster.controlplane import KeyPair, issue_cert
+from tests.cluster.lifecycle import Lifecycle
 from tests.image import build as image_build
 
 USER = "celeriac"
 
 
-class Registry:
+class Registry(Lifecycle):
     """A private registry, its address, CA and credentials."""
 
     def __init__(self, state_dir: Path, ca: KeyPair, *, start_timeout: float = 60.0) -> None:
@@ -41,22 +41,6 @@ class Registry:
         self.address = ""  # host:port, once started
         self.password = secrets.token_urlsafe(16)
         self.child: Child | None = None
-
-    def __enter__(self) -> Registry:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         binary = build.ensure_built(build.REGISTRY)["registry"]
