@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
@@ -328,6 +328,31 @@ def replicated_transport(base: type[kombu_redis.Transport]) -> type[kombu_redis.
     return type(f"Replicated{base.__name__}", (base,), {"__module__": __name__, "Channel": channel})
 
 
+class StayOnFirstURL:
+    """kombu's failover "cycle" for a ``sentinel://a;sentinel://b`` URL: never switch URLs.
+
+    kombu reads ``;``-separated URLs as alternate brokers and, on each failed connection
+    attempt, switches to the next one, re-parsing it: the transport becomes the URL's scheme,
+    kombu's stock ``sentinel`` transport, in place of celeriac's. After a failover every
+    component then ran without celeriac's transport: publishes acknowledged without ``WAIT``
+    (lost when the master changed again), fetches without the doorbells or dead letters.
+    Switching gains nothing with Sentinel (every URL is a sentinel; the channel asks all of them
+    for the master), so the cycle is falsy and kombu never switches (``maybe_switch_next``).
+    """
+
+    def __init__(self, urls: Iterable[str]) -> None:
+        self._first = next(iter(urls))
+
+    def __iter__(self) -> StayOnFirstURL:
+        return self
+
+    def __next__(self) -> str:
+        return self._first
+
+    def __bool__(self) -> bool:
+        return False
+
+
 def transport_for(settings: Settings, name: str) -> str | type[kombu_redis.Transport]:
     """The transport to configure for ``name`` ("module:Class"): itself, or its variant."""
     if is_sentinel_url(settings.broker_url):
@@ -345,6 +370,8 @@ def configure(settings: Settings, config: dict[str, Any]) -> dict[str, Any]:
     config = dict(config)
     broker_options = dict(config["broker_transport_options"])
     config["broker_transport"] = transport_for(settings, config["broker_transport"])
+    if is_sentinel_url(settings.broker_url):
+        config["broker_failover_strategy"] = StayOnFirstURL
     if settings.redis_wait_replicas > 0:
         broker_options["wait_replicas"] = settings.redis_wait_replicas
         broker_options["wait_timeout_ms"] = wait_timeout_ms(settings)

@@ -7,7 +7,7 @@ import pytest
 from kombu.utils.imports import symbol_by_name
 
 from celeriac import sentinel
-from celeriac.app import celery_config
+from celeriac.app import celery_config, create_app
 from celeriac.env import ConfigError
 from celeriac.settings import Settings, redact_url
 from celeriac.transport import TRANSPORT
@@ -97,3 +97,23 @@ def test_plain_redis_is_unchanged() -> None:
     assert config["broker_transport"] == TRANSPORT
     assert "master_name" not in config["broker_transport_options"]
     assert "wait_replicas" not in config["broker_transport_options"]
+
+
+def test_a_connection_keeps_celeriacs_transport_where_kombu_would_switch_to_the_next_url() -> None:
+    """kombu reads the ``;``-separated sentinels as alternate brokers and, after a failed
+    connection attempt, switches to the next one, re-parsing the transport from its scheme: the
+    stock ``sentinel`` transport, without celeriac's WAIT or fetch script (publishes were lost
+    after a failover). celeriac's connections never switch."""
+    settings = Settings.from_env(BASE | {"CELERIAC_REDIS_WAIT_REPLICAS": "1"})
+    app = create_app("test-sentinel-switch", settings)
+    try:
+        with app.connection_for_write() as connection:
+            transport = connection.transport_cls
+            assert transport is not None and not isinstance(transport, str)
+            connection.maybe_switch_next()
+            assert connection.transport_cls is transport
+            assert issubclass(connection.transport.Channel, sentinel.ReplicatedChannel)
+            # Every sentinel stays known to the channel (kombu's SentinelChannel asks them all).
+            assert len(connection.alt) == 2
+    finally:
+        app.close()
