@@ -10,8 +10,8 @@ stay open, so a client that cached the master would now write to a replica and f
 READONLY for good. The nodes refuse writes without a replica in sync (``min-replicas-to-write``,
 as the chart configures them). Checked: every task whose publish was acknowledged runs (none
 lost, those acknowledged during the live switch included; duplicates counted; everything
-acknowledged before the switch runs before it starts), beat fires between and after the failovers, the API answers only 202 or
-503 and 202 again after each switch (the 503 window is measured), the exporter reads Redis
+acknowledged before the switch runs before it starts), beat fires between and after the
+failovers, the API answers only 202 or 503 and 202 again after each switch (the 503 window is measured), the exporter reads Redis
 again, a result is stored and read through Sentinel, and the demoted node holds no writes made
 after its demotion (it is a replica: writes went to the new master).
 """

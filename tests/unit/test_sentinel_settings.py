@@ -109,7 +109,8 @@ def test_a_connection_keeps_celeriacs_transport_where_kombu_would_switch_to_the_
     try:
         with app.connection_for_write() as connection:
             transport = connection.transport_cls
-            assert transport is not None and not isinstance(transport, str)
+            assert transport is not None
+            assert not isinstance(transport, str)
             connection.maybe_switch_next()
             assert connection.transport_cls is transport
             assert issubclass(connection.transport.Channel, sentinel.ReplicatedChannel)
