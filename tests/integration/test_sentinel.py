@@ -11,9 +11,10 @@ READONLY for good. The nodes refuse writes without a replica in sync (``min-repl
 as the chart configures them). Checked: every task whose publish was acknowledged runs (none
 lost, those acknowledged during the live switch included; duplicates counted; everything
 acknowledged before the switch runs before it starts), beat fires between and after the
-failovers, the API answers only 202 or 503 and 202 again after each switch (the 503 window is measured), the exporter reads Redis
-again, a result is stored and read through Sentinel, and the demoted node holds no writes made
-after its demotion (it is a replica: writes went to the new master).
+failovers, the API answers only 202 or 503 and 202 again after each switch (the 503 window
+is measured), the exporter reads Redis again, a result is stored and read through Sentinel,
+and the demoted node holds no writes made after its demotion (it is a replica: writes went to
+the new master).
 """
 
 from __future__ import annotations
