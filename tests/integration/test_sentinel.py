@@ -144,7 +144,7 @@ class Stream:
         self._stop.set()
         self._thread.join(timeout=30)
         self.app.close()
-        return {task_id for task_id, _ in self.acknowledged}
+        return self.acknowledged_ids()
 
 
 class Poller:
@@ -433,7 +433,7 @@ def test_failover_mid_burst_loses_no_task_and_every_component_follows(
     finally:
         results_app.close()
 
-    accepted_by_api = {task_id for _, status, task_id in poller.answers if task_id}
+    accepted_by_api = poller.accepted()
     expected = acknowledged | accepted_by_api
     # Acknowledged while the sentinels switched a live master over (counted for the report;
     # these must run like every other acknowledged task).
