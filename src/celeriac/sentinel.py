@@ -289,6 +289,12 @@ class ReplicatedChannel:
 _OPTIONS = ("wait_replicas", "wait_timeout_ms")
 
 
+def _channel_options(*channels: Any) -> tuple[str, ...]:
+    """The transport options every one of ``channels`` reads, each once, plus WAIT's."""
+    names = [name for channel in channels for name in channel.from_transport_options]
+    return tuple(dict.fromkeys([*names, *_OPTIONS]))
+
+
 @functools.cache
 def sentinel_transport(base: type[kombu_redis.Transport]) -> type[kombu_redis.Transport]:
     """``base`` (celeriac's transport or a subclass) connecting through Sentinel."""
@@ -297,8 +303,9 @@ def sentinel_transport(base: type[kombu_redis.Transport]) -> type[kombu_redis.Tr
         (ReplicatedChannel, base.Channel, kombu_redis.SentinelChannel),
         {
             "__module__": __name__,
-            "from_transport_options": (
-                kombu_redis.SentinelChannel.from_transport_options + _OPTIONS
+            # celeriac's own options (max_lost_deliveries) as well as Sentinel's.
+            "from_transport_options": _channel_options(
+                base.Channel, kombu_redis.SentinelChannel
             ),
         },
     )
@@ -316,13 +323,12 @@ def sentinel_transport(base: type[kombu_redis.Transport]) -> type[kombu_redis.Tr
 @functools.cache
 def replicated_transport(base: type[kombu_redis.Transport]) -> type[kombu_redis.Transport]:
     """``base`` with publishes WAITed for replicas, connecting to one Redis URL directly."""
-    base_channel: Any = base.Channel
     channel = type(
         f"Replicated{base.Channel.__name__}",
         (ReplicatedChannel, base.Channel),
         {
             "__module__": __name__,
-            "from_transport_options": base_channel.from_transport_options + _OPTIONS,
+            "from_transport_options": _channel_options(base.Channel),
         },
     )
     return type(f"Replicated{base.__name__}", (base,), {"__module__": __name__, "Channel": channel})

@@ -118,3 +118,26 @@ def test_a_connection_keeps_celeriacs_transport_where_kombu_would_switch_to_the_
             assert len(connection.alt) == 2
     finally:
         app.close()
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        BASE | {"CELERIAC_REDIS_WAIT_REPLICAS": "1"},
+        {"CELERIAC_BROKER_URL": "redis://r:6379/0", "CELERIAC_REDIS_WAIT_REPLICAS": "1"},
+    ],
+    ids=["sentinel", "replicated"],
+)
+def test_the_channel_reads_celeriacs_own_options_through_sentinel_and_wait(
+    environ: dict[str, str],
+) -> None:
+    """kombu sets a channel attribute only for the names in ``from_transport_options``: one
+    missing there is silently the class default (CELERIAC_MAX_LOST_DELIVERIES was ignored
+    through Sentinel)."""
+    config = celery_config(Settings.from_env(environ | {"CELERIAC_MAX_LOST_DELIVERIES": "7"}))
+    assert config["broker_transport_options"]["max_lost_deliveries"] == 7
+    channel = config["broker_transport"].Channel
+    celeriac_channel = symbol_by_name(TRANSPORT).Channel
+    assert set(celeriac_channel.from_transport_options) <= set(channel.from_transport_options)
+    assert "wait_replicas" in channel.from_transport_options
+    assert len(set(channel.from_transport_options)) == len(channel.from_transport_options)
