@@ -304,9 +304,7 @@ def sentinel_transport(base: type[kombu_redis.Transport]) -> type[kombu_redis.Tr
         {
             "__module__": __name__,
             # celeriac's own options (max_lost_deliveries) as well as Sentinel's.
-            "from_transport_options": _channel_options(
-                base.Channel, kombu_redis.SentinelChannel
-            ),
+            "from_transport_options": _channel_options(base.Channel, kombu_redis.SentinelChannel),
         },
     )
     return type(
