@@ -355,6 +355,7 @@ class ControlPlane(Processes):
         self.start_timeout = start_timeout
         self.logs = self.state_dir / "logs"
         self.hosts_file = self.state_dir / "hosts"
+        self.resolv_file = self.state_dir / "resolv.conf"
         self.server = f"https://{network.HOST_IP}:{apiserver_port}"
         self.children: dict[str, Child] = {}
         self.kubectl_binary = find_kubectl()
@@ -425,6 +426,8 @@ class ControlPlane(Processes):
         )
         if not self.hosts_file.exists():
             self.hosts_file.write_text("")  # the node agent's: Service names -> ready pod IPs
+        if not self.resolv_file.exists():
+            self.resolv_file.write_text("")  # a real node's: its cluster DNS (Node.start)
 
         self._start_etcd()
         self._start_apiserver()
@@ -643,10 +646,14 @@ class ControlPlane(Processes):
             f"--metrics-service-bind-address={self.keda_grpc}",
         ]
         # The metrics-api scaler resolves Service names with the host resolver: give the
-        # operator a mount namespace of its own whose /etc/hosts is the node agent's file.
+        # operator a mount namespace of its own whose /etc/hosts is the node agent's file and
+        # whose /etc/resolv.conf names a real node's cluster DNS (as in a pod).
         command = [
             "unshare", "--mount", "--propagation", "private", "--",
-            "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(self.hosts_file),
+            "sh", "-c",
+            'mount --bind "$0" /etc/hosts && mount --bind "$1" /etc/resolv.conf && shift && '
+            'exec "$@"',
+            str(self.hosts_file), str(self.resolv_file),
             *operator,
         ]  # fmt: skip
         self._spawn("keda-operator", command, env=self._keda_env())
@@ -697,23 +704,28 @@ def plane_with_node(
             kubelet.stop()
 
 
-@contextlib.contextmanager
-def module_plane(
-    state_dir: Path, node: str, env_prefix: str, apiserver_port: int, adapter_port: int
-) -> Iterator[ControlPlane]:
-    """A test module's control plane with Helm's SDK checked, its ports overridable through
-    ``CELERIAC_<env_prefix>_APISERVER_PORT`` / ``CELERIAC_<env_prefix>_ADAPTER_PORT``."""
+def module_ports(env_prefix: str, apiserver_port: int, adapter_port: int) -> dict[str, int]:
+    """A test module's control-plane ports, overridable through
+    ``CELERIAC_<env_prefix>_APISERVER_PORT`` / ``CELERIAC_<env_prefix>_ADAPTER_PORT``; Helm's
+    SDK checked (every module with its own control plane installs the chart)."""
     if importlib.util.find_spec("helm_python") is None:
         from tests.support import missing
 
         missing("helm-python-sdk", "make install (the chart extra, from uv.lock)")
     variable = f"CELERIAC_{env_prefix}_{{}}_PORT"
-    with plane_with_node(
-        state_dir,
-        node,
-        apiserver_port=int(os.environ.get(variable.format("APISERVER"), apiserver_port)),
-        adapter_port=int(os.environ.get(variable.format("ADAPTER"), adapter_port)),
-    ) as plane:
+    return {
+        "apiserver_port": int(os.environ.get(variable.format("APISERVER"), apiserver_port)),
+        "adapter_port": int(os.environ.get(variable.format("ADAPTER"), adapter_port)),
+    }
+
+
+@contextlib.contextmanager
+def module_plane(
+    state_dir: Path, node: str, env_prefix: str, apiserver_port: int, adapter_port: int
+) -> Iterator[ControlPlane]:
+    """A test module's control plane with a process kubelet as Node ``node``."""
+    ports = module_ports(env_prefix, apiserver_port, adapter_port)
+    with plane_with_node(state_dir, node, **ports) as plane:
         yield plane
 
 

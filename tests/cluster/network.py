@@ -29,7 +29,7 @@ HOST_IP = "10.231.0.1"
 PREFIX_LENGTH = 16
 NETWORK = ipaddress.ip_network(f"{HOST_IP}/{PREFIX_LENGTH}", strict=False)
 POD_SUBNET = ipaddress.ip_network("10.231.1.0/24")  # pod addresses: 10.231.1.2 .. 10.231.1.254
-SERVICE_CIDR = "10.232.0.0/16"  # kube-apiserver's --service-cluster-ip-range (never routed)
+SERVICE_CIDR = "10.232.0.0/16"  # kube-apiserver's --service-cluster-ip-range
 
 _FORWARD_RULE = ["FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"]
 

@@ -35,7 +35,9 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -46,6 +48,7 @@ from tests.cluster.controlplane import (
     ControlPlane,
     KeyPair,
     issue_cert,
+    module_ports,
     write_kubeconfig,
 )
 from tests.cluster.lifecycle import Processes
@@ -193,6 +196,7 @@ class Node(Processes):
         self.binaries: dict[str, Path] = {}
         self.cgroups: list[Path] = []  # the cgroup folders this node created
         self.sandbox_image = ""  # the pause image's reference, once started
+        self._chart_images: dict[str, Any] = {}  # chart_values' images, once loaded
 
     # public helpers
 
@@ -226,6 +230,58 @@ class Node(Processes):
             f'  ca = "{ca}"\n'
         )
 
+    def add_volume(self, name: str, size: str) -> None:
+        """A local PersistentVolume on this node, as the administrator of a cluster without a
+        dynamic provisioner makes one: a claim of no StorageClass for at most ``size`` binds
+        to it (the chart's Redis claim, with ``redis.persistence.storageClass`` empty)."""
+        folder = self.state_dir / "volumes" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        volume = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": name},
+            "spec": {
+                "capacity": {"storage": size},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "local": {"path": str(folder)},
+                "nodeAffinity": {
+                    "required": {
+                        "nodeSelectorTerms": [
+                            {
+                                "matchExpressions": [
+                                    {
+                                        "key": "kubernetes.io/hostname",
+                                        "operator": "In",
+                                        "values": [self.name],
+                                    }
+                                ]
+                            }
+                        ]
+                    }
+                },
+            },
+        }
+        self.plane.kubectl("apply", "-f", "-", input=json.dumps(volume))
+
+    def chart_values(self, *releases: str, redis_size: str = "1Gi") -> dict[str, Any]:
+        """Chart values that run the project's images (``make image``) on this node, loaded
+        into its runtime once (what a pull does), with each of ``releases``' Redis on a claim
+        bound to a local volume of its own."""
+        if not self._chart_images:
+            images = {"image": image_build.image_tag(), "redis": image_build.redis_image()}
+            for key, reference in images.items():
+                self.load_image(reference)
+                repository, tag = reference.rsplit(":", 1)
+                image = {"repository": repository, "tag": tag, "pullPolicy": "Never"}
+                self._chart_images.update(
+                    {key: image} if key == "image" else {key: {"image": image}}
+                )
+        for release in releases:
+            self.add_volume(f"{release}-redis", redis_size)
+        persistence = {"persistence": {"enabled": True, "size": redis_size}}
+        return {**self._chart_images, "redis": {**self._chart_images["redis"], **persistence}}
+
     # lifecycle
 
     def start(self) -> None:
@@ -248,6 +304,7 @@ class Node(Processes):
         self._start_coredns()
         self._start_kubelet()
         self._start_kube_proxy()
+        self._serve_the_control_plane()
 
     def stop(self) -> None:
         for name in ("kube-proxy", "kubelet"):
@@ -311,12 +368,32 @@ class Node(Processes):
             )
         )
 
-    def _network_down(self) -> None:
+    def _serve_the_control_plane(self) -> None:
+        """Let the control plane's host processes (KEDA's operator fetching a metrics-api URL)
+        reach Services by name, as a pod does: the Service range routed to this node, whose
+        kube-proxy rules translate it, and its CoreDNS in the operator's resolv.conf (written in
+        place: the operator's mount namespace holds the file's inode; Go re-reads it)."""
         subprocess.run(
-            ["ip", "route", "del", str(POD_RANGE), "via", self.address],
-            check=False,
+            ["ip", "route", "replace", network.SERVICE_CIDR, "via", self.address],
+            check=True,
             capture_output=True,
         )
+        with self.plane.resolv_file.open("w") as resolv:
+            resolv.write(
+                f"nameserver {self.address}\n"
+                f"search svc.{CLUSTER_DOMAIN} {CLUSTER_DOMAIN}\n"
+                "options ndots:5\n"
+            )
+
+    def _network_down(self) -> None:
+        with contextlib.suppress(FileNotFoundError), self.plane.resolv_file.open("w"):
+            pass  # no cluster DNS without this node
+        for destination in (str(POD_RANGE), network.SERVICE_CIDR):
+            subprocess.run(
+                ["ip", "route", "del", destination, "via", self.address],
+                check=False,
+                capture_output=True,
+            )
         network.detach(self.host_if)
         subprocess.run(["ip", "netns", "del", self.netns], check=False, capture_output=True)
 
@@ -589,6 +666,26 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             ],
         )
         self._wait("kube-proxy", lambda: _healthy(f"http://127.0.0.1:{healthz}/healthz", self))
+
+
+@contextlib.contextmanager
+def module_cluster(
+    state_dir: Path, env_prefix: str, apiserver_port: int, adapter_port: int
+) -> Iterator[tuple[ControlPlane, Node]]:
+    """A test module's control plane with KEDA and one real node (``module_ports``); the
+    project's images must exist (``make image``), else the test is skipped (failed in CI)."""
+    from tests.support import missing
+
+    ports = module_ports(env_prefix, apiserver_port, adapter_port)
+    if not image_build.image_exists(image_build.image_tag()):
+        missing("the celeriac image", "build it with `make image` (root, podman)")
+    if not (CNI_PLUGINS / "bridge").is_file():
+        missing("Debian's CNI plugins", "apt-get install containernetworking-plugins")
+    with (
+        ControlPlane(state_dir / "plane", **ports) as plane,
+        Node(plane, state_dir / "node") as node,
+    ):
+        yield plane, node
 
 
 def main() -> int:

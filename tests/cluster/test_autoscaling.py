@@ -23,8 +23,9 @@ import httpx
 import pytest
 import redis
 
-from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane, module_plane
-from tests.cluster.test_helm import LOCAL_VALUES, api_base_url, diagnostics
+from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane
+from tests.cluster.node import Node, module_cluster
+from tests.cluster.test_helm import api_base_url, diagnostics
 from tests.e2e import autoscaling
 from tests.e2e.scenario import COMPONENT_LABEL, Obj, Release, container_port
 
@@ -33,7 +34,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
 
-NODE = "process-node"
 RELEASE = "burst"
 NAMESPACE = "celeriac"
 TIMEOUT = 180.0
@@ -80,20 +80,21 @@ class LocalCluster:
 
 
 @pytest.fixture(scope="module")
-def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    with module_plane(
-        tmp_path_factory.mktemp("autoscaling"), NODE, "CLUSTER", APISERVER_PORT, ADAPTER_PORT
-    ) as plane:
-        yield plane
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlane, Node]]:
+    with module_cluster(
+        tmp_path_factory.mktemp("autoscaling"), "CLUSTER", APISERVER_PORT, ADAPTER_PORT
+    ) as cluster:
+        yield cluster
 
 
 def test_burst_scales_up_runs_each_task_once_and_scales_back(
-    plane: ControlPlane, tmp_path: Path
+    cluster: tuple[ControlPlane, Node], tmp_path: Path
 ) -> None:
+    plane, node = cluster
     autoscaling.burst_scenario(
         LocalCluster(plane),
         Release(plane.kubeconfig, RELEASE, NAMESPACE),
-        {"redis": LOCAL_VALUES["redis"]},
+        node.chart_values(RELEASE),
         tmp_path,
         tasks=TASKS,
         seconds=SECONDS,

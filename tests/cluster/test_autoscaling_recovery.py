@@ -13,12 +13,13 @@ README.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from tests.cluster.controlplane import ControlPlane, module_plane
+from tests.cluster.controlplane import ControlPlane
+from tests.cluster.node import Node, module_cluster
 from tests.cluster.test_autoscaling import LocalCluster
-from tests.cluster.test_helm import LOCAL_VALUES
 from tests.e2e import recovery
 from tests.e2e.scenario import Release
 
@@ -27,34 +28,42 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
 
-NODE = "process-node"
 NAMESPACE = "celeriac"
 TIMEOUT = 180.0
 APISERVER_PORT = 36443
 ADAPTER_PORT = 37443
-# The cluster's values layer: Redis on a claim (the agent binds it to a folder).
-LAYER = {"redis": LOCAL_VALUES["redis"]}
 
 
 @pytest.fixture(scope="module")
-def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    with module_plane(
-        tmp_path_factory.mktemp("recovery"), NODE, "RECOVERY", APISERVER_PORT, ADAPTER_PORT
-    ) as plane:
-        yield plane
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlane, Node]]:
+    with module_cluster(
+        tmp_path_factory.mktemp("recovery"), "RECOVERY", APISERVER_PORT, ADAPTER_PORT
+    ) as cluster:
+        yield cluster
 
 
-def test_scale_to_zero_and_back(plane: ControlPlane) -> None:
+@pytest.fixture(scope="module")
+def plane(cluster: tuple[ControlPlane, Node]) -> ControlPlane:
+    return cluster[0]
+
+
+@pytest.fixture(scope="module")
+def layer(cluster: tuple[ControlPlane, Node]) -> dict[str, Any]:
+    """The cluster's values: the project's images on the node, Redis on a local volume."""
+    return cluster[1].chart_values("zero", "held")
+
+
+def test_scale_to_zero_and_back(plane: ControlPlane, layer: dict[str, Any]) -> None:
     recovery.zero_and_back_scenario(
-        LocalCluster(plane), Release(plane.kubeconfig, "zero", NAMESPACE), LAYER, timeout=TIMEOUT
+        LocalCluster(plane), Release(plane.kubeconfig, "zero", NAMESPACE), layer, timeout=TIMEOUT
     )
 
 
 @pytest.fixture(scope="module")
-def held(plane: ControlPlane) -> Iterator[Release]:
+def held(plane: ControlPlane, layer: dict[str, Any]) -> Iterator[Release]:
     """One release for the exporter and Redis tests (tests/e2e/recovery.py install_held)."""
     release = Release(plane.kubeconfig, "held", NAMESPACE)
-    recovery.install_held(LocalCluster(plane), release, LAYER, timeout=TIMEOUT)
+    recovery.install_held(LocalCluster(plane), release, layer, timeout=TIMEOUT)
     yield release
     release.uninstall(timeout=int(TIMEOUT))
 

@@ -21,12 +21,13 @@ task here is shorter than that deadline, so each must start exactly once and suc
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from tests.cluster.controlplane import ControlPlane, module_plane
+from tests.cluster.controlplane import ControlPlane
+from tests.cluster.node import Node, module_cluster
 from tests.cluster.test_autoscaling import LocalCluster
-from tests.cluster.test_helm import LOCAL_VALUES
 from tests.e2e import rollouts
 from tests.e2e.scenario import Release
 
@@ -35,28 +36,36 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
 
-NODE = "process-node"
 NAMESPACE = "celeriac"
 RELEASE = "rollout"
 TIMEOUT = 180.0
 APISERVER_PORT = 38443
 ADAPTER_PORT = 39443
-# The cluster's values layer: Redis on a claim (the agent binds it to a folder).
-LAYER = {"redis": LOCAL_VALUES["redis"]}
 
 
 @pytest.fixture(scope="module")
-def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    with module_plane(
-        tmp_path_factory.mktemp("rollouts"), NODE, "ROLLOUTS", APISERVER_PORT, ADAPTER_PORT
-    ) as plane:
-        yield plane
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlane, Node]]:
+    with module_cluster(
+        tmp_path_factory.mktemp("rollouts"), "ROLLOUTS", APISERVER_PORT, ADAPTER_PORT
+    ) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")
-def release(plane: ControlPlane) -> Iterator[Release]:
+def plane(cluster: tuple[ControlPlane, Node]) -> ControlPlane:
+    return cluster[0]
+
+
+@pytest.fixture(scope="module")
+def layer(cluster: tuple[ControlPlane, Node]) -> dict[str, Any]:
+    """The cluster's values: the project's images on the node, Redis on a local volume."""
+    return cluster[1].chart_values(RELEASE)
+
+
+@pytest.fixture(scope="module")
+def release(plane: ControlPlane, layer: dict[str, Any]) -> Iterator[Release]:
     release = Release(plane.kubeconfig, RELEASE, NAMESPACE)
-    rollouts.install(LocalCluster(plane), release, LAYER, timeout=TIMEOUT)
+    rollouts.install(LocalCluster(plane), release, layer, timeout=TIMEOUT)
     yield release
     release.uninstall(timeout=int(TIMEOUT))
 
@@ -68,18 +77,18 @@ def test_scale_in_removes_idle_workers_before_busy_ones(
 
 
 def test_worker_upgrade_keeps_the_replica_count_the_hpa_chose(
-    plane: ControlPlane, release: Release
+    plane: ControlPlane, layer: dict[str, Any], release: Release
 ) -> None:
-    rollouts.upgrade_keeps_replicas_scenario(LocalCluster(plane), release, LAYER, timeout=TIMEOUT)
+    rollouts.upgrade_keeps_replicas_scenario(LocalCluster(plane), release, layer, timeout=TIMEOUT)
 
 
 def test_worker_rollout_while_tasks_run_loses_and_repeats_nothing(
-    plane: ControlPlane, release: Release
+    plane: ControlPlane, layer: dict[str, Any], release: Release
 ) -> None:
-    rollouts.worker_rollout_scenario(LocalCluster(plane), release, LAYER, timeout=TIMEOUT)
+    rollouts.worker_rollout_scenario(LocalCluster(plane), release, layer, timeout=TIMEOUT)
 
 
 def test_beat_upgrade_recreates_one_beat_and_fires_each_entry_once(
-    plane: ControlPlane, release: Release
+    plane: ControlPlane, layer: dict[str, Any], release: Release
 ) -> None:
-    rollouts.beat_upgrade_scenario(LocalCluster(plane), release, LAYER, timeout=TIMEOUT)
+    rollouts.beat_upgrade_scenario(LocalCluster(plane), release, layer, timeout=TIMEOUT)
