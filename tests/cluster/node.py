@@ -264,10 +264,10 @@ class Node(Processes):
         }
         self.plane.kubectl("apply", "-f", "-", input=json.dumps(volume))
 
-    def chart_values(self, *releases: str, redis_size: str = "1Gi") -> dict[str, Any]:
+    def chart_values(self, *claims: str, redis_size: str = "1Gi") -> dict[str, Any]:
         """Chart values that run the project's images (``make image``) on this node, loaded
-        into its runtime once (what a pull does), with each of ``releases``' Redis on a claim
-        bound to a local volume of its own."""
+        into its runtime once (what a pull does), with Redis on a claim: one local volume is
+        made for each of ``claims`` (a release, or one of its Redis pods with Sentinel)."""
         if not self._chart_images:
             images = {"image": image_build.image_tag(), "redis": image_build.redis_image()}
             for key, reference in images.items():
@@ -277,10 +277,17 @@ class Node(Processes):
                 self._chart_images.update(
                     {key: image} if key == "image" else {key: {"image": image}}
                 )
-        for release in releases:
-            self.add_volume(f"{release}-redis", redis_size)
+        for claim in claims:
+            self.add_volume(f"redis-{claim}", redis_size)
         persistence = {"persistence": {"enabled": True, "size": redis_size}}
         return {**self._chart_images, "redis": {**self._chart_images["redis"], **persistence}}
+
+    def pod_pids(self, uid: str) -> set[int]:
+        """The processes of the pod ``uid`` on this node (its cgroup and its containers')."""
+        memory = CGROUP_ROOT / "memory"
+        node = memory / self.cgroup.lstrip("/")
+        pods = node.rglob(f"pod{uid}") if node.is_dir() else []
+        return {pid for pod in pods for pid in cgroup_pids(f"/{pod.relative_to(memory)}")}
 
     # lifecycle
 

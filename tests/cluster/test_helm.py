@@ -21,7 +21,6 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,8 +28,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from celeriac.testing import wait_until
-from tests.cluster import netns
-from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane, module_plane
+from tests.chart.render import deep_merge
+from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane
+from tests.cluster.node import Node, module_cluster
 from tests.e2e import scenario
 from tests.e2e.scenario import COMPONENT_LABEL, Release, condition, kubectl_json
 
@@ -40,14 +40,14 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
 
-NODE = "process-node"
 RELEASE = "smoke"
 NAMESPACE = "celeriac"
 COMPONENTS = {"redis", "api", "beat", "exporter", "worker"}
 TIMEOUT = 180.0
 WORKER_METRICS_PORT = 9541
+# One worker replica, so that the pool checked is the only one (Redis on a claim and the
+# images: Node.chart_values).
 LOCAL_VALUES: dict[str, Any] = {
-    "redis": {"persistence": {"enabled": True, "size": "1Gi"}},
     "workerDefaults": {"autoscaling": {"minReplicas": 1, "maxReplicas": 1}},
 }
 # The upgrade: the worker's CPU limit 1 -> 2 (the node's cores: the worker caps its pool at the
@@ -56,11 +56,11 @@ UPGRADE_VALUES: dict[str, Any] = {"workers": {"default": {"resources": {"limits"
 
 
 @pytest.fixture(scope="module")
-def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    with module_plane(
-        tmp_path_factory.mktemp("helm"), NODE, "CLUSTER", APISERVER_PORT, ADAPTER_PORT
-    ) as plane:
-        yield plane
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlane, Node]]:
+    with module_cluster(
+        tmp_path_factory.mktemp("helm"), "CLUSTER", APISERVER_PORT, ADAPTER_PORT
+    ) as cluster:
+        yield cluster
 
 
 def diagnostics(plane: ControlPlane) -> str:
@@ -105,19 +105,11 @@ def api_base_url(plane: ControlPlane, release: Release) -> str:
 
 
 def worker_pool(plane: ControlPlane, worker: dict[str, Any]) -> list[int]:
-    """The worker container's pool processes, read from /proc for the pids of its cgroup."""
-    uid = worker["metadata"]["uid"]
-    cpu_cgroup = netns.cgroup_dirs(f"{uid}-worker")[0]
-    table = {}
-    for pid in (cpu_cgroup / "cgroup.procs").read_text().split():
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue  # gone meanwhile
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        table[int(pid)] = (ppid, [a.decode() for a in argv if a])
-    return scenario.pool_processes(table)
+    """The worker container's pool processes, from its own process table (kubectl exec)."""
+    name = worker["metadata"]["name"]
+    script = scenario.PROCESS_TABLE_SCRIPT
+    listing = plane.kubectl("exec", "-n", NAMESPACE, name, "--", "python", "-c", script)
+    return scenario.pool_processes(scenario.parse_process_table(listing))
 
 
 def wait_pool(plane: ControlPlane, worker: dict[str, Any], size: int) -> list[int]:
@@ -161,13 +153,14 @@ def run_task_on_worker(
     )
 
 
-def cut_connections(pod: dict[str, Any], port: int) -> int:
+def cut_connections(node: Node, pod: dict[str, Any], port: int) -> int:
     """Make each established TCP connection of ``pod`` to ``port`` half-open, as an expired NAT
     or conntrack entry does: its packets are dropped both ways, by port pair, inside the pod's
     own network namespace; new connections pass. Returns how many were cut."""
-    namespace, _ = netns.names(pod["metadata"]["uid"])
+    pid = min(node.pod_pids(pod["metadata"]["uid"]))
+    in_pod = ["nsenter", f"--net=/proc/{pid}/ns/net", "--"]
     listing = subprocess.run(
-        ["ip", "netns", "exec", namespace, "ss", "-Htn", "state", "established"],
+        [*in_pod, "ss", "-Htn", "state", "established"],
         capture_output=True,
         text=True,
         check=True,
@@ -183,15 +176,17 @@ def cut_connections(pod: dict[str, Any], port: int) -> int:
             ["OUTPUT", "--sport", local_port, "-d", peer_address, "--dport", peer_port],
             ["INPUT", "-s", peer_address, "--sport", peer_port, "--dport", local_port],
         ):
-            iptables = ["ip", "netns", "exec", namespace, "iptables", "-I", rule[0], "-p", "tcp"]
+            iptables = [*in_pod, "iptables", "-I", rule[0], "-p", "tcp"]
             subprocess.run([*iptables, *rule[1:], "-j", "DROP"], check=True)
         cut += 1
     return cut
 
 
-def test_install_test_upgrade_uninstall(plane: ControlPlane) -> None:
+def test_install_test_upgrade_uninstall(cluster: tuple[ControlPlane, Node]) -> None:
+    plane, node = cluster
     release = Release(plane.kubeconfig, RELEASE, NAMESPACE)
-    values = scenario.values(LOCAL_VALUES)
+    layer = deep_merge(node.chart_values(RELEASE), LOCAL_VALUES)
+    values = scenario.values(layer)
     try:
         release.install(values, timeout=int(TIMEOUT))
 
@@ -238,7 +233,7 @@ def test_install_test_upgrade_uninstall(plane: ControlPlane) -> None:
         # `helm upgrade`: the worker's CPU limit changes, so the worker rolls and nothing else.
         before = {c: p["metadata"]["uid"] for c, p in pods.items()}
         token = release.api_token(plane)
-        release.upgrade(scenario.values(LOCAL_VALUES, UPGRADE_VALUES), timeout=int(TIMEOUT))
+        release.upgrade(scenario.values(layer, UPGRADE_VALUES), timeout=int(TIMEOUT))
         pods = by_component(scenario.wait_all_ready(plane, release, expected=5, timeout=TIMEOUT))
         after = {c: p["metadata"]["uid"] for c, p in pods.items()}
         assert {c for c in COMPONENTS if before[c] != after[c]} == {"worker"}
@@ -251,7 +246,7 @@ def test_install_test_upgrade_uninstall(plane: ControlPlane) -> None:
         # Every connection of the worker pod to Redis half-open (issue 16): the worker takes
         # work again on new connections (or liveness restarts it), and nothing is lost.
         redis_port = scenario.container_port(pods["redis"], "redis")
-        assert cut_connections(worker, redis_port) >= 2  # at least the fetch and the fanout
+        assert cut_connections(node, worker, redis_port) >= 2  # at least the fetch and the fanout
         cut_at = time.monotonic()
         with scenario.api_client(api_base_url(plane, release), token) as api:
             ids = [scenario.submit(api, "celeriac.demo.add", x=n, y=1) for n in range(10)]

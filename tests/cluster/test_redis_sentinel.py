@@ -31,7 +31,9 @@ import pytest
 import redis
 
 from celeriac.testing import wait_until
-from tests.cluster.controlplane import ControlPlane, module_plane
+from tests.chart.render import deep_merge
+from tests.cluster.controlplane import ControlPlane
+from tests.cluster.node import Node, module_cluster
 from tests.cluster.test_autoscaling import LocalCluster
 from tests.cluster.test_helm import LOCAL_VALUES, api_base_url, diagnostics
 from tests.e2e import autoscaling, scenario
@@ -42,7 +44,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
 
-NODE = "process-node"
 NAMESPACE = "celeriac"
 RELEASE = "ha"
 TIMEOUT = 180.0
@@ -54,7 +55,7 @@ MASTER_NAME = "celeriac"  # redis.sentinel.masterName's default
 REDIS_PODS = 3  # redis.replicas' default with Sentinel
 # Redis pods, API, beat, exporter, one worker.
 EXPECTED_PODS = REDIS_PODS + 4
-VALUES: dict[str, Any] = scenario.values(LOCAL_VALUES, {"redis": {"sentinel": {"enabled": True}}})
+VALUES: dict[str, Any] = {**LOCAL_VALUES, "redis": {"sentinel": {"enabled": True}}}
 ADD_TASK = "celeriac.demo.add"
 # Before the deletion: tasks of this length, so that one runs and the others wait while the
 # master goes (one worker process).
@@ -65,19 +66,27 @@ API_RECOVERY_SECONDS = 60.0
 
 
 @pytest.fixture(scope="module")
-def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    with module_plane(
-        tmp_path_factory.mktemp("sentinel"), NODE, "SENTINEL", APISERVER_PORT, ADAPTER_PORT
-    ) as plane:
-        yield plane
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlane, Node]]:
+    with module_cluster(
+        tmp_path_factory.mktemp("sentinel"), "SENTINEL", APISERVER_PORT, ADAPTER_PORT
+    ) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")
-def release(plane: ControlPlane) -> Iterator[Release]:
+def plane(cluster: tuple[ControlPlane, Node]) -> ControlPlane:
+    return cluster[0]
+
+
+@pytest.fixture(scope="module")
+def release(cluster: tuple[ControlPlane, Node]) -> Iterator[Release]:
+    plane, node = cluster
     release = Release(plane.kubeconfig, RELEASE, NAMESPACE)
+    claims = [f"{RELEASE}-{index}" for index in range(REDIS_PODS)]
+    values = scenario.values(deep_merge(node.chart_values(*claims), VALUES))
     try:
         started = time.monotonic()
-        release.install(VALUES, timeout=int(TIMEOUT))
+        release.install(values, timeout=int(TIMEOUT))
         scenario.wait_all_ready(plane, release, expected=EXPECTED_PODS, timeout=TIMEOUT)
         print(f"install to every pod Ready: {time.monotonic() - started:.1f} s")
     except BaseException:
@@ -171,16 +180,10 @@ def headless(release: Release, plane: ControlPlane) -> str:
 
 
 def last_start(plane: ControlPlane, pod: Obj) -> str:
-    """How the chart's start-up script last started the pod's redis-server (its log, which the
-    process kubelet keeps under the state directory)."""
-    logs = plane.state_dir / "pods" / pod["metadata"]["uid"] / "logs"
-    lines = [
-        line
-        for path in sorted(logs.glob("redis-*.log"))
-        for line in path.read_text(errors="replace").splitlines()
-        if line.startswith("starting as")
-    ]
-    return lines[-1]
+    """How the chart's start-up script last started the pod's redis-server (its log)."""
+    name = pod["metadata"]["name"]
+    log = plane.kubectl("logs", "-n", NAMESPACE, name, "-c", "redis")
+    return [line for line in log.splitlines() if line.startswith("starting as")][-1]
 
 
 def exporter_redis_up(cluster: LocalCluster, release: Release) -> float:
