@@ -4,19 +4,22 @@ runc run the celeriac image as the chart asks, and kubectl logs and exec work as
 
 from __future__ import annotations
 
+import datetime
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from celeriac.testing import wait_until
-from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane
+from celeriac.worker.settings import DEFAULT_READY_FILE
+from tests.chart.render import deep_merge
+from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane, module_ports
 from tests.cluster.node import CNI_PLUGINS, POD_RANGE, Node
 from tests.cluster.registry import Registry
-from tests.cluster.test_helm import api_base_url
+from tests.cluster.test_helm import api_base_url, tasks_succeeded
 from tests.e2e import scenario
 from tests.e2e.scenario import Release
 from tests.image import build as image_build
@@ -40,10 +43,7 @@ def image() -> str:
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    ports = {
-        "apiserver_port": int(os.environ.get("CELERIAC_CLUSTER_APISERVER_PORT", APISERVER_PORT)),
-        "adapter_port": int(os.environ.get("CELERIAC_CLUSTER_ADAPTER_PORT", ADAPTER_PORT)),
-    }
+    ports = module_ports("CLUSTER", APISERVER_PORT, ADAPTER_PORT)
     with ControlPlane(tmp_path_factory.mktemp("controlplane"), keda=False, **ports) as plane:
         yield plane
 
@@ -330,3 +330,142 @@ def test_a_hung_worker_is_restarted_by_its_liveness_probe(
     with scenario.api_client(api_base_url(plane, release), release.api_token(plane)) as api:
         status = scenario.run_task(api, "celeriac.demo.add", timeout=POD_TIMEOUT, x=3, y=4)
     assert status["state"] == "SUCCESS", status
+
+
+def timestamp(text: str) -> float:
+    """An RFC 3339 time of the API (``...Z``, with or without fractions) as a Unix time."""
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def scheduled_at(plane: ControlPlane, pod: str) -> float:
+    """When the scheduler bound ``pod`` (its Scheduled event's eventTime, in microseconds)."""
+    selector = f"involvedObject.name={pod},reason=Scheduled"
+    found = plane.kubectl(
+        "get", "events", "-n", NAMESPACE, "-o", "json", "--field-selector", selector
+    )
+    events = json.loads(found)["items"]
+    return timestamp(events[0]["eventTime"])
+
+
+def test_a_new_worker_pod_consumes_seconds_after_it_is_scheduled(
+    plane: ControlPlane, release: Release
+) -> None:
+    """From the scheduler binding a new worker pod (its image on the node) to the worker
+    consuming (its ready file, touched when the consumer starts: DEFAULT_READY_FILE), three
+    times. Reported, not asserted (README "The image"): the worker process alone starts in
+    about 0.5 s, so the rest is the pod around it."""
+    deployment = release.one(plane, "deployment", "worker")["metadata"]["name"]
+    selector = f"{scenario.COMPONENT_LABEL}=worker"
+
+    def live_workers() -> list[dict[str, Any]]:
+        pods = release.pods(plane, selector)
+        return [pod for pod in pods if not pod["metadata"].get("deletionTimestamp")]
+
+    figures = []
+    for _ in range(3):
+        (old,) = live_workers()
+        plane.kubectl("scale", "-n", NAMESPACE, f"deployment/{deployment}", "--replicas=2")
+
+        def new_ready(old_uid: str = old["metadata"]["uid"]) -> dict[str, Any] | None:
+            for pod in live_workers():
+                if pod["metadata"]["uid"] != old_uid and not scenario.not_ready([pod]):
+                    return pod
+            return None
+
+        pod = wait_until(new_ready, timeout=POD_TIMEOUT, message="the new worker pod Ready")
+        name = pod["metadata"]["name"]
+        scheduled = scheduled_at(plane, name)
+        started = timestamp(pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"])
+        stat = f"import os; print(os.stat({str(DEFAULT_READY_FILE)!r}).st_mtime)"
+        consuming = float(plane.kubectl("exec", "-n", NAMESPACE, name, "--", "python", "-c", stat))
+        assert scheduled < consuming
+        figures.append((started - scheduled, consuming - scheduled))
+        plane.kubectl("scale", "-n", NAMESPACE, f"deployment/{deployment}", "--replicas=1")
+        wait_until(
+            lambda: len(release.pods(plane, selector)) == 1,
+            timeout=POD_TIMEOUT,
+            message="one worker pod again",
+        )
+    print(
+        "scheduled -> container started (1 s resolution) / worker consuming: "
+        + ", ".join(f"{start:.0f} s / {consume:.1f} s" for start, consume in figures)
+    )
+
+
+OWN_TASKS = Path(__file__).resolve().parents[2] / "k8s" / "examples" / "own-tasks"
+
+
+@pytest.fixture(scope="module")
+def own_tasks_image(image: str) -> str:
+    """k8s/examples/own-tasks built ``FROM`` the celeriac image, as its Dockerfile says."""
+    reference = "localhost/mytasks:test"
+    image_build.podman(
+        "build",
+        *image_build.common_build_options(),
+        "--build-arg",
+        f"CELERIAC_IMAGE={image}",
+        "--tag",
+        reference,
+        str(OWN_TASKS),
+        capture=True,
+    )
+    return reference
+
+
+def test_your_own_tasks_image_from_celeriacs_runs_your_tasks(
+    plane: ControlPlane, node: Node, registry: Registry, own_tasks_image: str
+) -> None:
+    """The user's flow (README "Your own tasks"): their tasks image built FROM celeriac's and
+    pushed to their registry, `helm install` with the example's values file (its ``app``, its
+    two worker groups); their tasks run through the API, each on the group of its queue."""
+    namespace = "mytasks"
+    repository, tag = registry.push(own_tasks_image).rsplit(":", 1)
+    redis_repository, redis_tag = registry.push(image_build.redis_image()).rsplit(":", 1)
+    plane.kubectl("create", "namespace", namespace)
+    create_pull_secret(plane, registry, namespace)
+    release = Release(plane.kubeconfig, "mytasks", namespace)
+    fits_the_node = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1"}}
+    values = deep_merge(
+        yaml.safe_load((OWN_TASKS / "values.yaml").read_text()),
+        {
+            "image": {"repository": repository, "tag": tag},
+            "imagePullSecrets": [{"name": PULL_SECRET}],
+            "redis": {
+                "image": {"repository": redis_repository, "tag": redis_tag},
+                "persistence": {"enabled": False},
+            },
+            # This plane runs without KEDA; the cpu group asks for 2 CPUs, the whole node.
+            "workerDefaults": {"autoscaling": {"engine": "none", "replicas": 1}},
+            "workers": {"cpu": {"resources": fits_the_node}},
+        },
+    )
+    release.install(values, timeout=int(POD_TIMEOUT * 2))
+    try:
+        workers = {
+            pod["metadata"]["labels"]["celeriac.io/worker-group"]: pod
+            for pod in release.pods(plane, f"{scenario.COMPONENT_LABEL}=worker")
+        }
+        assert set(workers) == {"default", "cpu"}
+        with scenario.api_client(api_base_url(plane, release), release.api_token(plane)) as api:
+            words = scenario.run_task(
+                api, "mytasks.word_count", timeout=POD_TIMEOUT, text="one two three"
+            )
+            response = api.post(
+                "/v1/tasks", json={"task": "mytasks.fibonacci", "kwargs": {"n": 30}, "queue": "cpu"}
+            )
+            assert response.status_code == 202, response.text
+            fibonacci_id = response.json()["id"]
+            fibonacci = scenario.wait_finished(api, [fibonacci_id], timeout=POD_TIMEOUT)
+            refused = api.post("/v1/tasks", json={"task": "celeriac.demo.add", "kwargs": {}})
+        assert (words["state"], words["result"]) == ("SUCCESS", 3), words
+        assert fibonacci[fibonacci_id]["result"] == 832040, fibonacci
+        assert refused.status_code == 422, refused.text  # not in the values' allowedTasks
+        # Each task ran on the group of its queue (the workers' own counters).
+        for group, task in (("default", "mytasks.word_count"), ("cpu", "mytasks.fibonacci")):
+            wait_until(
+                lambda pod=workers[group], task=task: tasks_succeeded(pod, task) == 1,
+                timeout=30,
+                message=f"the {group} group counting {task} once",
+            )
+    finally:
+        release.uninstall(timeout=int(POD_TIMEOUT))

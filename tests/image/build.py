@@ -422,6 +422,8 @@ def build_images(
             str(REPO_ROOT / "services" / component),
         )
         components[component] = tag
+    # The images these tags pointed at before, untagged now: only this storage's own.
+    podman("image", "prune", "--force", capture=True)
     seconds = time.monotonic() - started
     log(f"built {image} and {len(components)} component images in {seconds:.1f} s")
     return Built(image, components, base, seconds)
