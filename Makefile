@@ -72,10 +72,10 @@ test-e2e: install
 	$(BIN)/pytest -m e2e tests/e2e
 
 # The local control plane (tests/cluster/README.md): builds etcd, Kubernetes and KEDA from the
-# pinned sources if not cached, then runs its tests (root: bridge, network and mount namespaces),
-# test_helm.py among them: helm install/test/upgrade/uninstall of the chart, every pod a process;
-# test_node.py joins a real node (kubelet, containerd, CNI, kube-proxy, CoreDNS) running `make image`s.
-e2e: install
+# pinned sources if not cached, then runs its tests (root: bridge, network and mount namespaces)
+# on a real node (kubelet, containerd, CNI, kube-proxy, CoreDNS) running the images of `make image`:
+# test_helm.py's helm install/test/upgrade/uninstall, autoscaling, recovery, rollouts, Sentinel.
+e2e: install image
 	$(BIN)/python -m tests.cluster.build
 	$(BIN)/pytest -m cluster tests/cluster --durations=10
 

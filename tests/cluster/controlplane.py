@@ -7,20 +7,21 @@ reused when present), then starts and waits for, each with a deadline:
 - etcd on 127.0.0.1 (free ports, data in ``state_dir/etcd``);
 - kube-apiserver on 10.231.0.1:6443 (bind and advertise), Node,RBAC authorization, service
   accounts, the aggregation layer (front-proxy CA and client cert, aggregator routing to
-  endpoints since there is no kube-proxy), default admission plugins;
+  endpoints: KEDA's adapter runs on the host), default admission plugins;
 - kube-controller-manager (all controllers, the HPA included, with per-controller service
   account credentials) and kube-scheduler, on 127.0.0.1 free ports;
 - KEDA: its CRDs, namespace, service account and RBAC from KEDA's own module (``config/``),
-  then the operator (in a mount namespace of its own whose /etc/hosts is ``state_dir/hosts``)
+  then the operator (in a mount namespace of its own whose /etc/resolv.conf is
+  ``state_dir/resolv.conf``, naming a real node's cluster DNS once one runs: tests/cluster/node.py)
   and the metrics adapter on 10.231.0.1:7443, with a selector-less Service
   keda/keda-metrics-apiserver, an EndpointSlice to 10.231.0.1:7443 and the APIService
   ``v1beta1.external.metrics.k8s.io`` whose caBundle is the KEDA CA made here.
 
 Logs go to ``state_dir/logs/<component>.log``. On exit every process group is stopped; the
-bridge stays (the node agent may still use it; ``python -m tests.cluster.network down``).
+bridge stays (a node may still use it; ``python -m tests.cluster.network down``).
 
-``python -m tests.cluster.controlplane STATE_DIR [--node NAME]`` runs it until interrupted (with
-``--node``, the process kubelet too).
+``python -m tests.cluster.controlplane STATE_DIR`` runs it until interrupted (``python -m
+tests.cluster.node STATE_DIR``: with a real node).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import datetime
 import importlib.util
 import ipaddress
 import json
-import logging
 import os
 import shutil
 import signal
@@ -42,7 +42,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -354,7 +354,6 @@ class ControlPlane(Processes):
         self.keda = keda
         self.start_timeout = start_timeout
         self.logs = self.state_dir / "logs"
-        self.hosts_file = self.state_dir / "hosts"
         self.resolv_file = self.state_dir / "resolv.conf"
         self.server = f"https://{network.HOST_IP}:{apiserver_port}"
         self.children: dict[str, Child] = {}
@@ -424,8 +423,6 @@ class ControlPlane(Processes):
         self.keda_kubeconfig = write_kubeconfig(
             self.state_dir / "keda.kubeconfig", self.server, ca, self.pki.keda, KEDA_SERVICE_ACCOUNT
         )
-        if not self.hosts_file.exists():
-            self.hosts_file.write_text("")  # the node agent's: Service names -> ready pod IPs
         if not self.resolv_file.exists():
             self.resolv_file.write_text("")  # a real node's: its cluster DNS (Node.start)
 
@@ -645,15 +642,12 @@ class ControlPlane(Processes):
             f"--health-probe-bind-address=127.0.0.1:{probe_port}",
             f"--metrics-service-bind-address={self.keda_grpc}",
         ]
-        # The metrics-api scaler resolves Service names with the host resolver: give the
-        # operator a mount namespace of its own whose /etc/hosts is the node agent's file and
-        # whose /etc/resolv.conf names a real node's cluster DNS (as in a pod).
+        # The metrics-api scaler resolves Service names with the host's resolver: give the
+        # operator a mount namespace of its own whose /etc/resolv.conf names the node's cluster
+        # DNS (Node.start), as a pod's does.
         command = [
             "unshare", "--mount", "--propagation", "private", "--",
-            "sh", "-c",
-            'mount --bind "$0" /etc/hosts && mount --bind "$1" /etc/resolv.conf && shift && '
-            'exec "$@"',
-            str(self.hosts_file), str(self.resolv_file),
+            "sh", "-c", 'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(self.resolv_file),
             *operator,
         ]  # fmt: skip
         self._spawn("keda-operator", command, env=self._keda_env())
@@ -689,21 +683,6 @@ class ControlPlane(Processes):
         self._wait("keda-adapter", self.apiservice_available)
 
 
-@contextlib.contextmanager
-def plane_with_node(
-    state_dir: Path, node: str, apiserver_port: int, adapter_port: int
-) -> Iterator[ControlPlane]:
-    """The control plane with KEDA and one process kubelet as Node ``node``."""
-    from tests.cluster.kubelet import Kubelet  # the agent imports this module
-
-    with ControlPlane(state_dir, apiserver_port=apiserver_port, adapter_port=adapter_port) as plane:
-        kubelet = Kubelet(str(plane.kubeconfig), node, plane.state_dir).start()
-        try:
-            yield plane
-        finally:
-            kubelet.stop()
-
-
 def module_ports(env_prefix: str, apiserver_port: int, adapter_port: int) -> dict[str, int]:
     """A test module's control-plane ports, overridable through
     ``CELERIAC_<env_prefix>_APISERVER_PORT`` / ``CELERIAC_<env_prefix>_ADAPTER_PORT``; Helm's
@@ -719,27 +698,12 @@ def module_ports(env_prefix: str, apiserver_port: int, adapter_port: int) -> dic
     }
 
 
-@contextlib.contextmanager
-def module_plane(
-    state_dir: Path, node: str, env_prefix: str, apiserver_port: int, adapter_port: int
-) -> Iterator[ControlPlane]:
-    """A test module's control plane with a process kubelet as Node ``node``."""
-    ports = module_ports(env_prefix, apiserver_port, adapter_port)
-    with plane_with_node(state_dir, node, **ports) as plane:
-        yield plane
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.cluster.controlplane")
     parser.add_argument("state_dir", type=Path)
     parser.add_argument("--no-keda", action="store_true", help="only the Kubernetes components")
     parser.add_argument("--apiserver-port", type=int, default=APISERVER_PORT)
     parser.add_argument("--adapter-port", type=int, default=ADAPTER_PORT)
-    parser.add_argument(
-        "--node",
-        metavar="NAME",
-        help="also run the process kubelet (tests/cluster/kubelet.py) as Node NAME",
-    )
     args = parser.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -749,15 +713,7 @@ def main(argv: list[str] | None = None) -> int:
         apiserver_port=args.apiserver_port,
         adapter_port=args.adapter_port,
     )
-    with plane, contextlib.ExitStack() as node:
-        if args.node:
-            from tests.cluster.kubelet import Kubelet
-
-            logging.basicConfig(
-                level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
-            )
-            kubelet = Kubelet(str(plane.kubeconfig), args.node, plane.state_dir).start()
-            node.callback(kubelet.stop)
+    with plane:
         print(f"ready: export KUBECONFIG={plane.kubeconfig}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()

@@ -1,16 +1,17 @@
 """The local control plane's own test network (issue 9).
 
 One Linux bridge, ``celeriac0``, in the root network namespace with ``10.231.0.1/16``: the host
-side, where kube-apiserver and KEDA's metrics adapter listen. Each pod gets its own network
-namespace with a veth pair whose pod end has a ``10.231.1.x/16`` address and a default route via
-10.231.0.1 (the node agent does that, with ``attach`` below or its own code).
+side, where kube-apiserver and KEDA's metrics adapter listen. A node (tests/cluster/node.py)
+gets its own network namespace with a veth pair whose far end has an address on it and a
+default route via 10.231.0.1 (``attach`` below); its pods live behind it, on routes it adds.
 
-Traffic: pod <-> pod is bridged (layer 2, no routing); host <-> pod is local delivery on the
-bridge's address. Neither needs IP forwarding, so ``net.ipv4.ip_forward`` is left alone. When
-the bridge hands frames to iptables (br_netfilter with ``bridge-nf-call-iptables=1``) and an
-``iptables`` binary exists, one FORWARD rule accepts traffic that enters and leaves this bridge
-(``-i celeriac0 -o celeriac0``) so a DROP policy elsewhere cannot cut pod <-> pod traffic;
-``teardown`` removes it. Nothing here touches any address but the ones it creates.
+Traffic: namespace <-> namespace on the bridge is bridged (layer 2, no routing); host <->
+namespace is local delivery on the bridge's address. Neither needs IP forwarding, so
+``net.ipv4.ip_forward`` is left alone. When the bridge hands frames to iptables (br_netfilter
+with ``bridge-nf-call-iptables=1``) and an ``iptables`` binary exists, one FORWARD rule accepts
+traffic that enters and leaves this bridge (``-i celeriac0 -o celeriac0``) so a DROP policy
+elsewhere cannot cut that traffic; ``teardown`` removes it. Nothing here touches any address
+but the ones it creates.
 
 ``python -m tests.cluster.network up|down|status``.
 """

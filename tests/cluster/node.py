@@ -698,11 +698,15 @@ def module_cluster(
 def main() -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m tests.cluster.node")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.cluster.node",
+        description="The local cluster: the control plane and one real node, until interrupted.",
+    )
     parser.add_argument("state_dir", type=Path)
+    parser.add_argument("--no-keda", action="store_true", help="without KEDA's components")
     args = parser.parse_args()
     with (
-        ControlPlane(args.state_dir / "plane", keda=False) as plane,
+        ControlPlane(args.state_dir / "plane", keda=not args.no_keda) as plane,
         Node(plane, args.state_dir / "node"),
     ):
         print(f"export KUBECONFIG={plane.kubeconfig}", flush=True)

@@ -1,6 +1,7 @@
 """Autoscaling on the local control plane (issue 10, items 1 and 6): the chart's own ScaledObject,
 the real KEDA operator and metrics adapter, the controller-manager's HPA (its default 15 s sync:
-controlplane.py does not set --horizontal-pod-autoscaler-sync-period) and the process kubelet.
+controlplane.py does not set --horizontal-pod-autoscaler-sync-period) and a real node running the
+project's images (tests/cluster/node.py).
 
 The burst is tests/e2e/autoscaling.py's (``burst_scenario``, which kind's
 tests/e2e/test_autoscaling.py runs too): ``TASKS`` celeriac.demo.sleep tasks of ``SECONDS``

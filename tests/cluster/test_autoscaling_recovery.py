@@ -2,9 +2,9 @@
 KEDA's fallback while the exporter is down, and a Redis pod deleted with tasks queued.
 
 Its own control plane, on other ports than tests/cluster/test_autoscaling.py's (36443 and
-37443; CELERIAC_RECOVERY_APISERVER_PORT / CELERIAC_RECOVERY_ADAPTER_PORT). The pod network
-(bridge celeriac0, pods in 10.231.1.0/24) is one per machine: two process kubelets at once hand
-out the same pod addresses, so never run this beside another `make e2e`. The scenarios and their
+37443; CELERIAC_RECOVERY_APISERVER_PORT / CELERIAC_RECOVERY_ADAPTER_PORT), and a real node.
+The test network (bridge celeriac0, the node at 10.231.0.10, pods in 10.233.0.0/24) is one per
+machine: never run this beside another `make e2e`. The scenarios and their
 assertions are tests/e2e/recovery.py's (kind's tests/e2e/test_autoscaling_recovery.py runs them
 too); the time from a submit to its result with the group at zero is printed and reported in the
 README.

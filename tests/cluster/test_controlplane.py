@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from tests.cluster.controlplane import (
     APISERVER_PORT,
     EXTERNAL_METRICS_APISERVICE,
     ControlPlane,
+    module_ports,
 )
 
 pytestmark = [
@@ -33,12 +33,9 @@ CONTROLLER_TIMEOUT = 60.0
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    # Another control plane on this machine (a developer's) holds 6443/7443: set these to run
-    # beside it.
-    ports = {
-        "apiserver_port": int(os.environ.get("CELERIAC_CLUSTER_APISERVER_PORT", APISERVER_PORT)),
-        "adapter_port": int(os.environ.get("CELERIAC_CLUSTER_ADAPTER_PORT", ADAPTER_PORT)),
-    }
+    # Another control plane on this machine (a developer's) holds 6443/7443: set
+    # CELERIAC_CLUSTER_APISERVER_PORT / CELERIAC_CLUSTER_ADAPTER_PORT to run beside it.
+    ports = module_ports("CLUSTER", APISERVER_PORT, ADAPTER_PORT)
     with ControlPlane(tmp_path_factory.mktemp("controlplane"), **ports) as plane:
         yield plane
 
@@ -49,7 +46,7 @@ def get_json(plane: ControlPlane, *args: str) -> Any:
 
 def test_apiserver_ready(plane: ControlPlane) -> None:
     assert plane.kubectl("get", "--raw", "/readyz") == "ok"
-    assert (plane.state_dir / "hosts").is_file()
+    assert plane.resolv_file.is_file()  # KEDA's operator's /etc/resolv.conf (a node's DNS)
 
 
 def test_controllers_and_scheduler_act_on_a_deployment(plane: ControlPlane) -> None:
@@ -141,15 +138,13 @@ def metric_server() -> Iterator[int]:
     thread.join()
 
 
-def test_keda_reads_a_metrics_api_by_service_name_through_the_hosts_file(
+def test_keda_reads_a_metrics_api_through_the_aggregation_layer(
     plane: ControlPlane, metric_server: int
 ) -> None:
-    """The whole external-metrics path: a ScaledObject's metrics-api URL names a Service; the
-    operator resolves it through state_dir/hosts (the node agent's file), and the value comes
-    back through the adapter and the aggregation layer, and to the HPA KEDA made."""
-    with plane.hosts_file.open("r+") as hosts:  # in place, as the node agent must
-        hosts.seek(0, 2)
-        hosts.write(f"{network.HOST_IP} backlog.cp-keda backlog.cp-keda.svc\n")
+    """The whole external-metrics path: the operator reads a ScaledObject's metrics-api URL (a
+    server on the host's bridge address: without a node there is no Service to name; the real
+    node's modules reach the exporter by its Service name), and the value comes back through the
+    adapter and the aggregation layer, and to the HPA KEDA made."""
     plane.kubectl("create", "namespace", "cp-keda")
     plane.kubectl("-n", "cp-keda", "create", "deployment", "target", "--image=registry.invalid/t:1")
     scaled_object = {
@@ -164,7 +159,7 @@ def test_keda_reads_a_metrics_api_by_service_name_through_the_hosts_file(
                 {
                     "type": "metrics-api",
                     "metadata": {
-                        "url": f"http://backlog.cp-keda:{metric_server}/metric",
+                        "url": f"http://{network.HOST_IP}:{metric_server}/metric",
                         "valueLocation": "value",
                         "targetValue": "5",
                     },

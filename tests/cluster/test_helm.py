@@ -1,19 +1,21 @@
-"""`helm install` of charts/celeriac on the local control plane (issue 9, item 3): the real Helm
-engine (helm-python-sdk) against the real kube-apiserver (admission and validation applied),
-KEDA's operator and adapter, and the process kubelet running every pod. The scenario is
+"""`helm install` of charts/celeriac on the local cluster (issue 9, item 3; issue 17): the real
+Helm engine (helm-python-sdk) against the real kube-apiserver (admission and validation applied),
+KEDA's operator and adapter, and a real node (kubelet, containerd, runc, CNI, kube-proxy,
+CoreDNS: tests/cluster/node.py) running the project's images. The scenario is
 tests/e2e/scenario.py's, shared with the kind test.
 
 Values: k8s/values-dev.yaml and tests/e2e/values.yaml (KEDA on) as on kind, plus this cluster's
-layer: Redis on a PersistentVolumeClaim (the agent binds it to a folder) and one worker replica,
-so that the pool checked is the only one. The image is irrelevant: the agent runs the commands
-from this virtual environment. NetworkPolicies are rendered and admitted (checked below) but not
-enforced: there is no network plugin.
+layer: the images loaded into the node, Redis on a claim bound to a local PersistentVolume, and
+one worker replica, so that the pool checked is the only one. NetworkPolicies are rendered and
+admitted (checked below) but not enforced: the node's CNI bridge plugin does not enforce them.
 
 One test, in order, since each step needs the one before: install, every pod Ready, KEDA's
-ScaledObject Ready and its HPA reading the exporter's backlog, `helm test`, a task through the
-API Service run by the worker pod, the pool equal to the CPU limit, `helm upgrade` of the worker's
-CPU limit rolling the worker alone, the worker's connections to Redis made half-open and tasks
-still run, `helm uninstall` leaving nothing but the Redis claim the chart keeps on purpose.
+ScaledObject Ready and its HPA reading the exporter's backlog (the operator reaching the
+exporter's Service through the node's DNS and kube-proxy), `helm test`, a task through the API
+Service run by the worker pod, the pool equal to the CPU limit (the container's own process
+table), `helm upgrade` of the worker's CPU limit rolling the worker alone, the worker's
+connections to Redis made half-open and tasks still run, `helm uninstall` leaving nothing but
+the Redis claim the chart keeps on purpose.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from tests.e2e.scenario import COMPONENT_LABEL, Release, condition, kubectl_json
 
 pytestmark = [
     pytest.mark.cluster,
-    # The agent's watch threads hold TLS connections that the garbage collector may close.
+    # Helm's and kubernetes' clients hold TLS connections that the garbage collector may close.
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
 
@@ -90,7 +92,7 @@ def api_base_url(plane: ControlPlane, release: Release) -> str:
             "get",
             "endpointslices",
             "-n",
-            NAMESPACE,
+            release.namespace,
             "-l",
             f"kubernetes.io/service-name={service}",
         )["items"]
@@ -193,8 +195,8 @@ def test_install_test_upgrade_uninstall(cluster: tuple[ControlPlane, Node]) -> N
         # Every pod of the release Ready, one per component.
         pods = by_component(scenario.wait_all_ready(plane, release, expected=5, timeout=TIMEOUT))
         worker = pods["worker"]
-        # Admitted, not enforced (no network plugin): the API reached from the host below
-        # would be refused by the default-deny policy on a cluster that enforced it.
+        # Admitted, not enforced (the CNI bridge plugin does not): the API reached from the host
+        # below would be refused by the default-deny policy on a cluster that enforced it.
         policies = kubectl_json(plane, "get", "networkpolicy", "-n", NAMESPACE)["items"]
         assert len(policies) >= 5
         claim = kubectl_json(plane, "get", "pvc", "-n", NAMESPACE, "-l", release.selector)

@@ -6,15 +6,17 @@ tasks are queued, running and being submitted.
 
 Its own control plane, on other ports than the other cluster modules' (40443 and 41443;
 CELERIAC_SENTINEL_APISERVER_PORT / CELERIAC_SENTINEL_ADAPTER_PORT). The pod network is one per
-machine: never run this beside another cluster module. Values: test_helm.py's (Redis on claims,
-one worker replica: its counters count every run) with Sentinel on, the chart's Sentinel
-defaults otherwise (down after 5 s, min-replicas-to-write 1, the API's WAIT for 1 replica).
+machine: never run this beside another cluster module. Values: test_helm.py's (one worker
+replica: its counters count every run) with Sentinel on, the chart's Sentinel defaults otherwise
+(down after 5 s, min-replicas-to-write 1, the API's WAIT for 1 replica).
 
-The test process reaches the pods at their bridge addresses: the sentinels (26379) are asked
-which pod is the master (`SENTINEL get-master-addr-by-name` answers the pod's name through the
-headless Service), the redis-servers (6379) for their role, the API (8000), the exporter (9540)
-and the worker's metrics (9541) over HTTP. No task is counted lost unless its result never
-reaches SUCCESS through the API.
+A real node runs the pods (the chart's Redis image made from Debian's redis-server and
+redis-sentinel), each Redis pod's claim bound to a local PersistentVolume. The test process
+reaches the pods at their addresses (the pod range is routed to the node): the sentinels
+(26379) are asked which pod is the master (`SENTINEL get-master-addr-by-name` answers the pod's
+name through the headless Service), the redis-servers (6379) for their role, the API (8000), the
+exporter (9540) and the worker's metrics (9541) over HTTP. No task is counted lost unless its
+result never reaches SUCCESS through the API.
 """
 
 from __future__ import annotations

@@ -4,12 +4,12 @@ twice), keeps the replica count the HPA chose, and rolls workers while tasks run
 or repeating one.
 
 Its own control plane, on other ports than the other cluster modules' (38443 and 39443;
-CELERIAC_ROLLOUTS_APISERVER_PORT / CELERIAC_ROLLOUTS_ADAPTER_PORT). The pod network is one per
-machine: never run this beside another `make e2e`. One release for the four tests (in order);
-its values, the scenarios and their assertions are tests/e2e/rollouts.py's (kind's
-tests/e2e/test_rollouts.py runs them too): pool 1 per worker pod, at most 4 replicas, the
-scale-down shortened (20 s window), a grace period of 60 s (55 s for running tasks), beat firing
-an entry every 2 s into a queue no worker consumes.
+CELERIAC_ROLLOUTS_APISERVER_PORT / CELERIAC_ROLLOUTS_ADAPTER_PORT) and a real node. The test
+network is one per machine: never run this beside another `make e2e`. One release for the four
+tests (in order); its values, the scenarios and their assertions are tests/e2e/rollouts.py's
+(kind's tests/e2e/test_rollouts.py runs them too): pool 1 per worker pod, at most 4 replicas,
+the scale-down shortened (20 s window), a grace period of 60 s (55 s for running tasks), beat
+firing an entry every 2 s into a queue no worker consumes.
 
 What is asserted comes from exact records (tests/e2e/rollouts.py): the API server's watch of
 the pods and Deployments, and the task states the workers store (STARTED with the pod, then

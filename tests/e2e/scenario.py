@@ -93,8 +93,8 @@ class Release:
         return result
 
     def test(self, *, timeout: int = 300) -> Obj:
-        """`helm test`: raises HelmReleaseError when the test pod fails. No logs: they come
-        through the kubelet's API, which the process kubelet does not serve."""
+        """`helm test`: raises HelmReleaseError when the test pod fails (its logs: ``kubectl
+        logs`` of the hook's pod)."""
         with self._config() as config:
             result: Obj = config.test(self.name, timeout=timeout)
         return result
