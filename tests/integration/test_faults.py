@@ -84,12 +84,17 @@ def wait_for_every_task(runs: Path, ids: set[str], workers: list[Child]) -> list
     def all_ran_or_a_worker_died() -> bool:
         return set(runs_of(runs)) >= ids or any(w.process.poll() is not None for w in workers)
 
-    wait_until(
-        all_ran_or_a_worker_died,
-        timeout=DRAIN_DEADLINE_SECONDS,
-        interval=0.2,
-        message=f"every task ({len(ids - set(runs_of(runs)))} of {len(ids)} never ran)",
-    )
+    try:
+        wait_until(
+            all_ran_or_a_worker_died,
+            timeout=DRAIN_DEADLINE_SECONDS,
+            interval=0.2,
+            message="every task to run",
+        )
+    except AssertionError as timed_out:
+        # Counted at the deadline, not when the wait began.
+        never = len(ids - set(runs_of(runs)))
+        raise AssertionError(f"{timed_out} ({never} of {len(ids)} never ran)") from None
     for worker in workers:
         worker.check_alive()  # a worker that exited fails the test, with its log
     return runs_of(runs)

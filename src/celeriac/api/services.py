@@ -157,33 +157,36 @@ def build_services(settings: Settings, api_settings: ApiSettings) -> Services:
     )
     queues = settings.served_queues
     sender_app = publisher(settings)
+    app = load_app(settings.app, settings)
     return Services(
         settings=settings,
         api_settings=api_settings,
         tokens=Tokens(api_settings.tokens),
-        allowed_tasks=allowed_tasks(settings, api_settings),
+        allowed_tasks=allowed_tasks(settings, api_settings, app),
         queues=queues,
         publisher=sender_app,
         sender=publish.Publisher(sender_app, queues),
         broker=broker,
         results=results,
         probes=probes,
-        app_results=_app_results(settings),
+        app_results=_app_results(app),
     )
 
 
-def _app_results(settings: Settings) -> AppResults | None:
-    app = load_app(settings.app, settings)  # imported already: the same app object
+def _app_results(app: Celery) -> AppResults | None:
     backend = app_result_backend(app)
     return None if backend is None else AppResults(app, str(backend))
 
 
-def allowed_tasks(settings: Settings, api_settings: ApiSettings) -> frozenset[str]:
-    """The names the API may submit: the allow-list, each registered by the app, or all of them.
+def allowed_tasks(
+    settings: Settings, api_settings: ApiSettings, app: Celery | None = None
+) -> frozenset[str]:
+    """The names the API may submit: the allow-list, each registered by the app (loaded from
+    ``settings`` unless given), or all of them.
 
     Celery's own ``celery.*`` tasks (chord unlock, backend cleanup ...) are never offered.
     """
-    app = load_app(settings.app, settings)
+    app = app if app is not None else load_app(settings.app, settings)
     # Sends Celery's import_modules signal, as a worker does at start: Django is set up and
     # autodiscover_tasks() imports each app's tasks.
     app.loader.import_default_modules()
