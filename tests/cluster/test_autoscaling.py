@@ -17,15 +17,14 @@ reported.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
-from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane
-from tests.cluster.node import Node, module_cluster
+from tests.cluster.controlplane import ControlPlane
+from tests.cluster.node import Node
 from tests.cluster.test_helm import api_base_url, diagnostics
 from tests.e2e import autoscaling
 from tests.e2e.scenario import COMPONENT_LABEL, Obj, Release, container_port
@@ -78,14 +77,6 @@ class LocalCluster:
 
     def diagnostics(self) -> str:
         return diagnostics(self.plane)
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlane, Node]]:
-    with module_cluster(
-        tmp_path_factory.mktemp("autoscaling"), "CLUSTER", APISERVER_PORT, ADAPTER_PORT
-    ) as cluster:
-        yield cluster
 
 
 def test_burst_scales_up_runs_each_task_once_and_scales_back(

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.controlplane import ControlPlane
-from tests.cluster.node import Node, module_cluster
+from tests.cluster.node import Node
 from tests.cluster.test_autoscaling import LocalCluster
 from tests.e2e import recovery
 from tests.e2e.scenario import Release
@@ -30,21 +30,9 @@ pytestmark = [
 
 NAMESPACE = "celeriac"
 TIMEOUT = 180.0
+PORTS_ENV = "RECOVERY"  # CELERIAC_RECOVERY_APISERVER_PORT / _ADAPTER_PORT
 APISERVER_PORT = 36443
 ADAPTER_PORT = 37443
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlane, Node]]:
-    with module_cluster(
-        tmp_path_factory.mktemp("recovery"), "RECOVERY", APISERVER_PORT, ADAPTER_PORT
-    ) as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="module")
-def plane(cluster: tuple[ControlPlane, Node]) -> ControlPlane:
-    return cluster[0]
 
 
 @pytest.fixture(scope="module")

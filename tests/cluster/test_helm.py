@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -31,8 +30,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from celeriac.testing import wait_until
 from tests.chart.render import deep_merge
-from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane
-from tests.cluster.node import Node, module_cluster
+from tests.cluster.controlplane import ControlPlane
+from tests.cluster.node import Node
 from tests.e2e import scenario
 from tests.e2e.scenario import COMPONENT_LABEL, Release, condition, kubectl_json
 
@@ -55,14 +54,6 @@ LOCAL_VALUES: dict[str, Any] = {
 # The upgrade: the worker's CPU limit 1 -> 2 (the node's cores: the worker caps its pool at the
 # CPUs it may use). A pool of 1 before differs from Celery's own default (one per core).
 UPGRADE_VALUES: dict[str, Any] = {"workers": {"default": {"resources": {"limits": {"cpu": "2"}}}}}
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlane, Node]]:
-    with module_cluster(
-        tmp_path_factory.mktemp("helm"), "CLUSTER", APISERVER_PORT, ADAPTER_PORT
-    ) as cluster:
-        yield cluster
 
 
 def diagnostics(plane: ControlPlane) -> str:

@@ -22,20 +22,17 @@ result never reaches SUCCESS through the API.
 from __future__ import annotations
 
 import base64
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import pytest
 import redis
 
 from celeriac.testing import wait_until
 from tests.chart.render import deep_merge
 from tests.cluster.controlplane import ControlPlane
-from tests.cluster.node import Node, module_cluster
+from tests.cluster.node import Node
 from tests.cluster.test_autoscaling import LocalCluster
 from tests.cluster.test_helm import LOCAL_VALUES, api_base_url, diagnostics
 from tests.e2e import autoscaling, scenario
@@ -49,6 +46,7 @@ pytestmark = [
 NAMESPACE = "celeriac"
 RELEASE = "ha"
 TIMEOUT = 180.0
+PORTS_ENV = "SENTINEL"  # CELERIAC_SENTINEL_APISERVER_PORT / _ADAPTER_PORT
 APISERVER_PORT = 40443
 ADAPTER_PORT = 41443
 REDIS_PORT = 6379
@@ -65,19 +63,6 @@ QUEUED_TASKS = 6
 QUEUED_SECONDS = 2.0
 # The API answers 202 again within this long after the master's pod was deleted.
 API_RECOVERY_SECONDS = 60.0
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlane, Node]]:
-    with module_cluster(
-        tmp_path_factory.mktemp("sentinel"), "SENTINEL", APISERVER_PORT, ADAPTER_PORT
-    ) as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="module")
-def plane(cluster: tuple[ControlPlane, Node]) -> ControlPlane:
-    return cluster[0]
 
 
 @pytest.fixture(scope="module")
@@ -263,54 +248,6 @@ def test_install_every_pod_ready_and_tasks_run_through_sentinel(
         raise
 
 
-@dataclass
-class Submitter:
-    """Submits `celeriac.demo.add(n, 0)` through the API back to back from a thread and records
-    each answer: (seconds since ``start``, status code or the exception's name, id if 202)."""
-
-    api: httpx.Client
-    answers: list[tuple[float, int | str, str | None]] = field(default_factory=list)
-    numbers: dict[str, int] = field(default_factory=dict)  # accepted id -> its n
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-    started: float = 0.0
-
-    def start(self) -> Submitter:
-        self.started = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="submitter", daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        n = 0
-        while not self._stop.is_set():
-            n += 1
-            sent = time.monotonic() - self.started
-            try:
-                response = self.api.post(
-                    "/v1/tasks", json={"task": ADD_TASK, "kwargs": {"x": n, "y": 0}}
-                )
-            except httpx.HTTPError as exc:
-                self.answers.append((sent, type(exc).__name__, None))
-                continue
-            task_id = response.json()["id"] if response.status_code == 202 else None
-            if task_id:
-                self.numbers[task_id] = n
-            self.answers.append((sent, response.status_code, task_id))
-            self._stop.wait(0.05)
-
-    def stop(self) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join(timeout=30)
-
-    def accepted(self) -> list[str]:
-        return [task_id for _, _, task_id in list(self.answers) if task_id]
-
-    def accepted_since(self, moment: float) -> int:
-        return sum(1 for sent, code, _ in list(self.answers) if code == 202 and sent >= moment)
-
-
 @pytest.mark.xfail(
     reason="known defect, not yet fixed: now and then the task running when the master's pod "
     "is deleted stays held (in unacked, the queues empty) until the visibility timeout; "
@@ -332,7 +269,7 @@ def test_master_pod_deleted_fails_over_and_loses_no_task(
                 scenario.submit(api, autoscaling.TASK, seconds=QUEUED_SECONDS)
                 for _ in range(QUEUED_TASKS)
             ]
-            submitter = Submitter(api).start()
+            submitter = scenario.Submitter(api).start()
             # Tasks queued and one running, the stream flowing: the master's pod goes.
             wait_until(
                 lambda: submitter.accepted_since(0) >= 20,

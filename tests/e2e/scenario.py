@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 import yaml
 
+from celeriac.demo import ADD_TASK
 from celeriac.testing import wait_until
 from tests.chart.render import deep_merge
 from tests.support import REPO_ROOT
@@ -259,3 +262,54 @@ def pool_processes(table: Mapping[int, tuple[int, list[str]]]) -> list[int]:
     mains = [pid for pid in workers if table[pid][0] not in workers]
     assert len(mains) == 1, f"expected one main worker process, found {mains} in {dict(table)}"
     return sorted(pid for pid, (ppid, _) in table.items() if ppid == mains[0])
+
+
+# -- a steady stream of submits --------------------------------------------------------------
+
+
+@dataclass
+class Submitter:
+    """Submits `celeriac.demo.add(n, 0)` through the API every 50 ms from a thread and records
+    each answer: (seconds since ``start``, status code or the exception's name, id if 202)."""
+
+    api: httpx.Client
+    answers: list[tuple[float, int | str, str | None]] = field(default_factory=list)
+    numbers: dict[str, int] = field(default_factory=dict)  # accepted id -> its n
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    started: float = 0.0
+
+    def start(self) -> Submitter:
+        self.started = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="submitter", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            sent = time.monotonic() - self.started
+            try:
+                response = self.api.post(
+                    "/v1/tasks", json={"task": ADD_TASK, "kwargs": {"x": n, "y": 0}}
+                )
+            except httpx.HTTPError as exc:
+                self.answers.append((sent, type(exc).__name__, None))
+                continue
+            task_id = response.json()["id"] if response.status_code == 202 else None
+            if task_id:
+                self.numbers[task_id] = n
+            self.answers.append((sent, response.status_code, task_id))
+            self._stop.wait(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(timeout=30)
+
+    def accepted(self) -> list[str]:
+        return [task_id for _, _, task_id in list(self.answers) if task_id]
+
+    def accepted_since(self, moment: float) -> int:
+        return sum(1 for sent, code, _ in list(self.answers) if code == 202 and sent >= moment)
