@@ -289,6 +289,12 @@ class Node(Processes):
         pods = node.rglob(f"pod{uid}") if node.is_dir() else []
         return {pid for pod in pods for pid in cgroup_pids(f"/{pod.relative_to(memory)}")}
 
+    def restart_containerd(self) -> None:
+        """Stop containerd and start it again beside the kubelet (a runtime upgrade or crash):
+        running containers keep running under their shims, in process groups of their own."""
+        self.children.pop("containerd").stop()
+        self._start_containerd()
+
     # lifecycle
 
     def start(self) -> None:
@@ -466,15 +472,20 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             str(c / self.cgroup.lstrip("/") / "runtime" / "cgroup.procs")
             for c in cgroup_controllers()
         ]
-        # Join the runtime cgroup, then a private mount namespace and the node's network.
+        # Join the runtime cgroup, then a private mount namespace and the node's network (or,
+        # on a restart, the namespaces the kubelet still runs in).
         join = " ".join(f'echo $$ > "{p}";' for p in runtime_procs)
+        namespaces = (
+            f"nsenter --target={self.children['kubelet'].pid} --mount --net"
+            if "kubelet" in self.children
+            else f"unshare --mount --propagation slave nsenter --net=/run/netns/{self.netns}"
+        )
         self._spawn(
             "containerd",
             [
                 "sh",
                 "-c",
-                f"{join} exec unshare --mount --propagation slave nsenter --net=/run/netns/"
-                f'{self.netns} "$@"',
+                f'{join} exec {namespaces} "$@"',
                 "containerd",
                 str(self.binaries["containerd"]),
                 "--config",
