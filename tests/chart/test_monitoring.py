@@ -19,7 +19,8 @@ import jsonschema
 import pytest
 import yaml
 
-from celeriac.exporter.collector import GROUP_BACKLOG
+from celeriac.exporter.collector import GROUP_BACKLOG, QUEUE_DEAD_LETTERS, REDIS_UP
+from celeriac.worker.metrics import TASKS_FAILED, TASKS_SUCCEEDED
 from tests.chart.render import NAMESPACE, Obj, Rendered, pod_spec
 from tests.chart.served import served_series
 from tests.support import PROMETHEUS_HOW_TO_GET, require_tool
@@ -264,16 +265,16 @@ def test_alerts_fire_on_the_right_series(rules_file: Path) -> None:
         series(GROUP_BACKLOG, f'{exporter},group="io"', "5x30"),
         series(available, f'{deployment}default"', "0x30"),
         series(available, f'{deployment}io"', "2x30"),
-        series("celeriac_redis_up", exporter, "1 1 0x28"),
+        series(REDIS_UP, exporter, "1 1 0x28"),
         series("up", exporter, "1x30"),
         # t.flaky fails every other run; t.fine never fails.
-        series("celeriac_tasks_failed_total", f'{worker},task="t.flaky"', "0+5x30"),
-        series("celeriac_tasks_succeeded_total", f'{worker},task="t.flaky"', "0+5x30"),
-        series("celeriac_tasks_failed_total", f'{worker},task="t.fine"', "0x30"),
+        series(TASKS_FAILED, f'{worker},task="t.flaky"', "0+5x30"),
+        series(TASKS_SUCCEEDED, f'{worker},task="t.flaky"', "0+5x30"),
+        series(TASKS_FAILED, f'{worker},task="t.fine"', "0x30"),
         # Queue "cpu" gets a dead letter at minute 20; "default" has had one for ever.
-        series("celeriac_queue_dead_letters", f'{exporter},queue="cpu"', "0x20 1x10"),
-        series("celeriac_queue_dead_letters", f'{exporter},queue="default"', "1x30"),
-        series("celeriac_tasks_succeeded_total", f'{worker},task="t.fine"', "0+9x30"),
+        series(QUEUE_DEAD_LETTERS, f'{exporter},queue="cpu"', "0x20 1x10"),
+        series(QUEUE_DEAD_LETTERS, f'{exporter},queue="default"', "1x30"),
+        series(TASKS_SUCCEEDED, f'{worker},task="t.fine"', "0+9x30"),
     ]
     workers_absent = alert(
         {

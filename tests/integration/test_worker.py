@@ -25,6 +25,13 @@ from celeriac.app import create_app
 from celeriac.keys import UNACKED_KEY, in_flight_key, priority_list_keys
 from celeriac.settings import DEFAULT_PRIORITY_STEPS, Settings
 from celeriac.testing import Child, RedisServer, celeriac_command, free_port, wait_until
+from celeriac.worker.metrics import (
+    TASK_QUEUE_WAIT,
+    TASK_RUNTIME,
+    TASKS_FAILED,
+    TASKS_RETRIED,
+    TASKS_SUCCEEDED,
+)
 from tests.integration import workers
 from tests.support import REPO_ROOT
 
@@ -152,16 +159,16 @@ def test_task_metrics_by_task_name(
         }
 
     expected = {
-        ("celeriac_tasks_succeeded_total", "tests.record"): 2.0,
-        ("celeriac_tasks_succeeded_total", "tests.retry_once"): 1.0,
-        ("celeriac_tasks_failed_total", "tests.fail"): 1.0,
-        ("celeriac_tasks_retried_total", "tests.retry_once"): 1.0,
-        ("celeriac_task_runtime_seconds_count", "tests.record"): 2.0,
-        ("celeriac_task_runtime_seconds_count", "tests.fail"): 1.0,
+        (TASKS_SUCCEEDED, "tests.record"): 2.0,
+        (TASKS_SUCCEEDED, "tests.retry_once"): 1.0,
+        (TASKS_FAILED, "tests.fail"): 1.0,
+        (TASKS_RETRIED, "tests.retry_once"): 1.0,
+        (f"{TASK_RUNTIME}_count", "tests.record"): 2.0,
+        (f"{TASK_RUNTIME}_count", "tests.fail"): 1.0,
         # The first run raised Retry, the second succeeded: two runs.
-        ("celeriac_task_runtime_seconds_count", "tests.retry_once"): 2.0,
+        (f"{TASK_RUNTIME}_count", "tests.retry_once"): 2.0,
         # Publish to start, per queue: every run, the retry's included.
-        ("celeriac_task_queue_wait_seconds_count", QUEUE): 5.0,
+        (f"{TASK_QUEUE_WAIT}_count", QUEUE): 5.0,
     }
     # The signal handlers run in the pool processes after the result is stored: poll briefly.
     found = wait_until(
@@ -171,8 +178,8 @@ def test_task_metrics_by_task_name(
         timeout=30,
         message="task metrics",
     )
-    assert found[("celeriac_task_runtime_seconds_sum", "tests.record")] >= 0.1
-    assert ("celeriac_tasks_failed_total", "tests.record") not in found
+    assert found[(f"{TASK_RUNTIME}_sum", "tests.record")] >= 0.1
+    assert (TASKS_FAILED, "tests.record") not in found
 
 
 def test_pool_process_over_its_memory_share_is_replaced(

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from celeriac.app import create_app
 from celeriac.settings import Settings
 from celeriac.testing import Child, celeriac_command, free_port, wait_until
+from celeriac.worker.metrics import TASKS_TIME_LIMIT_EXCEEDED
 from tests.integration import workers
 from tests.support import REPO_ROOT
 
@@ -29,7 +30,6 @@ LIMITS = {
     "tests.record": {"time_limit": 1, "rate_limit": "7/m"},
     "tests.not_a_task": {"rate_limit": "1/s"},
 }
-TIME_LIMIT_EXCEEDED = "celeriac_tasks_time_limit_exceeded"
 
 
 @pytest.fixture
@@ -83,10 +83,9 @@ def time_limit_exceeded(port: int, task: str) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
     for family in text_string_to_metric_families(text):
-        if family.name == TIME_LIMIT_EXCEEDED:
-            for sample in family.samples:
-                if sample.name.endswith("_total") and sample.labels.get("task") == task:
-                    return float(sample.value)
+        for sample in family.samples:
+            if sample.name == TASKS_TIME_LIMIT_EXCEEDED and sample.labels.get("task") == task:
+                return float(sample.value)
     return 0.0
 
 
