@@ -29,6 +29,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from celeriac.testing import wait_until
+from celeriac.worker.metrics import TASKS_SUCCEEDED
+from celeriac.worker.settings import DEFAULT_METRICS_PORT as WORKER_METRICS_PORT
 from tests.chart.render import deep_merge
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.node import Node
@@ -45,7 +47,6 @@ RELEASE = "smoke"
 NAMESPACE = "celeriac"
 COMPONENTS = {"redis", "api", "beat", "exporter", "worker"}
 TIMEOUT = 180.0
-WORKER_METRICS_PORT = 9541
 # One worker replica, so that the pool checked is the only one (Redis on a claim and the
 # images: Node.chart_values).
 LOCAL_VALUES: dict[str, Any] = {
@@ -116,13 +117,13 @@ def wait_pool(plane: ControlPlane, worker: dict[str, Any], size: int) -> list[in
 
 
 def tasks_succeeded(worker: dict[str, Any], task: str) -> float:
-    """celeriac_tasks_succeeded_total of ``task`` on the worker pod's metrics port."""
+    """The succeeded-task counter of ``task`` on the worker pod's metrics port."""
     url = f"http://{worker['status']['podIP']}:{WORKER_METRICS_PORT}/metrics"
     with httpx.Client(timeout=5) as client:
         text = client.get(url).text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "celeriac_tasks_succeeded_total" and sample.labels["task"] == task:
+            if sample.name == TASKS_SUCCEEDED and sample.labels["task"] == task:
                 return float(sample.value)
     return 0.0
 

@@ -29,7 +29,11 @@ from typing import Any
 import pytest
 import redis
 
+from celeriac.exporter.collector import REDIS_UP
+from celeriac.exporter.settings import DEFAULT_PORT as EXPORTER_PORT
 from celeriac.testing import wait_until
+from celeriac.worker.metrics import TASKS_SUCCEEDED
+from celeriac.worker.settings import DEFAULT_METRICS_PORT as WORKER_METRICS_PORT
 from tests.chart.render import deep_merge
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.node import Node
@@ -175,15 +179,15 @@ def last_start(plane: ControlPlane, pod: Obj) -> str:
 
 def exporter_redis_up(cluster: LocalCluster, release: Release) -> float:
     (exporter,) = release.pods(cluster, f"{COMPONENT_LABEL}=exporter")
-    text = cluster.http_get(exporter, autoscaling.EXPORTER_PORT, "/metrics")
-    return autoscaling.metric(text, "celeriac_redis_up")
+    text = cluster.http_get(exporter, EXPORTER_PORT, "/metrics")
+    return autoscaling.metric(text, REDIS_UP)
 
 
 def worker_runs(cluster: LocalCluster, release: Release, task: str) -> float:
-    """celeriac_tasks_succeeded_total of ``task`` on the group's one worker pod."""
+    """The succeeded-task counter of ``task`` on the group's one worker pod."""
     (worker,) = autoscaling.worker_pods(cluster, release)
-    text = cluster.http_get(worker, autoscaling.WORKER_METRICS_PORT, "/metrics")
-    return autoscaling.metric(text, autoscaling.SUCCEEDED, task=task)
+    text = cluster.http_get(worker, WORKER_METRICS_PORT, "/metrics")
+    return autoscaling.metric(text, TASKS_SUCCEEDED, task=task)
 
 
 def restarts(plane: ControlPlane, release: Release) -> dict[str, int]:

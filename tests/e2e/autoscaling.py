@@ -29,7 +29,11 @@ from typing import Any, Protocol
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from celeriac.exporter.collector import GROUP_BACKLOG, QUEUE_IN_FLIGHT
+from celeriac.exporter.settings import DEFAULT_PORT as EXPORTER_PORT
 from celeriac.testing import wait_until
+from celeriac.worker.metrics import TASKS_SUCCEEDED
+from celeriac.worker.settings import DEFAULT_METRICS_PORT as WORKER_METRICS_PORT
 from tests.e2e import scenario
 from tests.e2e.scenario import (
     COMPONENT_LABEL,
@@ -48,11 +52,6 @@ RESULTS = REPO_ROOT / "bench" / "results"
 # them to its own temporary directory and the working tree stays clean.
 RECORD_RESULTS_ENV = "CELERIAC_RECORD_RESULTS"
 TASK = "celeriac.demo.sleep"
-EXPORTER_PORT = 9540
-WORKER_METRICS_PORT = 9541
-BACKLOG = "celeriac_group_backlog_messages"
-IN_FLIGHT = "celeriac_queue_in_flight_messages"
-SUCCEEDED = "celeriac_tasks_succeeded_total"
 
 # The burst's layer over the scenario's values. Scale-up: the chart's defaults (behavior
 # scaleUp as shipped). Shortened for the test, and said so in the README: KEDA's polling interval
@@ -257,7 +256,7 @@ def run_burst(
             except (httpx.HTTPError, OSError):
                 continue  # starting or gone
             uid = pod["metadata"]["uid"]
-            count = int(metric(text, SUCCEEDED, task=TASK))
+            count = int(metric(text, TASKS_SUCCEEDED, task=TASK))
             burst.runs_by_pod[uid] = max(burst.runs_by_pod.get(uid, 0), count)
         backlog = in_flight = None
         for exporter in release.pods(cluster, f"{COMPONENT_LABEL}=exporter"):
@@ -265,8 +264,8 @@ def run_burst(
                 text = cluster.http_get(exporter, EXPORTER_PORT, "/metrics")
             except (httpx.HTTPError, OSError):
                 continue
-            backlog = metric(text, BACKLOG, group=group)
-            in_flight = metric(text, IN_FLIGHT)
+            backlog = metric(text, GROUP_BACKLOG, group=group)
+            in_flight = metric(text, QUEUE_IN_FLIGHT)
         live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
         burst.samples.append(
             Sample(
@@ -540,4 +539,4 @@ def exporter_backlog(cluster: BurstCluster, release: Release, group: str = "defa
     if len(exporters) != 1:
         raise ValueError(f"{len(exporters)} exporter pods")
     (exporter,) = exporters
-    return metric(cluster.http_get(exporter, EXPORTER_PORT, "/metrics"), BACKLOG, group=group)
+    return metric(cluster.http_get(exporter, EXPORTER_PORT, "/metrics"), GROUP_BACKLOG, group=group)
