@@ -1,4 +1,5 @@
-"""What only the tests need: the repository root and the one rule for missing tools.
+"""What only the tests need: the repository root, the one rule for missing tools, and the
+scans of the code and the services' READMEs for CELERIAC_* variables that several suites check.
 
 Real Redis servers, child processes and condition waits are in ``celeriac.testing`` (bench/
 uses them too).
@@ -11,6 +12,7 @@ says how to get it, or fails when CELERIAC_REQUIRE_TOOLS=1 (CI sets it, so CI ne
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -55,3 +57,27 @@ def require_path(path: Path, what: str, how_to_get: str) -> Path:
     if not path.exists():
         missing(f"{what} ({path})", how_to_get)
     return path
+
+
+# Names read through any celeriac.env.Env method (which adds the CELERIAC_ prefix) or spelled
+# out in full.
+_ENV_READ = re.compile(r"env\.[a-z_]+\(\s*\"([A-Z0-9_]+)\"", re.DOTALL)
+CELERIAC_VARIABLE = re.compile(r"\bCELERIAC_[A-Z0-9_]*[A-Z0-9]\b")
+
+
+def variables_in_code() -> set[str]:
+    """Every CELERIAC_* variable the code under src/celeriac reads."""
+    names: set[str] = set()
+    for path in (REPO_ROOT / "src" / "celeriac").rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        names.update(f"CELERIAC_{name}" for name in _ENV_READ.findall(text))
+        names.update(CELERIAC_VARIABLE.findall(text))
+    return names
+
+
+def documented_default(component: str, variable: str) -> str:
+    """The default ``services/<component>/README.md`` gives ``variable`` in its table."""
+    readme = REPO_ROOT / "services" / component / "README.md"
+    row = re.search(rf"^\| `{variable}` \| `([^`]*)` \|", readme.read_text("utf-8"), re.M)
+    assert row, f"{readme} documents no default for {variable}"
+    return row.group(1)

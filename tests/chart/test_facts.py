@@ -39,7 +39,7 @@ from celeriac.worker.sizing import pool_size
 from tests.chart.matrix import MATRIX
 from tests.chart.render import CHART_DIR, Obj, Rendered, containers, env_of, pod_spec, render
 from tests.chart.served import served_series
-from tests.unit.test_docs import variables_in_code
+from tests.support import variables_in_code
 
 pytestmark = pytest.mark.chart
 

@@ -12,7 +12,7 @@ from celeriac.api.settings import DEFAULT_PORT as API_PORT
 from celeriac.cli import main
 from celeriac.exporter.settings import DEFAULT_PORT as EXPORTER_PORT
 from celeriac.worker.settings import DEFAULT_METRICS_PORT as WORKER_METRICS_PORT
-from tests.unit.test_docs import variables_in_code
+from tests.support import variables_in_code
 
 WORKER = ("worker", "--check")
 API = ("api", "--check")

@@ -4,30 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tests.support import REPO_ROOT
-
-# Names read through any celeriac.env.Env method (which adds the CELERIAC_ prefix) or spelled
-# out in full.
-_ENV_READ = re.compile(r"env\.[a-z_]+\(\s*\"([A-Z0-9_]+)\"", re.DOTALL)
-_FULL_NAME = re.compile(r"\bCELERIAC_[A-Z0-9_]*[A-Z0-9]\b")
-
-
-def variables_in_code() -> set[str]:
-    """Every CELERIAC_* variable the code under src/celeriac reads."""
-    names: set[str] = set()
-    for path in (REPO_ROOT / "src" / "celeriac").rglob("*.py"):
-        text = path.read_text(encoding="utf-8")
-        names.update(f"CELERIAC_{name}" for name in _ENV_READ.findall(text))
-        names.update(_FULL_NAME.findall(text))
-    return names
-
-
-def documented_default(component: str, variable: str) -> str:
-    """The default ``services/<component>/README.md`` gives ``variable`` in its table."""
-    readme = REPO_ROOT / "services" / component / "README.md"
-    row = re.search(rf"^\| `{variable}` \| `([^`]*)` \|", readme.read_text("utf-8"), re.M)
-    assert row, f"{readme} documents no default for {variable}"
-    return row.group(1)
+from tests.support import CELERIAC_VARIABLE, REPO_ROOT, variables_in_code
 
 
 def _documentation() -> str:
@@ -45,7 +22,7 @@ def test_the_scan_finds_the_shared_settings() -> None:
 def test_every_environment_variable_is_documented() -> None:
     docs = _documentation()
     # celeriac up documents its CELERIAC_UP_* options in `celeriac up --help`.
-    documented = set(_FULL_NAME.findall(docs))
+    documented = set(CELERIAC_VARIABLE.findall(docs))
     undocumented = sorted(
         name for name in variables_in_code() - documented if not name.startswith("CELERIAC_UP_")
     )

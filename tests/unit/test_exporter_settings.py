@@ -15,7 +15,7 @@ from celeriac.exporter.settings import (
     ExporterSettings,
 )
 from celeriac.settings import Settings
-from tests.unit.test_docs import documented_default
+from tests.support import documented_default
 
 
 def test_defaults_one_group_over_the_configured_queues() -> None:

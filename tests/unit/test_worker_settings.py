@@ -23,7 +23,7 @@ from celeriac.worker.settings import (
     DEFAULT_UNREGISTERED_TASK_SECONDS,
     WorkerSettings,
 )
-from tests.unit.test_docs import documented_default
+from tests.support import documented_default
 
 
 def test_defaults() -> None:
