@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from celeriac import dead_letters
 from celeriac.api.dependencies import ServicesDep, check_queue, require_token
 from celeriac.api.models import SERVED_QUEUE, DeadLetterInfo, DeadLetterList, ErrorBody
-from celeriac.settings import QUEUE_NAME
+from celeriac.settings import QUEUE_NAME, TASK_ID_MAX_LENGTH, TASK_ID_PATTERN
 
 router = APIRouter(
     prefix="/v1/dead-letters", tags=["dead letters"], dependencies=[Depends(require_token)]
@@ -24,7 +24,7 @@ MAX_PAGE = 500
 # Far past any real list, and inside what Redis takes as a range index.
 MAX_OFFSET = 1_000_000_000
 DeadLetterId = Annotated[
-    str, Path(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+    str, Path(min_length=1, max_length=TASK_ID_MAX_LENGTH, pattern=TASK_ID_PATTERN)
 ]
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or invalid bearer token."},

@@ -18,6 +18,7 @@ from celeriac.api.errors import field_error
 from celeriac.api.models import ErrorBody, TaskAccepted, TaskPage, TaskRequest, TaskStatus
 from celeriac.api.routing import JsonBodyRoute
 from celeriac.api.services import Services
+from celeriac.settings import TASK_ID_MAX_LENGTH, TASK_ID_PATTERN
 
 router = APIRouter(
     prefix="/v1/tasks",
@@ -28,7 +29,7 @@ router = APIRouter(
 
 TaskId = Annotated[
     str,
-    Path(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"),
+    Path(min_length=1, max_length=TASK_ID_MAX_LENGTH, pattern=TASK_ID_PATTERN),
 ]
 # A failed publish retries once at once (a pooled connection may have died with a Redis
 # restart), then gives up: the client gets a 503 instead of a request hanging on Redis.

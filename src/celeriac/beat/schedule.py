@@ -24,7 +24,6 @@ from celeriac.settings import MAX_PRIORITY, MIN_PRIORITY, QUEUE_NAME
 FIELDS = ("task", "every", "cron", "args", "kwargs", "queue", "priority", "expires", "enabled")
 # Names become Redis keys (``celeriac:beat:<name>``): no spaces, no glob characters, and a
 # leading letter or digit so no name can collide with beat's own ``celeriac:beat::lock``.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
 _TASK = re.compile(r"^\S{1,255}$")
 _CRON_FIELD = re.compile(r"^[A-Za-z0-9*/,-]+$")
 # (crontab keyword, what a reader calls it, what it accepts), in "m h dom mon dow" order.
@@ -113,7 +112,8 @@ def parse_schedule(text: str, source: str = "<schedule>") -> tuple[Entry, ...]:
 
 
 def _entry(name: object, body: object, problems: list[str]) -> Entry | None:
-    if not isinstance(name, str) or not _NAME.match(name):
+    # An entry name keys beat's state in Redis, as a queue name does: the same rule.
+    if not isinstance(name, str) or not QUEUE_NAME.match(name):
         problems.append(
             f"entry {name!r}: the name must be a string of letters, digits, '_', '.', ':' or '-' "
             "starting with a letter or digit"
