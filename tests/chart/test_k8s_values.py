@@ -28,7 +28,7 @@ BASE_DOCKERFILE = REPO_ROOT / "services" / "base" / "Dockerfile"
 VALUES_DEV = REPO_ROOT / "k8s" / "values-dev.yaml"
 VALUES_PRODUCTION = REPO_ROOT / "k8s" / "values-production.yaml"
 VALUES_OWN_TASKS = REPO_ROOT / "k8s" / "examples" / "own-tasks" / "values.yaml"
-VALUES_E2E = REPO_ROOT / "tests" / "e2e" / "values.yaml"
+VALUES_E2E = REPO_ROOT / "tests" / "scenarios" / "values.yaml"
 
 # Keys of skaffold/v4beta14 objects used here (docs-v2/content/en/schemas/v4beta14.json in
 # GoogleContainerTools/skaffold), so a misspelt key fails here instead of in `skaffold dev`.

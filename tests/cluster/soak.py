@@ -40,9 +40,9 @@ import redis
 from tests.chart.render import deep_merge
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.node import Node
-from tests.e2e import rollouts, scenario
-from tests.e2e.scenario import COMPONENT_LABEL, Obj, Release
 from tests.image import build as image_build
+from tests.scenarios import rollouts, scenario
+from tests.scenarios.scenario import COMPONENT_LABEL, Obj, Release
 from tests.support import REPO_ROOT
 
 NAMESPACE = "celeriac"

@@ -3,12 +3,12 @@ the real KEDA operator and metrics adapter, the controller-manager's HPA (its de
 controlplane.py does not set --horizontal-pod-autoscaler-sync-period) and a real node running the
 project's images (tests/cluster/node.py).
 
-The burst is tests/e2e/autoscaling.py's (``burst_scenario``, which kind's
+The burst is tests/scenarios/autoscaling.py's (``burst_scenario``, which kind's
 tests/e2e/test_autoscaling.py runs too): ``TASKS`` celeriac.demo.sleep tasks of ``SECONDS``
 through the API; the replicas rise to ceil(backlog / pool) capped by maxReplicas, every task
 finishes once (its result read back, and the workers' own success counters summing to the task
 count), and the group returns to its minimum through the HPA's scale-down behavior (shortened
-for the test: tests/e2e/autoscaling.py). The timeline and figures (autoscaling-burst.csv,
+for the test: tests/scenarios/autoscaling.py). The timeline and figures (autoscaling-burst.csv,
 autoscaling-burst-figures.csv and autoscaling-burst.png) go to the test's temporary directory, or
 to bench/results with CELERIAC_RECORD_RESULTS=1. No assertion on timing: the figures are
 reported.
@@ -26,8 +26,8 @@ import redis
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.node import Node
 from tests.cluster.test_helm import api_base_url, diagnostics
-from tests.e2e import autoscaling
-from tests.e2e.scenario import COMPONENT_LABEL, Obj, Release, container_port
+from tests.scenarios import autoscaling
+from tests.scenarios.scenario import COMPONENT_LABEL, Obj, Release, container_port
 
 pytestmark = [
     pytest.mark.cluster,
@@ -44,7 +44,8 @@ SECONDS = 2.5
 
 class LocalCluster:
     """The control plane, with pods reached at their bridge addresses from the host (the
-    scenarios' cluster: tests/e2e/autoscaling.py ScenarioCluster, rollouts.py RolloutCluster)."""
+    scenarios' cluster: tests/scenarios/autoscaling.py ScenarioCluster, rollouts.py
+    RolloutCluster)."""
 
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane

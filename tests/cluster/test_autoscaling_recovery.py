@@ -1,13 +1,12 @@
 """Autoscaling on the local control plane (issue 10, items 3 and 4): scale to zero and back,
 KEDA's fallback while the exporter is down, and a Redis pod deleted with tasks queued.
 
-Its own control plane, on other ports than tests/cluster/test_autoscaling.py's (36443 and
-37443; CELERIAC_RECOVERY_APISERVER_PORT / CELERIAC_RECOVERY_ADAPTER_PORT), and a real node.
-The test network (bridge celeriac0, the node at 10.231.0.10, pods in 10.233.0.0/24) is one per
-machine: never run this beside another `make e2e`. The scenarios and their
-assertions are tests/e2e/recovery.py's (kind's tests/e2e/test_autoscaling_recovery.py runs them
-too); the time from a submit to its result with the group at zero is printed and reported in the
-README.
+Its own control plane, on other ports than tests/cluster/test_autoscaling.py's (36443 and 37443;
+CELERIAC_RECOVERY_APISERVER_PORT / CELERIAC_RECOVERY_ADAPTER_PORT), and a real node. The test
+network (bridge celeriac0, the node at 10.231.0.10, pods in 10.233.0.0/24) is one per machine: never
+run this beside another `make e2e`. The scenarios and their assertions are
+tests/scenarios/recovery.py's (kind's tests/e2e/test_autoscaling_recovery.py runs them too); the
+time from a submit to its result with the group at zero is printed and reported in the README.
 """
 
 from __future__ import annotations
@@ -20,8 +19,8 @@ import pytest
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.node import Node
 from tests.cluster.test_autoscaling import LocalCluster
-from tests.e2e import recovery
-from tests.e2e.scenario import Release
+from tests.scenarios import recovery
+from tests.scenarios.scenario import Release
 
 pytestmark = [
     pytest.mark.cluster,
@@ -49,7 +48,7 @@ def test_scale_to_zero_and_back(plane: ControlPlane, layer: dict[str, Any]) -> N
 
 @pytest.fixture(scope="module")
 def held(plane: ControlPlane, layer: dict[str, Any]) -> Iterator[Release]:
-    """One release for the exporter and Redis tests (tests/e2e/recovery.py install_held)."""
+    """One release for the exporter and Redis tests (tests/scenarios/recovery.py install_held)."""
     release = Release(plane.kubeconfig, "held", NAMESPACE)
     recovery.install_held(LocalCluster(plane), release, layer, timeout=TIMEOUT)
     yield release

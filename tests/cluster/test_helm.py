@@ -2,12 +2,13 @@
 Helm engine (helm-python-sdk) against the real kube-apiserver (admission and validation applied),
 KEDA's operator and adapter, and a real node (kubelet, containerd, runc, CNI, kube-proxy,
 CoreDNS: tests/cluster/node.py) running the project's images. The scenario is
-tests/e2e/scenario.py's, shared with the kind test.
+tests/scenarios/scenario.py's, shared with the kind test.
 
-Values: k8s/values-dev.yaml and tests/e2e/values.yaml (KEDA on) as on kind, plus this cluster's
-layer: the images loaded into the node, Redis on a claim bound to a local PersistentVolume, and
-one worker replica, so that the pool checked is the only one. NetworkPolicies are rendered and
-admitted (checked below) but not enforced: the node's CNI bridge plugin does not enforce them.
+Values: k8s/values-dev.yaml and tests/scenarios/values.yaml (KEDA on) as on kind, plus this
+cluster's layer: the images loaded into the node, Redis on a claim bound to a local
+PersistentVolume, and one worker replica, so that the pool checked is the only one. NetworkPolicies
+are rendered and admitted (checked below) but not enforced: the node's CNI bridge plugin does not
+enforce them.
 
 One test, in order, since each step needs the one before: install, every pod Ready, KEDA's
 ScaledObject Ready and its HPA reading the exporter's backlog (the operator reaching the
@@ -34,8 +35,8 @@ from celeriac.worker.settings import DEFAULT_METRICS_PORT as WORKER_METRICS_PORT
 from tests.chart.render import deep_merge
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.node import Node
-from tests.e2e import scenario
-from tests.e2e.scenario import COMPONENT_LABEL, Release, condition, kubectl_json
+from tests.scenarios import scenario
+from tests.scenarios.scenario import COMPONENT_LABEL, Release, condition, kubectl_json
 
 pytestmark = [
     pytest.mark.cluster,

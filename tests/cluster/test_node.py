@@ -20,9 +20,9 @@ from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlan
 from tests.cluster.node import CNI_PLUGINS, POD_RANGE, Node
 from tests.cluster.registry import Registry
 from tests.cluster.test_helm import api_base_url, tasks_succeeded
-from tests.e2e import scenario
-from tests.e2e.scenario import Release
 from tests.image import build as image_build
+from tests.scenarios import scenario
+from tests.scenarios.scenario import Release
 from tests.support import missing
 
 pytestmark = [pytest.mark.cluster]

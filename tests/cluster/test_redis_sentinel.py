@@ -39,8 +39,8 @@ from tests.cluster.controlplane import ControlPlane
 from tests.cluster.node import Node
 from tests.cluster.test_autoscaling import LocalCluster
 from tests.cluster.test_helm import LOCAL_VALUES, api_base_url, diagnostics
-from tests.e2e import autoscaling, scenario
-from tests.e2e.scenario import COMPONENT_LABEL, Obj, Release, condition, kubectl_json
+from tests.scenarios import autoscaling, scenario
+from tests.scenarios.scenario import COMPONENT_LABEL, Obj, Release, condition, kubectl_json
 
 pytestmark = [
     pytest.mark.cluster,

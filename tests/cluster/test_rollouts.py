@@ -6,12 +6,12 @@ or repeating one.
 Its own control plane, on other ports than the other cluster modules' (38443 and 39443;
 CELERIAC_ROLLOUTS_APISERVER_PORT / CELERIAC_ROLLOUTS_ADAPTER_PORT) and a real node. The test
 network is one per machine: never run this beside another `make e2e`. One release for the four
-tests (in order); its values, the scenarios and their assertions are tests/e2e/rollouts.py's
+tests (in order); its values, the scenarios and their assertions are tests/scenarios/rollouts.py's
 (kind's tests/e2e/test_rollouts.py runs them too): pool 1 per worker pod, at most 4 replicas,
 the scale-down shortened (20 s window), a grace period of 60 s (55 s for running tasks), beat
 firing an entry every 2 s into a queue no worker consumes.
 
-What is asserted comes from exact records (tests/e2e/rollouts.py): the API server's watch of
+What is asserted comes from exact records (tests/scenarios/rollouts.py): the API server's watch of
 the pods and Deployments, and the task states the workers store (STARTED with the pod, then
 SUCCESS) from the result backend's notifications, read from the Redis pod's address. The
 duplicate rule: a task may run twice only when it was requeued at a shutdown deadline; every
@@ -28,8 +28,8 @@ import pytest
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.node import Node
 from tests.cluster.test_autoscaling import LocalCluster
-from tests.e2e import rollouts
-from tests.e2e.scenario import Release
+from tests.scenarios import rollouts
+from tests.scenarios.scenario import Release
 
 pytestmark = [
     pytest.mark.cluster,

@@ -26,7 +26,7 @@ from tests.e2e.kind import (
     require_prerequisites,
     run,
 )
-from tests.e2e.scenario import Release
+from tests.scenarios.scenario import Release
 from tests.support import REPO_ROOT
 
 KEEP_CLUSTER_ENV = "CELERIAC_E2E_KEEP_CLUSTER"

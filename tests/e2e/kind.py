@@ -1,4 +1,4 @@
-"""A kind cluster as the shared scenarios see it (tests/e2e/scenario.py, autoscaling.py,
+"""A kind cluster as the shared scenarios see it (tests/scenarios/scenario.py, autoscaling.py,
 recovery.py, rollouts.py): kubectl with the cluster's own kubeconfig, and a pod's port reached
 through `kubectl port-forward`, which works on any cluster, with or without a network plugin
 that enforces the chart's NetworkPolicies (a forward enters the pod's network namespace; a
@@ -23,7 +23,7 @@ import httpx
 import redis
 
 from celeriac.testing import Child, free_port, wait_until
-from tests.e2e.scenario import COMPONENT_LABEL, Obj, Release, condition, container_port
+from tests.scenarios.scenario import COMPONENT_LABEL, Obj, Release, condition, container_port
 from tests.support import missing, require_tool
 
 KEDA_VERSION = "2.20.2"

@@ -1,4 +1,4 @@
-"""The autoscaling burst on kind (issue 10, items 1 and 6): tests/e2e/autoscaling.py's
+"""The autoscaling burst on kind (issue 10, items 1 and 6): tests/scenarios/autoscaling.py's
 ``burst_scenario``, the one tests/cluster/test_autoscaling.py runs on the local control plane,
 with the same values, tasks and assertions (replicas up to ceil(backlog / pool) capped by
 maxReplicas, every task once by its result and by the workers' own counters, back to the
@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e import autoscaling
 from tests.e2e.kind import NAMESPACE, KindCluster
-from tests.e2e.scenario import Release
+from tests.scenarios import autoscaling
+from tests.scenarios.scenario import Release
 
 pytestmark = pytest.mark.e2e
 

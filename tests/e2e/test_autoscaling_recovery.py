@@ -1,5 +1,5 @@
 """Scale to zero and back, KEDA's fallback while the exporter is down, and a Redis pod deleted
-with tasks queued, on kind (issue 10, items 3 and 4): tests/e2e/recovery.py's scenarios, the
+with tasks queued, on kind (issue 10, items 3 and 4): tests/scenarios/recovery.py's scenarios, the
 ones tests/cluster/test_autoscaling_recovery.py runs on the local control plane, with the same
 values and assertions. What differs is listed in tests/e2e/test_autoscaling.py (KEDA from its
 release manifest, real pods, ports through `kubectl port-forward`, longer deadlines); the
@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e import recovery
 from tests.e2e.kind import NAMESPACE, KindCluster
-from tests.e2e.scenario import Release
+from tests.scenarios import recovery
+from tests.scenarios.scenario import Release
 
 pytestmark = pytest.mark.e2e
 
@@ -31,7 +31,7 @@ def test_scale_to_zero_and_back(cluster: KindCluster, kind_layer: dict[str, Any]
 
 @pytest.fixture(scope="module")
 def held(cluster: KindCluster, kind_layer: dict[str, Any]) -> Iterator[Release]:
-    """One release for the exporter and Redis tests (tests/e2e/recovery.py install_held)."""
+    """One release for the exporter and Redis tests (tests/scenarios/recovery.py install_held)."""
     release = Release(cluster.kubeconfig, "held", NAMESPACE)
     recovery.install_held(cluster, release, kind_layer, timeout=TIMEOUT)
     yield release

@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from celeriac.testing import wait_until
-from tests.e2e import scenario
 from tests.e2e.kind import NAMESPACE, KindCluster
+from tests.scenarios import scenario
 
 pytestmark = pytest.mark.e2e
 

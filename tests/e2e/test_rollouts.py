@@ -1,4 +1,4 @@
-"""Scale-in and rollouts on kind (issue 10, items 2 and 5): tests/e2e/rollouts.py's four
+"""Scale-in and rollouts on kind (issue 10, items 2 and 5): tests/scenarios/rollouts.py's four
 scenarios, in order on one release, the ones tests/cluster/test_rollouts.py runs on the local
 control plane, with the same values and assertions: idle workers removed first on scale-in,
 `helm upgrade` keeping the HPA's replica count, a worker rollout while tasks run starting each
@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e import rollouts
 from tests.e2e.kind import NAMESPACE, KindCluster
-from tests.e2e.scenario import Release
+from tests.scenarios import rollouts
+from tests.scenarios.scenario import Release
 
 pytestmark = pytest.mark.e2e
 

@@ -1,6 +1,6 @@
 """The autoscaling burst (issue 10, items 1 and 6), shared by the local control plane's test
 (tests/cluster/test_autoscaling.py) and kind's (tests/e2e/test_autoscaling.py): ``burst_scenario``
-installs, runs, checks and uninstalls; the helpers below also serve tests/e2e/recovery.py and
+installs, runs, checks and uninstalls; the helpers below also serve tests/scenarios/recovery.py and
 rollouts.py.
 
 A burst of ``tasks`` celeriac.demo.sleep tasks of ``seconds`` each goes in through the API; a
@@ -34,8 +34,8 @@ from celeriac.exporter.settings import DEFAULT_PORT as EXPORTER_PORT
 from celeriac.testing import wait_until
 from celeriac.worker.metrics import TASKS_SUCCEEDED
 from celeriac.worker.settings import DEFAULT_METRICS_PORT as WORKER_METRICS_PORT
-from tests.e2e import scenario
-from tests.e2e.scenario import (
+from tests.scenarios import scenario
+from tests.scenarios.scenario import (
     COMPONENT_LABEL,
     FINISHED,
     Kubectl,

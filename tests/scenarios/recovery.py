@@ -3,7 +3,7 @@ with tasks queued (issue 10, items 3 and 4): the scenarios and their assertions,
 local control plane's tests/cluster/test_autoscaling_recovery.py and kind's
 tests/e2e/test_autoscaling_recovery.py. Each takes the cluster (``ScenarioCluster``: kubectl,
 a pod's port, the API's address, diagnostics), the release and the cluster's values layer; the
-helpers are tests/e2e/autoscaling.py's. Behaviour is asserted with deadlines; the time from a
+helpers are tests/scenarios/autoscaling.py's. Behaviour is asserted with deadlines; the time from a
 submit to its result with the group at zero is printed.
 """
 
@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from celeriac.testing import wait_until
-from tests.e2e import autoscaling, scenario
-from tests.e2e.autoscaling import ScenarioCluster
-from tests.e2e.scenario import COMPONENT_LABEL, Release, condition, kubectl_json
+from tests.scenarios import autoscaling, scenario
+from tests.scenarios.autoscaling import ScenarioCluster
+from tests.scenarios.scenario import COMPONENT_LABEL, Release, condition, kubectl_json
 
 # Longer than the (shortened) cooldown plus KEDA's polling interval: were the task not counted
 # in the backlog while it runs, KEDA would take its pod away before it ends.
@@ -42,11 +42,11 @@ def holds(check: Callable[[], bool], seconds: float, message: str) -> None:
 def zero_and_back_scenario(
     cluster: ScenarioCluster, release: Release, layer: Mapping[str, Any], *, timeout: float
 ) -> None:
-    """minReplicas 0, cooldown 20 s (tests/e2e/autoscaling.py zero_values): idle, KEDA takes the
-    group to 0; a task brings a pod back, which is not removed while the task runs (35 s, longer
-    than the cooldown: the backlog counts tasks in flight); after it, the group goes back to 0;
-    a new task brings a pod back again and its time from submit to result is reported. The
-    release is uninstalled at the end."""
+    """minReplicas 0, cooldown 20 s (tests/scenarios/autoscaling.py zero_values): idle, KEDA takes
+    the group to 0; a task brings a pod back, which is not removed while the task runs (35 s, longer
+    than the cooldown: the backlog counts tasks in flight); after it, the group goes back to 0; a
+    new task brings a pod back again and its time from submit to result is reported. The release is
+    uninstalled at the end."""
     values = scenario.values(layer, autoscaling.zero_values())
     try:
         release.install(values, timeout=int(timeout))

@@ -47,7 +47,8 @@ def kubectl_json(cluster: Kubectl, *args: str) -> Any:
 
 
 def values(*overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """values-dev.yaml, tests/e2e/values.yaml, then each of ``overrides``, merged as Helm does."""
+    """values-dev.yaml, tests/scenarios/values.yaml, then each of ``overrides``, merged as Helm
+    does."""
     merged: dict[str, Any] = {}
     for path in VALUES_FILES:
         merged = deep_merge(merged, yaml.safe_load(path.read_text()))

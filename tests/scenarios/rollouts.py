@@ -41,9 +41,9 @@ import redis
 from celeriac.testing import wait_until
 from celeriac.transport import PUBLISHED_AT_PROPERTY
 from celeriac.worker.deletion_cost import ANNOTATION
-from tests.e2e import autoscaling, scenario
-from tests.e2e.autoscaling import TASK, ScenarioCluster, burst_values
-from tests.e2e.scenario import COMPONENT_LABEL, Kubectl, Obj, Release, submit
+from tests.scenarios import autoscaling, scenario
+from tests.scenarios.autoscaling import TASK, ScenarioCluster, burst_values
+from tests.scenarios.scenario import COMPONENT_LABEL, Kubectl, Obj, Release, submit
 
 # Each watch request ends after this many seconds and the next one resumes from the last
 # resourceVersion seen.
