@@ -76,7 +76,7 @@ test-e2e: install
 # on a real node (kubelet, containerd, CNI, kube-proxy, CoreDNS) running the images of `make image`:
 # test_helm.py's helm install/test/upgrade/uninstall, autoscaling, recovery, rollouts, Sentinel.
 e2e: install image
-	$(BIN)/python -m tests.cluster.build
+	$(BIN)/python -m tests.cluster.infra.build
 	$(BIN)/pytest -m cluster tests/cluster --durations=10
 
 # The soak (issue 17, item 5; not in CI; root): 30 minutes of submits and bursts on the local
@@ -84,7 +84,7 @@ e2e: install image
 # containerd and OOM-kills a task (README "Soak"). SOAK_ARGS: e.g. --minutes 5 --seed 2 --record.
 soak: install image
 	$(SYNC) --inexact --extra bench
-	$(BIN)/python -m tests.cluster.build
+	$(BIN)/python -m tests.cluster.infra.build
 	$(BIN)/python -m tests.cluster.soak $(SOAK_ARGS)
 
 # The images (README "The image"): ghcr.io/celeriac/celeriac:<version> and one per component,

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane
-from tests.cluster.node import Node, module_cluster
+from tests.cluster.infra.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane
+from tests.cluster.infra.node import Node, module_cluster
 from tests.support import missing
 
 

@@ -38,8 +38,8 @@ import httpx
 import redis
 
 from tests.chart.render import deep_merge
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.node import Node
+from tests.cluster.infra.controlplane import ControlPlane
+from tests.cluster.infra.node import Node
 from tests.image import build as image_build
 from tests.scenarios import rollouts, scenario
 from tests.scenarios.scenario import COMPONENT_LABEL, Obj, Release

@@ -1,7 +1,7 @@
 """Autoscaling on the local control plane (issue 10, items 1 and 6): the chart's own ScaledObject,
 the real KEDA operator and metrics adapter, the controller-manager's HPA (its default 15 s sync:
 controlplane.py does not set --horizontal-pod-autoscaler-sync-period) and a real node running the
-project's images (tests/cluster/node.py).
+project's images (tests/cluster/infra/node.py).
 
 The burst is tests/scenarios/autoscaling.py's (``burst_scenario``, which kind's
 tests/e2e/test_autoscaling.py runs too): ``TASKS`` celeriac.demo.sleep tasks of ``SECONDS``
@@ -23,8 +23,8 @@ import httpx
 import pytest
 import redis
 
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.node import Node
+from tests.cluster.infra.controlplane import ControlPlane
+from tests.cluster.infra.node import Node
 from tests.cluster.test_helm import api_base_url, diagnostics
 from tests.scenarios import autoscaling
 from tests.scenarios.scenario import COMPONENT_LABEL, Obj, Release, container_port

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.node import Node
+from tests.cluster.infra.controlplane import ControlPlane
+from tests.cluster.infra.node import Node
 from tests.cluster.test_autoscaling import LocalCluster
 from tests.scenarios import recovery
 from tests.scenarios.scenario import Release

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from celeriac.testing import wait_until
-from tests.cluster import network
-from tests.cluster.controlplane import (
+from tests.cluster.infra import network
+from tests.cluster.infra.controlplane import (
     ADAPTER_PORT,
     APISERVER_PORT,
     EXTERNAL_METRICS_APISERVICE,

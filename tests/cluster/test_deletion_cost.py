@@ -22,7 +22,7 @@ from celeriac.worker.deletion_cost import (
     DeletionCostUpdater,
     KubernetesPod,
 )
-from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane
+from tests.cluster.infra.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane
 
 pytestmark = [
     pytest.mark.cluster,

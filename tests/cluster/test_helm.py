@@ -1,7 +1,7 @@
 """`helm install` of charts/celeriac on the local cluster (issue 9, item 3; issue 17): the real
 Helm engine (helm-python-sdk) against the real kube-apiserver (admission and validation applied),
 KEDA's operator and adapter, and a real node (kubelet, containerd, runc, CNI, kube-proxy,
-CoreDNS: tests/cluster/node.py) running the project's images. The scenario is
+CoreDNS: tests/cluster/infra/node.py) running the project's images. The scenario is
 tests/scenarios/scenario.py's, shared with the kind test.
 
 Values: k8s/values-dev.yaml and tests/scenarios/values.yaml (KEDA on) as on kind, plus this
@@ -33,8 +33,8 @@ from celeriac.testing import wait_until
 from celeriac.worker.metrics import TASKS_SUCCEEDED
 from celeriac.worker.settings import DEFAULT_METRICS_PORT as WORKER_METRICS_PORT
 from tests.chart.render import deep_merge
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.node import Node
+from tests.cluster.infra.controlplane import ControlPlane
+from tests.cluster.infra.node import Node
 from tests.scenarios import scenario
 from tests.scenarios.scenario import COMPONENT_LABEL, Release, condition, kubectl_json
 

@@ -1,4 +1,4 @@
-"""tests/cluster/network.py in a network namespace of the test's own (``unshare -n``), so the
+"""tests/cluster/infra/network.py in a network namespace of the test's own (``unshare -n``), so the
 machine's real ``celeriac0`` and anything attached to it are left alone: the bridge and its
 address come and go idempotently, and a pod netns attached to it reaches the host and is
 reached from it over TCP."""
@@ -22,7 +22,7 @@ SCENARIO = textwrap.dedent(
     """
     import os, socket, subprocess, sys
     from celeriac.testing import wait_until
-    from tests.cluster import network as n
+    from tests.cluster.infra import network as n
 
     def ip(*args):
         return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout

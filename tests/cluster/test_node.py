@@ -16,9 +16,14 @@ import yaml
 from celeriac.testing import wait_until
 from celeriac.worker.settings import DEFAULT_READY_FILE
 from tests.chart.render import deep_merge
-from tests.cluster.controlplane import ADAPTER_PORT, APISERVER_PORT, ControlPlane, module_ports
-from tests.cluster.node import CNI_PLUGINS, POD_RANGE, Node
-from tests.cluster.registry import Registry
+from tests.cluster.infra.controlplane import (
+    ADAPTER_PORT,
+    APISERVER_PORT,
+    ControlPlane,
+    module_ports,
+)
+from tests.cluster.infra.node import CNI_PLUGINS, POD_RANGE, Node
+from tests.cluster.infra.registry import Registry
 from tests.cluster.test_helm import api_base_url, tasks_succeeded
 from tests.image import build as image_build
 from tests.scenarios import scenario

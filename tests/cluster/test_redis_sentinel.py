@@ -35,8 +35,8 @@ from celeriac.testing import wait_until
 from celeriac.worker.metrics import TASKS_SUCCEEDED
 from celeriac.worker.settings import DEFAULT_METRICS_PORT as WORKER_METRICS_PORT
 from tests.chart.render import deep_merge
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.node import Node
+from tests.cluster.infra.controlplane import ControlPlane
+from tests.cluster.infra.node import Node
 from tests.cluster.test_autoscaling import LocalCluster
 from tests.cluster.test_helm import LOCAL_VALUES, api_base_url, diagnostics
 from tests.scenarios import autoscaling, scenario

@@ -1,6 +1,6 @@
 """Build the local control plane's binaries from the pinned wrapper modules (issue 9).
 
-``python -m tests.cluster.build [component...]`` builds etcd, kube-apiserver,
+``python -m tests.cluster.infra.build [component...]`` builds etcd, kube-apiserver,
 kube-controller-manager, kube-scheduler and KEDA's operator and metrics adapter with the Go
 toolchain from ``tests/cluster/go/*`` into ``${XDG_CACHE_HOME:-~/.cache}/celeriac/cluster/
 <component>-<version>/<component>``, outside git. A directory that exists is a finished build
@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-GO_ROOT = Path(__file__).resolve().parent / "go"
+GO_ROOT = Path(__file__).resolve().parent.parent / "go"
 
 K8S_BUILD_DATE = "2026-05-12T09:50:49Z"
 KEDA_COMMIT = "68a5b5028f35b22d50597c69819ab32c4e92f21a"  # the v2.20.2 tag (shared/keda-crds)
@@ -175,7 +175,9 @@ def ensure_built(names: list[str] | None = None) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.cluster.build", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.cluster.infra.build", description=__doc__
+    )
     parser.add_argument("components", nargs="*", metavar="component", help=", ".join(COMPONENTS))
     args = parser.parse_args(argv)
     names: list[str] = args.components or list(COMPONENTS)

@@ -1,7 +1,7 @@
 """The local control plane's own test network (issue 9).
 
 One Linux bridge, ``celeriac0``, in the root network namespace with ``10.231.0.1/16``: the host
-side, where kube-apiserver and KEDA's metrics adapter listen. A node (tests/cluster/node.py)
+side, where kube-apiserver and KEDA's metrics adapter listen. A node (tests/cluster/infra/node.py)
 gets its own network namespace with a veth pair whose far end has an address on it and a
 default route via 10.231.0.1 (``attach`` below); its pods live behind it, on routes it adds.
 
@@ -13,7 +13,7 @@ traffic that enters and leaves this bridge (``-i celeriac0 -o celeriac0``) so a 
 elsewhere cannot cut that traffic; ``teardown`` removes it. Nothing here touches any address
 but the ones it creates.
 
-``python -m tests.cluster.network up|down|status``.
+``python -m tests.cluster.infra.network up|down|status``.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def detach(host_if: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.cluster.network")
+    parser = argparse.ArgumentParser(prog="python -m tests.cluster.infra.network")
     parser.add_argument("action", choices=["up", "down", "status"])
     action = parser.parse_args(argv).action
     if action == "up":

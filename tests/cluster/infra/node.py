@@ -17,8 +17,8 @@ Everything a node changes on the machine stays in namespaces of its own:
 - **Cgroups** (v1 here, cgroupfs driver: no systemd): the kubelet's ``cgroupRoot`` is a folder
   under this process's own memory cgroup (``failCgroupV1: false``: 1.35 refuses v1 otherwise);
   containerd and its shims run in ``<root>/runtime`` so a stop can end every process.
-- **Images**: pulled from the project's own registry (``tests/cluster/registry.py``; containerd
-  trusts its CA through ``trust_registry``), or copied from the project's podman storage
+- **Images**: pulled from the project's own registry (``tests/cluster/infra/registry.py``;
+  containerd trusts its CA through ``trust_registry``), or copied from the project's podman storage
   (``make image``) with ``load_image``; the sandbox ("pause") image is made from the same
   Debian base (tini waiting for ever) and loaded: no public registry can be reached.
 
@@ -42,8 +42,8 @@ from typing import Any
 import yaml
 
 from celeriac.testing import Child, free_port
-from tests.cluster import build, network
-from tests.cluster.controlplane import (
+from tests.cluster.infra import build, network
+from tests.cluster.infra.controlplane import (
     CLUSTER_DOMAIN,
     ControlPlane,
     KeyPair,
@@ -51,7 +51,7 @@ from tests.cluster.controlplane import (
     module_ports,
     write_kubeconfig,
 )
-from tests.cluster.lifecycle import Processes
+from tests.cluster.infra.lifecycle import Processes
 from tests.image import build as image_build
 
 NODE_ADDRESS = "10.231.0.10"
@@ -710,7 +710,7 @@ def main() -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m tests.cluster.node",
+        prog="python -m tests.cluster.infra.node",
         description="The local cluster: the control plane and one real node, until interrupted.",
     )
     parser.add_argument("state_dir", type=Path)

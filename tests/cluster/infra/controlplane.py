@@ -12,16 +12,16 @@ reused when present), then starts and waits for, each with a deadline:
   account credentials) and kube-scheduler, on 127.0.0.1 free ports;
 - KEDA: its CRDs, namespace, service account and RBAC from KEDA's own module (``config/``),
   then the operator (in a mount namespace of its own whose /etc/resolv.conf is
-  ``state_dir/resolv.conf``, naming a real node's cluster DNS once one runs: tests/cluster/node.py)
-  and the metrics adapter on 10.231.0.1:7443, with a selector-less Service
-  keda/keda-metrics-apiserver, an EndpointSlice to 10.231.0.1:7443 and the APIService
+  ``state_dir/resolv.conf``, naming a real node's cluster DNS once one runs:
+  tests/cluster/infra/node.py) and the metrics adapter on 10.231.0.1:7443, with a selector-less
+  Service keda/keda-metrics-apiserver, an EndpointSlice to 10.231.0.1:7443 and the APIService
   ``v1beta1.external.metrics.k8s.io`` whose caBundle is the KEDA CA made here.
 
 Logs go to ``state_dir/logs/<component>.log``. On exit every process group is stopped; the
-bridge stays (a node may still use it; ``python -m tests.cluster.network down``).
+bridge stays (a node may still use it; ``python -m tests.cluster.infra.network down``).
 
-``python -m tests.cluster.controlplane STATE_DIR`` runs it until interrupted (``python -m
-tests.cluster.node STATE_DIR``: with a real node).
+``python -m tests.cluster.infra.controlplane STATE_DIR`` runs it until interrupted (``python -m
+tests.cluster.infra.node STATE_DIR``: with a real node).
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from celeriac.testing import Child, free_port
-from tests.cluster import build, network
-from tests.cluster.lifecycle import Processes
+from tests.cluster.infra import build, network
+from tests.cluster.infra.lifecycle import Processes
 
 APISERVER_PORT = 6443
 ADAPTER_PORT = 7443  # 6443 (the adapter's port in KEDA's manifests) is the apiserver's here
@@ -699,7 +699,7 @@ def module_ports(env_prefix: str, apiserver_port: int, adapter_port: int) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.cluster.controlplane")
+    parser = argparse.ArgumentParser(prog="python -m tests.cluster.infra.controlplane")
     parser.add_argument("state_dir", type=Path)
     parser.add_argument("--no-keda", action="store_true", help="only the Kubernetes components")
     parser.add_argument("--apiserver-port", type=int, default=APISERVER_PORT)

@@ -23,9 +23,9 @@ import bcrypt
 import yaml
 
 from celeriac.testing import Child, free_port, wait_until
-from tests.cluster import build, network
-from tests.cluster.controlplane import KeyPair, issue_cert
-from tests.cluster.lifecycle import Lifecycle
+from tests.cluster.infra import build, network
+from tests.cluster.infra.controlplane import KeyPair, issue_cert
+from tests.cluster.infra.lifecycle import Lifecycle
 from tests.image import build as image_build
 
 USER = "celeriac"
