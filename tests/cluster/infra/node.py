@@ -43,15 +43,9 @@ import yaml
 
 from celeriac.testing import Child, free_port
 from tests.cluster.infra import build, network
-from tests.cluster.infra.controlplane import (
-    CLUSTER_DOMAIN,
-    ControlPlane,
-    KeyPair,
-    issue_cert,
-    module_ports,
-    write_kubeconfig,
-)
+from tests.cluster.infra.controlplane import CLUSTER_DOMAIN, ControlPlane, module_ports
 from tests.cluster.infra.lifecycle import Processes
+from tests.cluster.infra.pki import KeyPair, issue_cert, write_kubeconfig
 from tests.image import build as image_build
 
 NODE_ADDRESS = "10.231.0.10"

@@ -24,8 +24,8 @@ import yaml
 
 from celeriac.testing import Child, free_port, wait_until
 from tests.cluster.infra import build, network
-from tests.cluster.infra.controlplane import KeyPair, issue_cert
 from tests.cluster.infra.lifecycle import Lifecycle
+from tests.cluster.infra.pki import KeyPair, issue_cert
 from tests.image import build as image_build
 
 USER = "celeriac"
