@@ -101,10 +101,7 @@ def api_base_url(plane: ControlPlane, release: Release) -> str:
 
 def worker_pool(plane: ControlPlane, worker: dict[str, Any]) -> list[int]:
     """The worker container's pool processes, from its own process table (kubectl exec)."""
-    name = worker["metadata"]["name"]
-    script = scenario.PROCESS_TABLE_SCRIPT
-    listing = plane.kubectl("exec", "-n", NAMESPACE, name, "--", "python", "-c", script)
-    return scenario.pool_processes(scenario.parse_process_table(listing))
+    return scenario.pool_processes(scenario.process_table(plane, worker))
 
 
 def wait_pool(plane: ControlPlane, worker: dict[str, Any], size: int) -> list[int]:

@@ -209,10 +209,16 @@ def release(plane: ControlPlane, node: Node, registry: Registry, image: str) -> 
     return release
 
 
+def only_worker(plane: ControlPlane, release: Release) -> scenario.Obj:
+    """The release's one worker pod."""
+    (worker,) = release.pods(plane, f"{scenario.COMPONENT_LABEL}=worker")
+    return worker
+
+
 def worker_exec(plane: ControlPlane, release: Release, *command: str) -> str:
     """``kubectl exec`` in the release's one worker pod."""
-    (worker,) = release.pods(plane, f"{scenario.COMPONENT_LABEL}=worker")
-    return plane.kubectl("exec", "-n", NAMESPACE, worker["metadata"]["name"], "--", *command)
+    name = only_worker(plane, release)["metadata"]["name"]
+    return plane.kubectl("exec", "-n", NAMESPACE, name, "--", *command)
 
 
 def test_helm_install_runs_a_task_on_the_real_node(
@@ -228,9 +234,7 @@ def test_helm_install_runs_a_task_on_the_real_node(
     assert status["state"] == "SUCCESS", status
     assert status["result"] == 5
     # The pool as the container sees it: CPU limit 1 (values-dev) on a node of 2 CPUs.
-    table = scenario.parse_process_table(
-        worker_exec(plane, release, "python", "-c", scenario.PROCESS_TABLE_SCRIPT)
-    )
+    table = scenario.process_table(plane, only_worker(plane, release))
     assert len(scenario.pool_processes(table)) == 1
     assert Path(table[1][1][0]).name == "tini", table[1]  # PID 1 forwards SIGTERM
 
@@ -316,9 +320,7 @@ def test_a_hung_worker_is_restarted_by_its_liveness_probe(
 ) -> None:
     """The worker's main process stops (SIGSTOP: a hang), its heartbeat goes stale, the
     liveness probe fails and the kubelet restarts the container, which runs tasks again."""
-    table = scenario.parse_process_table(
-        worker_exec(plane, release, "python", "-c", scenario.PROCESS_TABLE_SCRIPT)
-    )
+    table = scenario.process_table(plane, only_worker(plane, release))
     main = table[scenario.pool_processes(table)[0]][0]
     stop = f"import os, signal; os.kill({main}, signal.SIGSTOP)"
     worker_exec(plane, release, "python", "-c", stop)

@@ -93,17 +93,7 @@ def test_a_task_runs_and_the_pool_equals_the_cpu_limit(
         assert status["state"] == "SUCCESS", status
         assert status["result"] == 0.2
         (worker,) = deployed.release.pods(cluster, "app.kubernetes.io/component=worker")
-        table = cluster.kubectl(
-            "exec",
-            "-n",
-            NAMESPACE,
-            worker["metadata"]["name"],
-            "--",
-            "python",
-            "-c",
-            scenario.PROCESS_TABLE_SCRIPT,
-        )
-        pool = scenario.pool_processes(scenario.parse_process_table(table))
+        pool = scenario.pool_processes(scenario.process_table(cluster, worker))
         assert len(pool) == int(deployed.worker_cpu_limit)
     except BaseException:
         print(cluster.diagnostics())

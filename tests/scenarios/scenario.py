@@ -223,9 +223,9 @@ def run_task(api: httpx.Client, task: str, *, timeout: float = 120, **kwargs: An
 
 # -- the worker's pool ------------------------------------------------------------------------
 
-# Lists the processes it can see as "pid ppid argv..." lines. kind runs it in the worker's
-# container (`kubectl exec ... python -c`); the local node reads /proc of the worker's cgroup.
-PROCESS_TABLE_SCRIPT = """
+# Lists the processes it can see as "pid ppid argv..." lines, run in a pod's container by
+# process_table (`kubectl exec ... python -c`).
+_PROCESS_TABLE_SCRIPT = """
 import os
 for pid in sorted(p for p in os.listdir("/proc") if p.isdigit()):
     if int(pid) == os.getpid():  # this script: its argv has newlines
@@ -240,12 +240,19 @@ for pid in sorted(p for p in os.listdir("/proc") if p.isdigit()):
 """
 
 
-def parse_process_table(text: str) -> dict[int, tuple[int, list[str]]]:
+def _parse_process_table(text: str) -> dict[int, tuple[int, list[str]]]:
     table = {}
     for line in text.splitlines():
         pid, ppid, *argv = line.split()
         table[int(pid)] = (int(ppid), argv)
     return table
+
+
+def process_table(cluster: Kubectl, pod: Obj) -> dict[int, tuple[int, list[str]]]:
+    """pid -> (ppid, argv) of the processes ``pod``'s container sees (``kubectl exec``)."""
+    name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
+    command = ["python", "-c", _PROCESS_TABLE_SCRIPT]
+    return _parse_process_table(cluster.kubectl("exec", "-n", namespace, name, "--", *command))
 
 
 def pool_processes(table: Mapping[int, tuple[int, list[str]]]) -> list[int]:
