@@ -13,6 +13,17 @@ from tests.cluster.infra.controlplane import ADAPTER_PORT, APISERVER_PORT, Contr
 from tests.cluster.infra.node import Node, module_cluster
 from tests.support import missing
 
+# The namespace every test release goes in, and how long one step of a scenario may take.
+NAMESPACE = "celeriac"
+TIMEOUT = 180.0
+# Modules with a control plane on ports of their own: module -> the CELERIAC_<prefix>_APISERVER_PORT
+# / _ADAPTER_PORT prefix and the default ports. Others use CELERIAC_CLUSTER_* and 6443/7443.
+CONTROL_PLANE_PORTS = {
+    "test_autoscaling_recovery": ("RECOVERY", 36443, 37443),
+    "test_rollouts": ("ROLLOUTS", 38443, 39443),
+    "test_redis_sentinel": ("SENTINEL", 40443, 41443),
+}
+
 
 @pytest.fixture(autouse=True)
 def _root_for_cluster_tests(request: pytest.FixtureRequest) -> None:
@@ -24,14 +35,14 @@ def _root_for_cluster_tests(request: pytest.FixtureRequest) -> None:
 def cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[ControlPlane, Node]]:
-    """The module's own control plane and real node, on the module's ``APISERVER_PORT`` and
-    ``ADAPTER_PORT`` (else the defaults), overridable through ``CELERIAC_<PORTS_ENV>_*``."""
-    module = request.module
+    """The module's own control plane and real node, on the module's ports in
+    ``CONTROL_PLANE_PORTS`` (else the defaults), overridable through ``CELERIAC_<prefix>_*``."""
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    prefix, apiserver_port, adapter_port = CONTROL_PLANE_PORTS.get(
+        name, ("CLUSTER", APISERVER_PORT, ADAPTER_PORT)
+    )
     with module_cluster(
-        tmp_path_factory.mktemp(module.__name__.rsplit(".", 1)[-1]),
-        getattr(module, "PORTS_ENV", "CLUSTER"),
-        getattr(module, "APISERVER_PORT", APISERVER_PORT),
-        getattr(module, "ADAPTER_PORT", ADAPTER_PORT),
+        tmp_path_factory.mktemp(name), prefix, apiserver_port, adapter_port
     ) as cluster:
         yield cluster
 

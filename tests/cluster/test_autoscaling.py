@@ -16,18 +16,16 @@ reported.
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
-import httpx
 import pytest
-import redis
 
+from tests.cluster.conftest import NAMESPACE, TIMEOUT
 from tests.cluster.infra.controlplane import ControlPlane
+from tests.cluster.infra.local_cluster import LocalCluster
 from tests.cluster.infra.node import Node
-from tests.cluster.test_helm import api_base_url, diagnostics
 from tests.scenarios import autoscaling
-from tests.scenarios.scenario import COMPONENT_LABEL, Obj, Release, container_port
+from tests.scenarios.scenario import Release
 
 pytestmark = [
     pytest.mark.cluster,
@@ -35,49 +33,9 @@ pytestmark = [
 ]
 
 RELEASE = "burst"
-NAMESPACE = "celeriac"
-TIMEOUT = 180.0
 # 72 x 2.5 s = 180 task-seconds; 6 replicas of pool 1 drain them ideally in 30 s.
 TASKS = 72
 SECONDS = 2.5
-
-
-class LocalCluster:
-    """The control plane, with pods reached at their bridge addresses from the host (the
-    scenarios' cluster: tests/scenarios/autoscaling.py ScenarioCluster, rollouts.py
-    RolloutCluster)."""
-
-    def __init__(self, plane: ControlPlane) -> None:
-        self.plane = plane
-
-    def kubectl(self, *args: str) -> str:
-        return self.plane.kubectl(*args)
-
-    def kubectl_command(self, *args: str) -> list[str]:
-        return [self.plane.kubectl_binary, "--kubeconfig", str(self.plane.kubeconfig), *args]
-
-    def http_get(self, pod: Obj, port: int, path: str) -> str:
-        response = httpx.get(f"http://{pod['status']['podIP']}:{port}{path}", timeout=2)
-        response.raise_for_status()
-        return response.text
-
-    def api_url(self, release: Release) -> str:
-        return api_base_url(self.plane, release)
-
-    def redis_client(self, release: Release) -> redis.Redis:
-        """The release's Redis at its pod address, with the generated password."""
-        (pod,) = release.pods(self, f"{COMPONENT_LABEL}=redis")
-        secret = release.one(self, "secret", "redis")
-        password = base64.b64decode(secret["data"]["redis-password"]).decode()
-        return redis.Redis(
-            host=pod["status"]["podIP"],
-            port=container_port(pod, "redis"),
-            password=password,
-            socket_timeout=10,
-        )
-
-    def diagnostics(self) -> str:
-        return diagnostics(self.plane)
 
 
 def test_burst_scales_up_runs_each_task_once_and_scales_back(
@@ -85,7 +43,7 @@ def test_burst_scales_up_runs_each_task_once_and_scales_back(
 ) -> None:
     plane, node = cluster
     autoscaling.burst_scenario(
-        LocalCluster(plane),
+        LocalCluster(plane, NAMESPACE, TIMEOUT),
         Release(plane.kubeconfig, RELEASE, NAMESPACE),
         node.chart_values(RELEASE),
         tmp_path,

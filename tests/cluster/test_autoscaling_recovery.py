@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
+from tests.cluster.conftest import NAMESPACE, TIMEOUT
 from tests.cluster.infra.controlplane import ControlPlane
+from tests.cluster.infra.local_cluster import LocalCluster
 from tests.cluster.infra.node import Node
-from tests.cluster.test_autoscaling import LocalCluster
 from tests.scenarios import recovery
 from tests.scenarios.scenario import Release
 
@@ -26,12 +27,6 @@ pytestmark = [
     pytest.mark.cluster,
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
-
-NAMESPACE = "celeriac"
-TIMEOUT = 180.0
-PORTS_ENV = "RECOVERY"  # CELERIAC_RECOVERY_APISERVER_PORT / _ADAPTER_PORT
-APISERVER_PORT = 36443
-ADAPTER_PORT = 37443
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +37,10 @@ def layer(cluster: tuple[ControlPlane, Node]) -> dict[str, Any]:
 
 def test_scale_to_zero_and_back(plane: ControlPlane, layer: dict[str, Any]) -> None:
     recovery.zero_and_back_scenario(
-        LocalCluster(plane), Release(plane.kubeconfig, "zero", NAMESPACE), layer, timeout=TIMEOUT
+        LocalCluster(plane, NAMESPACE, TIMEOUT),
+        Release(plane.kubeconfig, "zero", NAMESPACE),
+        layer,
+        timeout=TIMEOUT,
     )
 
 
@@ -50,7 +48,7 @@ def test_scale_to_zero_and_back(plane: ControlPlane, layer: dict[str, Any]) -> N
 def held(plane: ControlPlane, layer: dict[str, Any]) -> Iterator[Release]:
     """One release for the exporter and Redis tests (tests/scenarios/recovery.py install_held)."""
     release = Release(plane.kubeconfig, "held", NAMESPACE)
-    recovery.install_held(LocalCluster(plane), release, layer, timeout=TIMEOUT)
+    recovery.install_held(LocalCluster(plane, NAMESPACE, TIMEOUT), release, layer, timeout=TIMEOUT)
     yield release
     release.uninstall(timeout=int(TIMEOUT))
 
@@ -58,10 +56,10 @@ def held(plane: ControlPlane, layer: dict[str, Any]) -> Iterator[Release]:
 def test_exporter_down_fallback_holds_replicas_then_scaling_resumes(
     plane: ControlPlane, held: Release
 ) -> None:
-    recovery.exporter_down_scenario(LocalCluster(plane), held, timeout=TIMEOUT)
+    recovery.exporter_down_scenario(LocalCluster(plane, NAMESPACE, TIMEOUT), held, timeout=TIMEOUT)
 
 
 def test_redis_pod_deleted_keeps_queued_tasks_and_everything_recovers(
     plane: ControlPlane, held: Release
 ) -> None:
-    recovery.redis_deleted_scenario(LocalCluster(plane), held, timeout=TIMEOUT)
+    recovery.redis_deleted_scenario(LocalCluster(plane, NAMESPACE, TIMEOUT), held, timeout=TIMEOUT)

@@ -25,15 +25,13 @@ import subprocess
 import time
 from typing import Any
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from celeriac.testing import wait_until
-from celeriac.worker.metrics import TASKS_SUCCEEDED
-from celeriac.worker.settings import DEFAULT_METRICS_PORT as WORKER_METRICS_PORT
 from tests.chart.render import deep_merge
+from tests.cluster.conftest import NAMESPACE, TIMEOUT
 from tests.cluster.infra.controlplane import ControlPlane
+from tests.cluster.infra.local_cluster import api_base_url, diagnostics, tasks_succeeded
 from tests.cluster.infra.node import Node
 from tests.scenarios import scenario
 from tests.scenarios.scenario import COMPONENT_LABEL, Release, condition, kubectl_json
@@ -45,9 +43,7 @@ pytestmark = [
 ]
 
 RELEASE = "smoke"
-NAMESPACE = "celeriac"
 COMPONENTS = {"redis", "api", "beat", "exporter", "worker"}
-TIMEOUT = 180.0
 # One worker replica, so that the pool checked is the only one (Redis on a claim and the
 # images: Node.chart_values).
 LOCAL_VALUES: dict[str, Any] = {
@@ -58,45 +54,11 @@ LOCAL_VALUES: dict[str, Any] = {
 UPGRADE_VALUES: dict[str, Any] = {"workers": {"default": {"resources": {"limits": {"cpu": "2"}}}}}
 
 
-def diagnostics(plane: ControlPlane) -> str:
-    sections = []
-    for args in (
-        ["get", "all,scaledobject,hpa,pvc", "-n", NAMESPACE, "-o", "wide"],
-        ["get", "events", "-n", NAMESPACE, "--sort-by=.lastTimestamp"],
-    ):
-        sections.append(f"$ kubectl {' '.join(args)}\n{plane.kubectl(*args, check=False)}")
-    return "\n".join(sections)
-
-
 def by_component(pods: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     found = {pod["metadata"]["labels"][COMPONENT_LABEL]: pod for pod in pods}
     assert set(found) == COMPONENTS, sorted(found)
     assert len(pods) == len(COMPONENTS), [pod["metadata"]["name"] for pod in pods]
     return found
-
-
-def api_base_url(plane: ControlPlane, release: Release) -> str:
-    """The API Service's ready endpoint, from its EndpointSlice: a pod address on the bridge."""
-    service = release.one(plane, "service", "api")["metadata"]["name"]
-
-    def endpoint() -> str | None:
-        slices = kubectl_json(
-            plane,
-            "get",
-            "endpointslices",
-            "-n",
-            release.namespace,
-            "-l",
-            f"kubernetes.io/service-name={service}",
-        )["items"]
-        for item in slices:
-            port = next(p["port"] for p in item["ports"] if p["name"] == "http")
-            for ready in item.get("endpoints") or []:
-                if ready["conditions"].get("ready"):
-                    return f"http://{ready['addresses'][0]}:{port}"
-        return None
-
-    return wait_until(endpoint, timeout=TIMEOUT, message=f"a ready endpoint of {service}")
 
 
 def worker_pool(plane: ControlPlane, worker: dict[str, Any]) -> list[int]:
@@ -114,18 +76,6 @@ def wait_pool(plane: ControlPlane, worker: dict[str, Any], size: int) -> list[in
     return wait_until(pool, timeout=60, message=f"the worker's pool of {size}")
 
 
-def tasks_succeeded(worker: dict[str, Any], task: str) -> float:
-    """The succeeded-task counter of ``task`` on the worker pod's metrics port."""
-    url = f"http://{worker['status']['podIP']}:{WORKER_METRICS_PORT}/metrics"
-    with httpx.Client(timeout=5) as client:
-        text = client.get(url).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == TASKS_SUCCEEDED and sample.labels["task"] == task:
-                return float(sample.value)
-    return 0.0
-
-
 def run_task_on_worker(
     plane: ControlPlane, release: Release, worker: dict[str, Any], seconds: float
 ) -> None:
@@ -134,7 +84,7 @@ def run_task_on_worker(
     task = "celeriac.demo.sleep"
     assert tasks_succeeded(worker, task) == 0
     token = release.api_token(plane)
-    with scenario.api_client(api_base_url(plane, release), token) as api:
+    with scenario.api_client(api_base_url(plane, release, timeout=TIMEOUT), token) as api:
         status = scenario.run_task(api, task, timeout=TIMEOUT, seconds=seconds)
     assert status["state"] == "SUCCESS", status
     assert status["result"] == seconds
@@ -240,7 +190,7 @@ def test_install_test_upgrade_uninstall(cluster: tuple[ControlPlane, Node]) -> N
         redis_port = scenario.container_port(pods["redis"], "redis")
         assert cut_connections(node, worker, redis_port) >= 2  # at least the fetch and the fanout
         cut_at = time.monotonic()
-        with scenario.api_client(api_base_url(plane, release), token) as api:
+        with scenario.api_client(api_base_url(plane, release, timeout=TIMEOUT), token) as api:
             ids = [scenario.submit(api, "celeriac.demo.add", x=n, y=1) for n in range(10)]
             finished = scenario.wait_finished(api, ids, timeout=TIMEOUT)
         assert [finished[i]["result"] for i in ids] == [n + 1 for n in range(10)]
@@ -250,7 +200,7 @@ def test_install_test_upgrade_uninstall(cluster: tuple[ControlPlane, Node]) -> N
             f"worker restarts {restarts['restartCount']}"
         )
     except BaseException:
-        print(diagnostics(plane))
+        print(diagnostics(plane, NAMESPACE))
         raise
 
     # `helm uninstall`: no pods, nothing of the release but the Redis claim, which the chart

@@ -16,15 +16,16 @@ import yaml
 from celeriac.testing import wait_until
 from celeriac.worker.settings import DEFAULT_READY_FILE
 from tests.chart.render import deep_merge
+from tests.cluster.conftest import NAMESPACE, TIMEOUT
 from tests.cluster.infra.controlplane import (
     ADAPTER_PORT,
     APISERVER_PORT,
     ControlPlane,
     module_ports,
 )
+from tests.cluster.infra.local_cluster import api_base_url, tasks_succeeded
 from tests.cluster.infra.node import CNI_PLUGINS, POD_RANGE, Node
 from tests.cluster.infra.registry import Registry
-from tests.cluster.test_helm import api_base_url, tasks_succeeded
 from tests.image import build as image_build
 from tests.scenarios import scenario
 from tests.scenarios.scenario import Release
@@ -33,7 +34,6 @@ from tests.support import missing
 pytestmark = [pytest.mark.cluster]
 
 POD_TIMEOUT = 120.0
-NAMESPACE = "celeriac"
 PULL_SECRET = "regcred"
 CHECK = "celeriac --help >/dev/null"  # the image's own command runs
 
@@ -229,7 +229,9 @@ def test_helm_install_runs_a_task_on_the_real_node(
     pods = release.pods(plane)
     assert {pod["spec"]["nodeName"] for pod in pods} == {node.name}
     assert not scenario.not_ready(pods)
-    with scenario.api_client(api_base_url(plane, release), release.api_token(plane)) as api:
+    with scenario.api_client(
+        api_base_url(plane, release, timeout=TIMEOUT), release.api_token(plane)
+    ) as api:
         status = scenario.run_task(api, "celeriac.demo.add", timeout=POD_TIMEOUT, x=2, y=3)
     assert status["state"] == "SUCCESS", status
     assert status["result"] == 5
@@ -291,7 +293,9 @@ def test_a_task_over_the_memory_limit_is_oom_killed_then_dead_lettered(
     ``CELERIAC_MAX_LOST_DELIVERIES`` (3) lost deliveries, set aside as a dead letter. The
     worker itself stays up and keeps running tasks."""
     oom_before = oom_kills(plane, release)
-    with scenario.api_client(api_base_url(plane, release), release.api_token(plane)) as api:
+    with scenario.api_client(
+        api_base_url(plane, release, timeout=TIMEOUT), release.api_token(plane)
+    ) as api:
         task_id = scenario.submit(api, "celeriac.demo.memory", megabytes=768)
 
         def dead_letter() -> dict[str, Any] | None:
@@ -334,7 +338,9 @@ def test_a_hung_worker_is_restarted_by_its_liveness_probe(
     wait_until(restarted, timeout=POD_TIMEOUT * 2, message="the worker restarted and ready")
     events = plane.kubectl("get", "events", "-n", NAMESPACE, "--field-selector", "reason=Unhealthy")
     assert "Liveness probe failed" in events, events
-    with scenario.api_client(api_base_url(plane, release), release.api_token(plane)) as api:
+    with scenario.api_client(
+        api_base_url(plane, release, timeout=TIMEOUT), release.api_token(plane)
+    ) as api:
         status = scenario.run_task(api, "celeriac.demo.add", timeout=POD_TIMEOUT, x=3, y=4)
     assert status["state"] == "SUCCESS", status
 
@@ -453,7 +459,9 @@ def test_your_own_tasks_image_from_celeriacs_runs_your_tasks(
             for pod in release.pods(plane, f"{scenario.COMPONENT_LABEL}=worker")
         }
         assert set(workers) == {"default", "cpu"}
-        with scenario.api_client(api_base_url(plane, release), release.api_token(plane)) as api:
+        with scenario.api_client(
+            api_base_url(plane, release, timeout=TIMEOUT), release.api_token(plane)
+        ) as api:
             words = scenario.run_task(
                 api, "mytasks.word_count", timeout=POD_TIMEOUT, text="one two three"
             )

@@ -35,10 +35,11 @@ from celeriac.testing import wait_until
 from celeriac.worker.metrics import TASKS_SUCCEEDED
 from celeriac.worker.settings import DEFAULT_METRICS_PORT as WORKER_METRICS_PORT
 from tests.chart.render import deep_merge
+from tests.cluster.conftest import NAMESPACE, TIMEOUT
 from tests.cluster.infra.controlplane import ControlPlane
+from tests.cluster.infra.local_cluster import LocalCluster, api_base_url, diagnostics
 from tests.cluster.infra.node import Node
-from tests.cluster.test_autoscaling import LocalCluster
-from tests.cluster.test_helm import LOCAL_VALUES, api_base_url, diagnostics
+from tests.cluster.test_helm import LOCAL_VALUES
 from tests.scenarios import autoscaling, scenario
 from tests.scenarios.scenario import COMPONENT_LABEL, Obj, Release, condition, kubectl_json
 
@@ -47,12 +48,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
 
-NAMESPACE = "celeriac"
 RELEASE = "ha"
-TIMEOUT = 180.0
-PORTS_ENV = "SENTINEL"  # CELERIAC_SENTINEL_APISERVER_PORT / _ADAPTER_PORT
-APISERVER_PORT = 40443
-ADAPTER_PORT = 41443
 REDIS_PORT = 6379
 SENTINEL_PORT = 26379
 MASTER_NAME = "celeriac"  # redis.sentinel.masterName's default
@@ -81,7 +77,7 @@ def release(cluster: tuple[ControlPlane, Node]) -> Iterator[Release]:
         scenario.wait_all_ready(plane, release, expected=EXPECTED_PODS, timeout=TIMEOUT)
         print(f"install to every pod Ready: {time.monotonic() - started:.1f} s")
     except BaseException:
-        print(diagnostics(plane))
+        print(diagnostics(plane, NAMESPACE))
         raise
     yield release
     release.uninstall(timeout=int(TIMEOUT))
@@ -202,7 +198,7 @@ def restarts(plane: ControlPlane, release: Release) -> dict[str, int]:
 def test_install_every_pod_ready_and_tasks_run_through_sentinel(
     plane: ControlPlane, release: Release
 ) -> None:
-    cluster = LocalCluster(plane)
+    cluster = LocalCluster(plane, NAMESPACE, TIMEOUT)
     redis_pods = RedisPods(plane, release)
     try:
         statefulset = release.one(plane, "statefulset", "redis")
@@ -237,7 +233,9 @@ def test_install_every_pod_ready_and_tasks_run_through_sentinel(
         (hook,) = release.hooks()
         assert hook["last_run"]["phase"] == "Succeeded", hook["last_run"]
 
-        with scenario.api_client(api_base_url(plane, release), release.api_token(plane)) as api:
+        with scenario.api_client(
+            api_base_url(plane, release, timeout=TIMEOUT), release.api_token(plane)
+        ) as api:
             status = scenario.run_task(api, ADD_TASK, timeout=TIMEOUT, x=2, y=3)
         assert status["state"] == "SUCCESS", status
         assert status["result"] == 5
@@ -248,7 +246,7 @@ def test_install_every_pod_ready_and_tasks_run_through_sentinel(
         )
         assert wait_until(lambda: exporter_redis_up(cluster, release), timeout=30) == 1
     except BaseException:
-        print(diagnostics(plane))
+        print(diagnostics(plane, NAMESPACE))
         raise
 
 
@@ -261,14 +259,16 @@ def test_install_every_pod_ready_and_tasks_run_through_sentinel(
 def test_master_pod_deleted_fails_over_and_loses_no_task(
     plane: ControlPlane, release: Release
 ) -> None:
-    cluster = LocalCluster(plane)
+    cluster = LocalCluster(plane, NAMESPACE, TIMEOUT)
     redis_pods = RedisPods(plane, release)
     try:
         master_name = wait_until(redis_pods.settled, timeout=60, interval=1, message="settled")
         old = redis_pods.pods()[master_name]
         before = restarts(plane, release)
         runs_before = worker_runs(cluster, release, ADD_TASK)
-        with scenario.api_client(api_base_url(plane, release), release.api_token(plane)) as api:
+        with scenario.api_client(
+            api_base_url(plane, release, timeout=TIMEOUT), release.api_token(plane)
+        ) as api:
             queued = [
                 scenario.submit(api, autoscaling.TASK, seconds=QUEUED_SECONDS)
                 for _ in range(QUEUED_TASKS)
@@ -385,5 +385,5 @@ def test_master_pod_deleted_fails_over_and_loses_no_task(
             k: v for k, v in before.items() if k != master_name
         }, (before, after)
     except BaseException:
-        print(diagnostics(plane))
+        print(diagnostics(plane, NAMESPACE))
         raise

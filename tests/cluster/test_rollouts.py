@@ -25,9 +25,10 @@ from typing import Any
 
 import pytest
 
+from tests.cluster.conftest import NAMESPACE, TIMEOUT
 from tests.cluster.infra.controlplane import ControlPlane
+from tests.cluster.infra.local_cluster import LocalCluster
 from tests.cluster.infra.node import Node
-from tests.cluster.test_autoscaling import LocalCluster
 from tests.scenarios import rollouts
 from tests.scenarios.scenario import Release
 
@@ -36,12 +37,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
 
-NAMESPACE = "celeriac"
 RELEASE = "rollout"
-TIMEOUT = 180.0
-PORTS_ENV = "ROLLOUTS"  # CELERIAC_ROLLOUTS_APISERVER_PORT / _ADAPTER_PORT
-APISERVER_PORT = 38443
-ADAPTER_PORT = 39443
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +49,7 @@ def layer(cluster: tuple[ControlPlane, Node]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def release(plane: ControlPlane, layer: dict[str, Any]) -> Iterator[Release]:
     release = Release(plane.kubeconfig, RELEASE, NAMESPACE)
-    rollouts.install(LocalCluster(plane), release, layer, timeout=TIMEOUT)
+    rollouts.install(LocalCluster(plane, NAMESPACE, TIMEOUT), release, layer, timeout=TIMEOUT)
     yield release
     release.uninstall(timeout=int(TIMEOUT))
 
@@ -61,22 +57,28 @@ def release(plane: ControlPlane, layer: dict[str, Any]) -> Iterator[Release]:
 def test_scale_in_removes_idle_workers_before_busy_ones(
     plane: ControlPlane, release: Release
 ) -> None:
-    rollouts.scale_in_scenario(LocalCluster(plane), release, timeout=TIMEOUT)
+    rollouts.scale_in_scenario(LocalCluster(plane, NAMESPACE, TIMEOUT), release, timeout=TIMEOUT)
 
 
 def test_worker_upgrade_keeps_the_replica_count_the_hpa_chose(
     plane: ControlPlane, layer: dict[str, Any], release: Release
 ) -> None:
-    rollouts.upgrade_keeps_replicas_scenario(LocalCluster(plane), release, layer, timeout=TIMEOUT)
+    rollouts.upgrade_keeps_replicas_scenario(
+        LocalCluster(plane, NAMESPACE, TIMEOUT), release, layer, timeout=TIMEOUT
+    )
 
 
 def test_worker_rollout_while_tasks_run_loses_and_repeats_nothing(
     plane: ControlPlane, layer: dict[str, Any], release: Release
 ) -> None:
-    rollouts.worker_rollout_scenario(LocalCluster(plane), release, layer, timeout=TIMEOUT)
+    rollouts.worker_rollout_scenario(
+        LocalCluster(plane, NAMESPACE, TIMEOUT), release, layer, timeout=TIMEOUT
+    )
 
 
 def test_beat_upgrade_recreates_one_beat_and_fires_each_entry_once(
     plane: ControlPlane, layer: dict[str, Any], release: Release
 ) -> None:
-    rollouts.beat_upgrade_scenario(LocalCluster(plane), release, layer, timeout=TIMEOUT)
+    rollouts.beat_upgrade_scenario(
+        LocalCluster(plane, NAMESPACE, TIMEOUT), release, layer, timeout=TIMEOUT
+    )
