@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,11 @@ from tests.support import missing
 # The namespace every test release goes in, and how long one step of a scenario may take.
 NAMESPACE = "celeriac"
 TIMEOUT = 180.0
+# One worker replica, so that the pool checked is the only one (Redis on a claim and the
+# images: Node.chart_values).
+LOCAL_VALUES: dict[str, Any] = {
+    "workerDefaults": {"autoscaling": {"minReplicas": 1, "maxReplicas": 1}},
+}
 # Modules with a control plane on ports of their own: module -> the CELERIAC_<prefix>_APISERVER_PORT
 # / _ADAPTER_PORT prefix and the default ports. Others use CELERIAC_CLUSTER_* and 6443/7443.
 CONTROL_PLANE_PORTS = {

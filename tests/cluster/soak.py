@@ -19,7 +19,6 @@ The exit status is 1 when an acknowledged task is lost or beat fired an entry tw
 from __future__ import annotations
 
 import argparse
-import base64
 import csv
 import itertools
 import json
@@ -38,19 +37,16 @@ import httpx
 import redis
 
 from tests.chart.render import deep_merge
+from tests.cluster.conftest import NAMESPACE
 from tests.cluster.infra.controlplane import ControlPlane
 from tests.cluster.infra.node import Node
+from tests.cluster.infra.redis_pods import REDIS_PODS, REDIS_PORT, RedisPods
 from tests.image import build as image_build
 from tests.scenarios import rollouts, scenario
 from tests.scenarios.scenario import COMPONENT_LABEL, Obj, Release
 from tests.support import REPO_ROOT
 
-NAMESPACE = "celeriac"
 RELEASE = "soak"
-REDIS_PODS = 3
-SENTINEL_PORT = 26379
-REDIS_PORT = 6379
-MASTER_NAME = "celeriac"  # redis.sentinel.masterName's default
 TICK_SECONDS = 2.0
 TICK = rollouts.beat_entry(TICK_SECONDS, marker=1)
 VALUES: dict[str, Any] = {
@@ -106,9 +102,7 @@ class Soak:
         self.node = node
         self.release = release
         self.random = random.Random(seed)
-        self.password = base64.b64decode(
-            release.one(plane, "secret", "redis")["data"]["redis-password"]
-        ).decode()
+        self.redis = RedisPods(plane, release)
         service = release.one(plane, "service", "api")
         port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "http")
         # The Service's ClusterIP (routed to the node, translated by kube-proxy): a deleted API
@@ -140,13 +134,13 @@ class Soak:
         """SUBSCRIBE to the task results on every Redis pod, following pods that come back."""
         clients: dict[str, Any] = {}
         while not self._stop.is_set():
-            for pod in self.redis_pods():
+            for pod in self.redis.pods().values():
                 name, address = pod["metadata"]["name"], pod["status"].get("podIP")
                 if address and (name not in clients or clients[name][0] != address):
                     pubsub = redis.Redis(
                         address,
                         REDIS_PORT,
-                        password=self.password,
+                        password=self.redis.password,
                         socket_timeout=5,
                         socket_connect_timeout=2,
                     ).pubsub()
@@ -168,30 +162,6 @@ class Soak:
 
     # -- the faults -------------------------------------------------------------------------
 
-    def redis_pods(self) -> list[Obj]:
-        pods = self.release.pods(self.plane, f"{COMPONENT_LABEL}=redis")
-        return [pod for pod in pods if not pod["metadata"].get("deletionTimestamp")]
-
-    def ask(self, pod: Obj, port: int, *command: object) -> Any:
-        with redis.Redis(
-            pod["status"]["podIP"], port, password=self.password, socket_timeout=2
-        ) as client:
-            return client.execute_command(*command)
-
-    def master(self) -> Obj:
-        """The pod the sentinels name master (the first that answers)."""
-        pods = {pod["metadata"]["name"]: pod for pod in self.redis_pods()}
-        for pod in pods.values():
-            try:
-                reply = self.ask(
-                    pod, SENTINEL_PORT, "SENTINEL", "get-master-addr-by-name", MASTER_NAME
-                )
-            except (redis.RedisError, KeyError):
-                continue
-            if reply and (name := reply[0].decode().split(".", 1)[0]) in pods:
-                return pods[name]
-        raise RuntimeError("no sentinel names a master")
-
     def delete_one(self, component: str) -> str:
         pods = [
             str(pod["metadata"]["name"])
@@ -206,7 +176,7 @@ class Soak:
         if kind in ("worker", "api", "exporter", "beat"):
             return self.delete_one(kind)
         if kind == "redis-master":
-            name = str(self.master()["metadata"]["name"])
+            name = str(self.redis.master()["metadata"]["name"])
             self.plane.kubectl("delete", "pod", "-n", NAMESPACE, name, "--wait=false")
             return name
         if kind == "containerd":
@@ -288,9 +258,9 @@ class Soak:
         return pending
 
     def beat_gaps(self) -> list[float]:
-        master = self.master()
+        master = self.redis.master()
         with redis.Redis(
-            master["status"]["podIP"], REDIS_PORT, password=self.password, socket_timeout=10
+            master["status"]["podIP"], REDIS_PORT, password=self.redis.password, socket_timeout=10
         ) as client:
             messages = rollouts.beat_messages(client)
         return rollouts.gaps(rollouts.firings(messages, marker=1))

@@ -29,7 +29,7 @@ import pytest
 
 from celeriac.testing import wait_until
 from tests.chart.render import deep_merge
-from tests.cluster.conftest import NAMESPACE, TIMEOUT
+from tests.cluster.conftest import LOCAL_VALUES, NAMESPACE, TIMEOUT
 from tests.cluster.infra.controlplane import ControlPlane
 from tests.cluster.infra.local_cluster import api_base_url, diagnostics, tasks_succeeded
 from tests.cluster.infra.node import Node
@@ -44,11 +44,6 @@ pytestmark = [
 
 RELEASE = "smoke"
 COMPONENTS = {"redis", "api", "beat", "exporter", "worker"}
-# One worker replica, so that the pool checked is the only one (Redis on a claim and the
-# images: Node.chart_values).
-LOCAL_VALUES: dict[str, Any] = {
-    "workerDefaults": {"autoscaling": {"minReplicas": 1, "maxReplicas": 1}},
-}
 # The upgrade: the worker's CPU limit 1 -> 2 (the node's cores: the worker caps its pool at the
 # CPUs it may use). A pool of 1 before differs from Celery's own default (one per core).
 UPGRADE_VALUES: dict[str, Any] = {"workers": {"default": {"resources": {"limits": {"cpu": "2"}}}}}

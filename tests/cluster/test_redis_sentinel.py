@@ -21,13 +21,11 @@ result never reaches SUCCESS through the API.
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 
 from celeriac.exporter.collector import REDIS_UP
 from celeriac.exporter.settings import DEFAULT_PORT as EXPORTER_PORT
@@ -35,11 +33,16 @@ from celeriac.testing import wait_until
 from celeriac.worker.metrics import TASKS_SUCCEEDED
 from celeriac.worker.settings import DEFAULT_METRICS_PORT as WORKER_METRICS_PORT
 from tests.chart.render import deep_merge
-from tests.cluster.conftest import NAMESPACE, TIMEOUT
+from tests.cluster.conftest import LOCAL_VALUES, NAMESPACE, TIMEOUT
 from tests.cluster.infra.controlplane import ControlPlane
 from tests.cluster.infra.local_cluster import LocalCluster, api_base_url, diagnostics
 from tests.cluster.infra.node import Node
-from tests.cluster.test_helm import LOCAL_VALUES
+from tests.cluster.infra.redis_pods import (
+    MASTER_NAME,
+    REDIS_PODS,
+    REDIS_PORT,
+    RedisPods,
+)
 from tests.scenarios import autoscaling, scenario
 from tests.scenarios.scenario import COMPONENT_LABEL, Obj, Release, condition, kubectl_json
 
@@ -49,10 +52,6 @@ pytestmark = [
 ]
 
 RELEASE = "ha"
-REDIS_PORT = 6379
-SENTINEL_PORT = 26379
-MASTER_NAME = "celeriac"  # redis.sentinel.masterName's default
-REDIS_PODS = 3  # redis.replicas' default with Sentinel
 # Redis pods, API, beat, exporter, one worker.
 EXPECTED_PODS = REDIS_PODS + 4
 VALUES: dict[str, Any] = {**LOCAL_VALUES, "redis": {"sentinel": {"enabled": True}}}
@@ -81,74 +80,6 @@ def release(cluster: tuple[ControlPlane, Node]) -> Iterator[Release]:
         raise
     yield release
     release.uninstall(timeout=int(TIMEOUT))
-
-
-class RedisPods:
-    """The release's Redis pods, reached at their addresses with the generated password."""
-
-    def __init__(self, plane: ControlPlane, release: Release) -> None:
-        self.plane = plane
-        self.release = release
-        secret = release.one(plane, "secret", "redis")
-        self.password = base64.b64decode(secret["data"]["redis-password"]).decode()
-
-    def pods(self) -> dict[str, Obj]:
-        """Pod name -> pod, of the pods that have an address and are not going away."""
-        return {
-            pod["metadata"]["name"]: pod
-            for pod in self.release.pods(self.plane, f"{COMPONENT_LABEL}=redis")
-            if pod["status"].get("podIP") and not pod["metadata"].get("deletionTimestamp")
-        }
-
-    def ask(self, pod: Obj, port: int, *command: object) -> Any:
-        """One command to the pod's redis-server or sentinel (a fresh connection)."""
-        with redis.Redis(
-            pod["status"]["podIP"], port, password=self.password, socket_timeout=2
-        ) as client:
-            return client.execute_command(*command)
-
-    def master_named_by(self, pod: Obj) -> str | None:
-        """The pod the sentinel of ``pod`` names master (its name: the first label of the
-        headless Service's name it answers), None when it knows none."""
-        reply = self.ask(pod, SENTINEL_PORT, "SENTINEL", "get-master-addr-by-name", MASTER_NAME)
-        if not reply:
-            return None
-        host: str = reply[0].decode()
-        port = int(reply[1])
-        assert port == REDIS_PORT, reply
-        return host.split(".", 1)[0]
-
-    def role(self, pod: Obj) -> tuple[str, str | None]:
-        """("master", None), or ("slave", the master's pod name once the link is up)."""
-        info = self.ask(pod, REDIS_PORT, "INFO", "replication")
-        if isinstance(info, bytes):
-            info = dict(
-                line.split(":", 1)
-                for line in info.decode().splitlines()
-                if ":" in line and not line.startswith("#")
-            )
-        if info["role"] == "master":
-            return "master", None
-        up = info["master_link_status"] == "up"
-        return "slave", str(info["master_host"]).split(".", 1)[0] if up else None
-
-    def settled(self) -> str | None:
-        """The master's pod name when every pod is up, every sentinel names it and knows the
-        others, it is master and every other pod replicates it with the link up."""
-        pods = self.pods()
-        if len(pods) != REDIS_PODS or scenario.not_ready(pods.values()):
-            return None
-        named = {self.master_named_by(pod) for pod in pods.values()}
-        if len(named) != 1 or None in named:
-            return None
-        (master,) = named
-        assert master is not None
-        for name, pod in pods.items():
-            sentinels = self.ask(pod, SENTINEL_PORT, "SENTINEL", "sentinels", MASTER_NAME)
-            expected = ("master", None) if name == master else ("slave", master)
-            if len(sentinels) != REDIS_PODS - 1 or self.role(pod) != expected:
-                return None
-        return master
 
 
 def headless(release: Release, plane: ControlPlane) -> str:
