@@ -39,6 +39,7 @@ from celeriac.worker.sizing import pool_size
 from tests.chart.matrix import MATRIX
 from tests.chart.render import CHART_DIR, Obj, Rendered, containers, env_of, pod_spec, render
 from tests.chart.served import served_series
+from tests.cluster.infra.redis_pods import MASTER_NAME, REDIS_PODS, REDIS_PORT, SENTINEL_PORT
 from tests.support import variables_in_code
 
 pytestmark = pytest.mark.chart
@@ -298,3 +299,16 @@ def test_the_sentinel_tests_run_redis_as_the_chart_configures_it(
         for name, _, value in [line.strip().partition(" ")]
     }
     assert {name: directives.get(name) for name, _ in HA_NODE_CONFIG} == dict(HA_NODE_CONFIG)
+
+
+def test_the_cluster_tests_reach_redis_as_the_chart_runs_it(renders: dict[str, Rendered]) -> None:
+    """tests/cluster's RedisPods (test_redis_sentinel.py, soak.py) asks the pods on these ports
+    for this master name: the chart's defaults with Sentinel on."""
+    rendered = renders["sentinel"]
+    statefulset = rendered.get("StatefulSet", "celeriac-redis")
+    assert statefulset["spec"]["replicas"] == REDIS_PODS
+    ports = {c["name"]: port_named(c, c["name"]) for c in pod_spec(statefulset)["containers"]}
+    assert ports == {"redis": REDIS_PORT, "sentinel": SENTINEL_PORT}
+    (worker,) = workloads_of(rendered, "worker")
+    (container,) = pod_spec(worker)["containers"]
+    assert env_of(container)["CELERIAC_REDIS_SENTINEL_MASTER"]["value"] == MASTER_NAME
