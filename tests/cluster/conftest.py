@@ -14,8 +14,7 @@ from tests.cluster.infra.controlplane import ADAPTER_PORT, APISERVER_PORT, Contr
 from tests.cluster.infra.node import Node, module_cluster
 from tests.support import missing
 
-# The namespace every test release goes in, and how long one step of a scenario may take.
-NAMESPACE = "celeriac"
+# How long one step of a scenario may take.
 TIMEOUT = 180.0
 # One worker replica, so that the pool checked is the only one (Redis on a claim and the
 # images: Node.chart_values).

@@ -37,13 +37,12 @@ import httpx
 import redis
 
 from tests.chart.render import deep_merge
-from tests.cluster.conftest import NAMESPACE
 from tests.cluster.infra.controlplane import ControlPlane
 from tests.cluster.infra.node import Node
 from tests.cluster.infra.redis_pods import REDIS_PODS, REDIS_PORT, RedisPods
 from tests.image import build as image_build
 from tests.scenarios import rollouts, scenario
-from tests.scenarios.scenario import COMPONENT_LABEL, Obj, Release
+from tests.scenarios.scenario import COMPONENT_LABEL, NAMESPACE, Obj, Release
 from tests.support import REPO_ROOT
 
 RELEASE = "soak"

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import NAMESPACE, TIMEOUT
+from tests.cluster.conftest import TIMEOUT
 from tests.cluster.infra.controlplane import ControlPlane
 from tests.cluster.infra.local_cluster import LocalCluster
 from tests.cluster.infra.node import Node
 from tests.scenarios import recovery
-from tests.scenarios.scenario import Release
+from tests.scenarios.scenario import NAMESPACE, Release
 
 pytestmark = [
     pytest.mark.cluster,

@@ -29,12 +29,12 @@ import pytest
 
 from celeriac.testing import wait_until
 from tests.chart.render import deep_merge
-from tests.cluster.conftest import LOCAL_VALUES, NAMESPACE, TIMEOUT
+from tests.cluster.conftest import LOCAL_VALUES, TIMEOUT
 from tests.cluster.infra.controlplane import ControlPlane
 from tests.cluster.infra.local_cluster import api_base_url, diagnostics, tasks_succeeded
 from tests.cluster.infra.node import Node
 from tests.scenarios import scenario
-from tests.scenarios.scenario import COMPONENT_LABEL, Release, condition, kubectl_json
+from tests.scenarios.scenario import COMPONENT_LABEL, NAMESPACE, Release, condition, kubectl_json
 
 pytestmark = [
     pytest.mark.cluster,

@@ -16,7 +16,7 @@ import yaml
 from celeriac.testing import wait_until
 from celeriac.worker.settings import DEFAULT_READY_FILE
 from tests.chart.render import deep_merge
-from tests.cluster.conftest import NAMESPACE, TIMEOUT
+from tests.cluster.conftest import TIMEOUT
 from tests.cluster.infra.controlplane import (
     ADAPTER_PORT,
     APISERVER_PORT,
@@ -28,7 +28,7 @@ from tests.cluster.infra.node import CNI_PLUGINS, POD_RANGE, Node
 from tests.cluster.infra.registry import Registry
 from tests.image import build as image_build
 from tests.scenarios import scenario
-from tests.scenarios.scenario import Release
+from tests.scenarios.scenario import NAMESPACE, Release
 from tests.support import missing
 
 pytestmark = [pytest.mark.cluster]

@@ -33,7 +33,7 @@ from celeriac.testing import wait_until
 from celeriac.worker.metrics import TASKS_SUCCEEDED
 from celeriac.worker.settings import DEFAULT_METRICS_PORT as WORKER_METRICS_PORT
 from tests.chart.render import deep_merge
-from tests.cluster.conftest import LOCAL_VALUES, NAMESPACE, TIMEOUT
+from tests.cluster.conftest import LOCAL_VALUES, TIMEOUT
 from tests.cluster.infra.controlplane import ControlPlane
 from tests.cluster.infra.local_cluster import LocalCluster, api_base_url, diagnostics
 from tests.cluster.infra.node import Node
@@ -44,7 +44,14 @@ from tests.cluster.infra.redis_pods import (
     RedisPods,
 )
 from tests.scenarios import autoscaling, scenario
-from tests.scenarios.scenario import COMPONENT_LABEL, Obj, Release, condition, kubectl_json
+from tests.scenarios.scenario import (
+    COMPONENT_LABEL,
+    NAMESPACE,
+    Obj,
+    Release,
+    condition,
+    kubectl_json,
+)
 
 pytestmark = [
     pytest.mark.cluster,

@@ -30,6 +30,8 @@ from tests.scenarios.scenario import Release
 from tests.support import REPO_ROOT
 
 KEEP_CLUSTER_ENV = "CELERIAC_E2E_KEEP_CLUSTER"
+# How long one step of a scenario may take on kind (slower than the local node: docker).
+TIMEOUT = 300.0
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,14 @@ import httpx
 import redis
 
 from celeriac.testing import Child, free_port, wait_until
-from tests.scenarios.scenario import COMPONENT_LABEL, Obj, Release, condition, container_port
+from tests.scenarios.scenario import (
+    COMPONENT_LABEL,
+    NAMESPACE,
+    Obj,
+    Release,
+    condition,
+    container_port,
+)
 from tests.support import missing, require_tool
 
 KEDA_VERSION = "2.20.2"
@@ -31,7 +38,6 @@ KEDA_MANIFEST = (
     f"https://github.com/kedacore/keda/releases/download/v{KEDA_VERSION}/keda-{KEDA_VERSION}.yaml"
 )
 KEDA_NAMESPACE = "keda"
-NAMESPACE = "celeriac"
 # kubectl port-forward prints this line once it listens.
 FORWARD_READY = "Forwarding from 127.0.0.1:{port} ->"
 FORWARD_START_TIMEOUT_SECONDS = 15.0

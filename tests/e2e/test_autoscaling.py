@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import TIMEOUT
 from tests.e2e.kind import NAMESPACE, KindCluster
 from tests.scenarios import autoscaling
 from tests.scenarios.scenario import Release
@@ -30,7 +31,6 @@ from tests.scenarios.scenario import Release
 pytestmark = pytest.mark.e2e
 
 RELEASE = "burst"
-TIMEOUT = 300.0
 # The local control plane's burst (tests/cluster/test_autoscaling.py): 72 x 2.5 s.
 TASKS = 72
 SECONDS = 2.5

@@ -14,13 +14,12 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import TIMEOUT
 from tests.e2e.kind import NAMESPACE, KindCluster
 from tests.scenarios import recovery
 from tests.scenarios.scenario import Release
 
 pytestmark = pytest.mark.e2e
-
-TIMEOUT = 300.0
 
 
 def test_scale_to_zero_and_back(cluster: KindCluster, kind_layer: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import TIMEOUT
 from tests.e2e.kind import NAMESPACE, KindCluster
 from tests.scenarios import rollouts
 from tests.scenarios.scenario import Release
@@ -25,7 +26,6 @@ from tests.scenarios.scenario import Release
 pytestmark = pytest.mark.e2e
 
 RELEASE = "rollout"
-TIMEOUT = 300.0
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,8 @@ CHART = REPO_ROOT / "charts" / "celeriac"
 # k8s/values-dev.yaml (so that file is tested too), then the e2e layer: KEDA on.
 VALUES_FILES = (REPO_ROOT / "k8s" / "values-dev.yaml", Path(__file__).with_name("values.yaml"))
 GROUP = "default"
+# The namespace the test releases go in, on kind and on the local node.
+NAMESPACE = "celeriac"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 
