@@ -19,7 +19,13 @@ import jsonschema
 import pytest
 import yaml
 
-from celeriac.exporter.collector import GROUP_BACKLOG, QUEUE_DEAD_LETTERS, REDIS_UP
+from celeriac.exporter.collector import (
+    GROUP_BACKLOG,
+    QUEUE_DEAD_LETTERS,
+    QUEUE_IN_FLIGHT,
+    QUEUE_WAITING,
+    REDIS_UP,
+)
 from celeriac.worker.metrics import TASKS_FAILED, TASKS_SUCCEEDED
 from tests.chart.render import NAMESPACE, Obj, Rendered, pod_spec
 from tests.chart.served import served_series
@@ -351,10 +357,10 @@ def test_workers_not_consuming_fires_only_with_waiting_nothing_in_flight_and_rep
         return {
             "interval": "1m",
             "input_series": [
-                series("celeriac_queue_waiting_messages", queue, waiting),
-                series("celeriac_queue_in_flight_messages", queue, in_flight),
+                series(QUEUE_WAITING, queue, waiting),
+                series(QUEUE_IN_FLIGHT, queue, in_flight),
                 # Another group's queue in flight must not hide this group's stall.
-                series("celeriac_queue_in_flight_messages", f'{exporter},queue="io"', "3x30"),
+                series(QUEUE_IN_FLIGHT, f'{exporter},queue="io"', "3x30"),
                 series(available, deployment, replicas),
             ],
             "alert_rule_test": [
