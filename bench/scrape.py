@@ -31,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.report import RESULTS_DIR
 from bench.support import Process, Redis, Run, percentiles
 from celeriac.app import create_app
+from celeriac.broker.keys import UNACKED_INDEX_KEY, UNACKED_KEY, in_flight_key, priority_list_keys
 from celeriac.exporter.collector import (
     GROUP_BACKLOG,
     QUEUE_IN_FLIGHT,
@@ -38,7 +39,6 @@ from celeriac.exporter.collector import (
     QUEUE_SCHEDULED,
     QUEUE_WAITING,
 )
-from celeriac.keys import UNACKED_INDEX_KEY, UNACKED_KEY, in_flight_key, priority_list_keys
 from celeriac.settings import Settings
 from celeriac.testing import celeriac_command, free_port, wait_until
 

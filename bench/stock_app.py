@@ -13,8 +13,8 @@ from typing import Any
 
 from celery import Celery
 
+from celeriac.broker.transport import TRANSPORT
 from celeriac.settings import DEFAULT_PRIORITY_STEPS
-from celeriac.transport import TRANSPORT
 
 # What celeriac.app.celery_config sets, by group.
 GROUPS: dict[str, dict[str, Any]] = {

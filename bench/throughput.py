@@ -34,11 +34,11 @@ from celery import Celery
 from bench import report
 from bench.support import Process, Redis, Run
 from celeriac.app import create_app
-from celeriac.backend import backend_url
-from celeriac.keys import UNACKED_KEY, wake_key
+from celeriac.broker.backend import backend_url
+from celeriac.broker.keys import UNACKED_KEY, wake_key
+from celeriac.broker.transport import WAKE_TOKENS_MAX
 from celeriac.settings import Settings
 from celeriac.testing import celeriac_command, free_port, wait_until
-from celeriac.transport import WAKE_TOKENS_MAX
 
 NAME = "throughput"
 TITLE = "Worker throughput: celeriac vs stock Celery, and what each setting costs"
@@ -58,7 +58,7 @@ class Variant:
     adds: str
     settings: tuple[str, ...] = ()
     results: bool = False
-    # celeriac's result backend (celeriac.backend) instead of Celery's.
+    # celeriac's result backend (celeriac.broker.backend) instead of Celery's.
     one_trip_backend: bool = False
     celeriac: bool = False
     env: dict[str, str] = field(default_factory=dict)

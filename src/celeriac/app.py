@@ -22,11 +22,11 @@ from celery.app.defaults import DEFAULTS as CELERY_DEFAULTS
 from celery.backends.redis import RedisBackend
 from kombu import Queue
 
-from celeriac import sentinel
-from celeriac.backend import backend_url
+from celeriac.broker import sentinel
+from celeriac.broker.backend import backend_url
+from celeriac.broker.transport import TRANSPORT
 from celeriac.env import ConfigError
 from celeriac.settings import Settings, check_app_path
-from celeriac.transport import TRANSPORT
 
 # Celery settings where celeriac's choice is a default: an app that sets its own value (one that
 # differs from Celery's default) keeps it, unless a CELERIAC_* variable gives it
@@ -151,7 +151,8 @@ def app_result_backend(app: Celery) -> object | None:
         return None
     if isinstance(backend, type):
         return None if issubclass(backend, RedisBackend) else backend
-    # "redis://h", "celeriac.backend:ResultBackend+redis://h", "redis+socket:///s", "django-db"
+    # "redis://h", "celeriac.broker.backend:ResultBackend+redis://h", "redis+socket:///s",
+    # "django-db"
     names = str(backend).split("://", 1)[0].split("+")
     return None if REDIS_BACKEND_NAMES.intersection(names) else backend
 

@@ -1,6 +1,6 @@
 """``celeriac inspect``: what each queue and worker group holds, read from Redis alone.
 
-The same counts as the exporter and ``GET /v1/queues`` (``celeriac.backlog``: one pipelined
+The same counts as the exporter and ``GET /v1/queues`` (``celeriac.broker.backlog``: one pipelined
 read, constant cost per queue), plus each queue's dead letters (``ZCARD``). Per worker group,
 the sums over its queues. No worker is asked anything (no broadcast).
 
@@ -29,11 +29,11 @@ from urllib.parse import urlsplit
 
 import redis
 
-from celeriac import sentinel
-from celeriac.backlog import read_backlog
+from celeriac.broker import sentinel
+from celeriac.broker.backlog import read_backlog
+from celeriac.broker.keys import dead_letters_key
 from celeriac.env import Env
 from celeriac.exporter.groups import WorkerGroup, all_queues, default_groups, load_groups
-from celeriac.keys import dead_letters_key
 from celeriac.local.plan import ENV_FILE
 from celeriac.local.settings import DEFAULT_STATE_DIR
 from celeriac.settings import SENTINEL_SEPARATOR, Settings, redact_url

@@ -22,8 +22,8 @@ from celery import Celery
 
 from celeriac import demo
 from celeriac.app import create_app
+from celeriac.broker.keys import UNACKED_KEY, priority_list_keys
 from celeriac.exporter.collector import QUEUE_WAITING
-from celeriac.keys import UNACKED_KEY, priority_list_keys
 from celeriac.settings import DEFAULT_PRIORITY_STEPS, DEFAULT_QUEUE, Settings
 from celeriac.testing import free_port, wait_until
 from tests.image import build

@@ -13,7 +13,7 @@ from kombu import Consumer, Message, Queue
 
 from celeriac.api import ApiSettings, create_app
 from celeriac.app import create_app as create_celery_app
-from celeriac.keys import priority_list_key
+from celeriac.broker.keys import priority_list_key
 from celeriac.settings import DEFAULT_PRIORITY_STEPS, Settings
 
 pytestmark = pytest.mark.integration

@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from celeriac.api.tracking import RECORD_PREFIX
-from celeriac.keys import priority_list_keys
+from celeriac.broker.keys import priority_list_keys
 from celeriac.testing import Child, RedisServer, celeriac_command, free_port, wait_until
 
 pytestmark = pytest.mark.integration

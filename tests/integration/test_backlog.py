@@ -11,11 +11,11 @@ import redis
 from celery import Celery
 
 from celeriac.app import create_app
-from celeriac.backlog import QueueBacklog, read_backlog
-from celeriac.keys import UNACKED_KEY, in_flight_key
+from celeriac.broker.backlog import QueueBacklog, read_backlog
+from celeriac.broker.keys import UNACKED_KEY, in_flight_key
+from celeriac.broker.transport import eta_score
 from celeriac.settings import Settings
 from celeriac.testing import RedisServer
-from celeriac.transport import eta_score
 
 pytestmark = pytest.mark.integration
 

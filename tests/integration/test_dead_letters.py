@@ -11,10 +11,10 @@ import pytest
 import redis
 from celery import Celery
 
-from celeriac import dead_letters
 from celeriac.app import create_app
-from celeriac.backlog import read_backlog
-from celeriac.keys import DELIVERIES_KEY, UNACKED_KEY
+from celeriac.broker import dead_letters
+from celeriac.broker.backlog import read_backlog
+from celeriac.broker.keys import DELIVERIES_KEY, UNACKED_KEY
 from celeriac.settings import DEFAULT_PRIORITY_STEPS, Settings
 from celeriac.testing import Child, wait_until
 from tests.integration.workers import runs, spawn_ready_worker, worker_env

@@ -267,7 +267,7 @@ CELERY_TASK_DEFAULT_QUEUE = "celery"
                 "DJANGO_RESULTS_IN_DATABASE": "1",
                 "CELERIAC_RESULT_BACKEND_URL": "redis://127.0.0.1:6390/4",
             },
-            {"result_backend": "celeriac.backend:ResultBackend+redis://127.0.0.1:6390/4"},
+            {"result_backend": "celeriac.broker.backend:ResultBackend+redis://127.0.0.1:6390/4"},
         ),
     ],
 )

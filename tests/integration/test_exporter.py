@@ -21,6 +21,7 @@ from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
 from celeriac.app import create_app
+from celeriac.broker.keys import UNACKED_KEY, priority_list_keys
 from celeriac.exporter.collector import (
     GROUP_BACKLOG,
     GROUP_OLDEST_AGE,
@@ -33,7 +34,6 @@ from celeriac.exporter.collector import (
     SCRAPE_DURATION,
     SCRAPE_ERRORS,
 )
-from celeriac.keys import UNACKED_KEY, priority_list_keys
 from celeriac.settings import Settings
 from celeriac.testing import Child, RedisServer, celeriac_command, free_port, wait_until
 from tests.integration.workers import worker_env

@@ -22,7 +22,7 @@ import redis
 from celery import Celery
 
 from celeriac.app import create_app
-from celeriac.keys import UNACKED_KEY
+from celeriac.broker.keys import UNACKED_KEY
 from celeriac.settings import Settings
 from celeriac.testing import Child, RedisServer, wait_until
 from tests.integration.workers import runs as runs_of

@@ -24,6 +24,7 @@ import redis
 from celery import Celery
 
 from celeriac.app import create_app
+from celeriac.broker.transport import TRANSPORT, Poller, Transport
 from celeriac.settings import Settings
 from celeriac.testing import (
     Child,
@@ -33,7 +34,6 @@ from celeriac.testing import (
     celeriac_command,
     wait_until,
 )
-from celeriac.transport import TRANSPORT, Poller, Transport
 from tests.integration import workers
 from tests.support import REPO_ROOT
 

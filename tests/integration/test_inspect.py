@@ -17,7 +17,7 @@ import redis
 from celery import Celery
 
 from celeriac.app import create_app
-from celeriac.keys import dead_letters_key, in_flight_key
+from celeriac.broker.keys import dead_letters_key, in_flight_key
 from celeriac.settings import Settings
 from celeriac.testing import (
     Child,

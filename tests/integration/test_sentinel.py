@@ -31,7 +31,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from celeriac.app import create_app
-from celeriac.keys import ALL_DEAD_LETTERS_KEY, DELIVERIES_KEY
+from celeriac.broker.keys import ALL_DEAD_LETTERS_KEY, DELIVERIES_KEY
 from celeriac.settings import Settings
 from celeriac.testing import (
     Child,

@@ -20,13 +20,13 @@ from celery import Celery
 from fastapi.testclient import TestClient
 from kombu import Exchange, Producer
 
-from celeriac import dead_letters
 from celeriac.api import ApiSettings
 from celeriac.api import create_app as create_api
 from celeriac.app import create_app
+from celeriac.broker import dead_letters
+from celeriac.broker.keys import UNACKED_KEY, priority_list_keys
 from celeriac.exporter.collector import QUEUE_DEAD_LETTERS, create_registry
 from celeriac.exporter.settings import ExporterSettings
-from celeriac.keys import UNACKED_KEY, priority_list_keys
 from celeriac.settings import DEFAULT_PRIORITY_STEPS, Settings
 from celeriac.testing import Child, wait_until
 from celeriac.worker.unregistered import (

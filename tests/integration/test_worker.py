@@ -22,7 +22,7 @@ from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
 from celeriac.app import create_app
-from celeriac.keys import UNACKED_KEY, in_flight_key, priority_list_keys
+from celeriac.broker.keys import UNACKED_KEY, in_flight_key, priority_list_keys
 from celeriac.settings import DEFAULT_PRIORITY_STEPS, Settings
 from celeriac.testing import Child, RedisServer, celeriac_command, free_port, wait_until
 from celeriac.worker.metrics import (

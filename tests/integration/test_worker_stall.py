@@ -19,7 +19,7 @@ import redis
 from celery import Celery
 
 from celeriac.app import create_app
-from celeriac.keys import priority_list_keys
+from celeriac.broker.keys import priority_list_keys
 from celeriac.settings import DEFAULT_PRIORITY_STEPS, Settings
 from celeriac.testing import Child, RedisServer, celeriac_command, wait_until
 from tests.integration import workers

@@ -38,8 +38,8 @@ from typing import Any, Protocol
 import httpx
 import redis
 
+from celeriac.broker.transport import PUBLISHED_AT_PROPERTY
 from celeriac.testing import wait_until
-from celeriac.transport import PUBLISHED_AT_PROPERTY
 from celeriac.worker.deletion_cost import ANNOTATION
 from tests.scenarios import autoscaling, scenario
 from tests.scenarios.autoscaling import TASK, ScenarioCluster, burst_values

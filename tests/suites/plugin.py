@@ -24,8 +24,8 @@ import kombu.transport
 import pytest
 
 from celeriac.app import celery_config, configure
+from celeriac.broker.transport import TRANSPORT
 from celeriac.settings import Settings
-from celeriac.transport import TRANSPORT
 
 MODE_VARIABLE = "CELERIAC_SUITE_MODE"
 MODES = ("stock", "transport", "celeriac")

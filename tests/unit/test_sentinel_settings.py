@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 from kombu.utils.imports import symbol_by_name
 
-from celeriac import sentinel
 from celeriac.app import celery_config, create_app
+from celeriac.broker import sentinel
+from celeriac.broker.transport import TRANSPORT
 from celeriac.env import ConfigError
 from celeriac.settings import Settings, redact_url
-from celeriac.transport import TRANSPORT
 
 URL = "sentinel://s1:26379;sentinel://s2:26380/2"
 BASE = {"CELERIAC_BROKER_URL": URL, "CELERIAC_REDIS_SENTINEL_MASTER": "mymaster"}

@@ -78,7 +78,7 @@ def test_load_app_errors_name_the_path(path: str, fragment: str) -> None:
 
 def test_results_use_celeriacs_backend_and_are_stored_by_default() -> None:
     config = celery_config(Settings.from_env({"CELERIAC_BROKER_URL": "redis://r:6379/0"}))
-    assert config["result_backend"] == "celeriac.backend:ResultBackend+redis://r:6379/0"
+    assert config["result_backend"] == "celeriac.broker.backend:ResultBackend+redis://r:6379/0"
     # The API reports STARTED, the task name and the queue from the stored result.
     assert config["task_track_started"] is True
     assert config["result_extended"] is True
@@ -151,14 +151,18 @@ def test_an_app_keeps_its_own_result_backend_when_it_is_not_redis(backend: str) 
     # CELERIAC_RESULT_BACKEND_URL wins, as every CELERIAC_* variable does.
     settings = Settings.from_env({"CELERIAC_RESULT_BACKEND_URL": "redis://127.0.0.1:6390/1"})
     configure(app, settings)
-    assert app.conf.result_backend == "celeriac.backend:ResultBackend+redis://127.0.0.1:6390/1"
+    assert (
+        app.conf.result_backend == "celeriac.broker.backend:ResultBackend+redis://127.0.0.1:6390/1"
+    )
 
 
 @pytest.mark.parametrize("backend", [None, "redis://elsewhere:6379/1", "rediss://x/0"])
 def test_a_redis_result_backend_is_always_celeriacs(backend: str | None) -> None:
     settings = Settings(broker_url="redis://127.0.0.1:6390/0")
     app = configure(own_app(result_backend=backend), settings)
-    assert app.conf.result_backend == "celeriac.backend:ResultBackend+redis://127.0.0.1:6390/0"
+    assert (
+        app.conf.result_backend == "celeriac.broker.backend:ResultBackend+redis://127.0.0.1:6390/0"
+    )
     assert app_result_backend(app) is None
 
 

@@ -40,8 +40,8 @@ import redis
 import redis.asyncio
 import redis.asyncio.connection
 
-from celeriac import sentinel
 from celeriac.api.publish import Command
+from celeriac.broker import sentinel
 
 # Failures saying Redis could not be reached (rather than refusing a command).
 UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)

@@ -1,7 +1,7 @@
 """``/v1/dead-letters``: tasks set aside because their worker was lost on each delivery.
 
 List them (per queue or all, newest first, paginated), replay one (queued again as it was), or
-discard one. The logic is ``celeriac.dead_letters``, shared with ``celeriac inspect``.
+discard one. The logic is ``celeriac.broker.dead_letters``, shared with ``celeriac inspect``.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 
-from celeriac import dead_letters
 from celeriac.api.dependencies import ServicesDep, check_queue, require_token
 from celeriac.api.models import SERVED_QUEUE, DeadLetterInfo, DeadLetterList, ErrorBody
+from celeriac.broker import dead_letters
 from celeriac.settings import QUEUE_NAME, TASK_ID_MAX_LENGTH, TASK_ID_PATTERN
 
 router = APIRouter(

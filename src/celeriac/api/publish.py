@@ -25,8 +25,8 @@ from celery import Celery
 from kombu import Connection, Producer
 from kombu.common import maybe_declare
 
-from celeriac import transport
 from celeriac.api import templates
+from celeriac.broker import transport
 
 # A template not built yet (None: none can be built for that task, queue and priority).
 _UNBUILT = object()

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 
 from celeriac.api.dependencies import ServicesDep, require_token
 from celeriac.api.models import ErrorBody, QueueBacklogInfo, QueueList
-from celeriac.backlog import read_backlog
+from celeriac.broker.backlog import read_backlog
 
 router = APIRouter(prefix="/v1/queues", tags=["queues"], dependencies=[Depends(require_token)])
 
@@ -21,7 +21,7 @@ router = APIRouter(prefix="/v1/queues", tags=["queues"], dependencies=[Depends(r
 def list_queues(services: ServicesDep) -> QueueList:
     """Backlog of every queue the API serves: waiting + in flight, ETA tasks apart.
 
-    The same counts the exporter gives Prometheus and KEDA (``celeriac.backlog``).
+    The same counts the exporter gives Prometheus and KEDA (``celeriac.broker.backlog``).
     """
     counts = read_backlog(services.broker, services.queues, services.settings.priority_steps)
     return QueueList(

@@ -11,13 +11,13 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from celeriac import sentinel
 from celeriac.api import publish
 from celeriac.api.app_results import AppResults
 from celeriac.api.auth import Tokens
 from celeriac.api.batching import TransactionQueue
 from celeriac.api.settings import ApiSettings
 from celeriac.app import app_result_backend, celery_config, load_app
+from celeriac.broker import sentinel
 from celeriac.env import ConfigError
 from celeriac.settings import Settings
 
@@ -63,7 +63,7 @@ class Services:
         )
         self.aio.broker, self.aio.results = broker, results
         # Every write of a submission waits for the replicas the settings ask, as Celery's
-        # publishes do (``celeriac.sentinel``): a 202 survives a failover.
+        # publishes do (``celeriac.broker.sentinel``): a 202 survives a failover.
         wait = {
             "wait_replicas": self.settings.redis_wait_replicas,
             "wait_timeout_ms": sentinel.wait_timeout_ms(self.settings),

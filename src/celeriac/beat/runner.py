@@ -14,13 +14,14 @@ from kombu.utils.imports import symbol_by_name
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from celeriac import heartbeat, sentinel
+from celeriac import heartbeat
 from celeriac.app import load_app
 from celeriac.beat.leader import LeaderScheduler
 from celeriac.beat.lock import LOCK_SUFFIX
 from celeriac.beat.schedule import Entry, load_schedule
 from celeriac.beat.scheduler import Scheduler
 from celeriac.beat.settings import BeatSettings
+from celeriac.broker import sentinel
 from celeriac.env import ConfigError
 from celeriac.settings import Settings, is_sentinel_url, redact_url
 
@@ -126,7 +127,7 @@ def run_beat(settings: Settings, beat: BeatSettings) -> None:
     app.conf.update(beat_config(settings, beat))
     if is_sentinel_url(settings.broker_url):
         # redbeat's own Sentinel support drops the timeouts and retry; celeriac's client asks
-        # the sentinels for the master on every new connection (celeriac.sentinel).
+        # the sentinels for the master on every new connection (celeriac.broker.sentinel).
         app.redbeat_redis = sentinel.client(  # type: ignore[attr-defined]
             settings,
             settings.broker_connection_url,

@@ -16,8 +16,8 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from celeriac import sentinel
-from celeriac.backlog import QueueBacklog, read_backlog
+from celeriac.broker import sentinel
+from celeriac.broker.backlog import QueueBacklog, read_backlog
 from celeriac.exporter.groups import WorkerGroup, all_queues
 from celeriac.exporter.settings import ExporterSettings
 from celeriac.settings import redact_url

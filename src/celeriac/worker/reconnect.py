@@ -9,7 +9,7 @@ CRITICAL and block the event loop for a second). During a Sentinel failover that
 ERROR lines and about 10 CRITICAL lines per worker. ``ProbedConsumer`` (``steps``) routes both
 paths through ``BrokerBackoff`` instead: waits of 0.1 s doubling up to 2 s, one WARNING when
 the broker is lost and one INFO when the consumer consumes again (``steps.Ready``; connecting
-is not enough: ``celeriac.transport.Channel`` refuses a node that does not accept writes, but
+is not enough: ``celeriac.broker.transport.Channel`` refuses a node that does not accept writes, but
 a later write of the start-up may still be refused).
 """
 

@@ -37,8 +37,8 @@ from typing import Any
 
 import redis
 
-from celeriac import sentinel
-from celeriac.keys import WORKER_INFO_KEY, WORKERS_KEY
+from celeriac.broker import sentinel
+from celeriac.broker.keys import WORKER_INFO_KEY, WORKERS_KEY
 from celeriac.settings import Settings
 
 logger = logging.getLogger(__name__)

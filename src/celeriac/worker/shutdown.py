@@ -41,7 +41,7 @@ from celery.concurrency.base import BasePool
 from celery.platforms import EX_OK
 from celery.worker import state
 
-from celeriac import transport
+from celeriac.broker import transport
 
 logger = logging.getLogger(__name__)
 

@@ -40,8 +40,9 @@ from typing import Any
 import redis
 from celery.worker import state
 
-from celeriac import heartbeat, sentinel
-from celeriac.keys import priority_list_keys
+from celeriac import heartbeat
+from celeriac.broker import sentinel
+from celeriac.broker.keys import priority_list_keys
 from celeriac.worker.settings import HEARTBEAT_INTERVAL_SECONDS, WorkerSettings
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,8 @@ lost. Here the message goes back to the end of its queue, for a worker that know
 header notes when a worker first did not know it (``UNREGISTERED_SINCE_HEADER``; the message
 carries it, so the bound holds across workers and requeues). A worker that meets it
 ``CELERIAC_WORKER_UNREGISTERED_TASK_SECONDS`` or more after that sets it aside among its queue's
-dead letters, with the reason, where the API lists and replays it (``celeriac.dead_letters``).
+dead letters, with the reason, where the API lists and replays it
+(``celeriac.broker.dead_letters``).
 
 No busy loop: a worker meeting again a message it put back less than ``RETRY_SECONDS`` ago (a
 queue holding nothing else gives it straight back) holds it until then, so each worker moves
@@ -23,7 +24,7 @@ import logging
 from time import monotonic, time
 from typing import Any
 
-from celeriac.transport import QoS
+from celeriac.broker.transport import QoS
 
 logger = logging.getLogger(__name__)
 

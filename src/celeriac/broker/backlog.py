@@ -5,12 +5,12 @@ count the same way:
 
 - waiting: messages in the queue's lists, summed over every priority sub-list;
 - in flight: messages delivered to a worker and not yet acknowledged (with acks late: reserved
-  or running), from celeriac's per-queue index (``celeriac.transport``);
+  or running), from celeriac's per-queue index (``celeriac.broker.transport``);
 - scheduled: held messages whose ``eta`` lies in the future (countdown/ETA tasks a worker holds
   until their time); they are not load yet, so they are not in flight;
 - backlog = waiting + in flight;
 - dead letters: tasks set aside because their worker was lost on each delivery
-  (``celeriac.dead_letters``); not load any more, so not in the backlog;
+  (``celeriac.broker.dead_letters``); not load any more, so not in the backlog;
 - oldest age: seconds since the oldest waiting message was published, from the publish-time
   header celeriac's transport adds (``None`` when the oldest message has no such header, e.g.
   from a plain Celery producer, or is an ETA task, whose wait is deliberate); 0 when none waits.
@@ -32,8 +32,8 @@ from typing import Any
 
 import redis
 
-from celeriac.keys import dead_letters_key, in_flight_key, priority_list_keys
-from celeriac.transport import PUBLISHED_AT_PROPERTY
+from celeriac.broker.keys import dead_letters_key, in_flight_key, priority_list_keys
+from celeriac.broker.transport import PUBLISHED_AT_PROPERTY
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 With acks late and reject-on-worker-lost, a task that kills its process (out of memory, a
 segfault, a SIGKILL at the memory limit) is delivered again and again, taking a worker down each
-time; Redis keeps no delivery count. celeriac's fetch (``celeriac.transport``) counts the
+time; Redis keeps no delivery count. celeriac's fetch (``celeriac.broker.transport``) counts the
 deliveries of each message that did not finish and, past ``CELERIAC_MAX_LOST_DELIVERIES``, moves
 the message here instead of running it again. Workers also move here tasks no worker knew for
 too long and messages no worker could run (``celeriac.worker.unregistered``). This module
@@ -22,7 +22,7 @@ from typing import Any, cast
 
 import redis
 
-from celeriac.keys import (
+from celeriac.broker.keys import (
     ALL_DEAD_LETTERS_KEY,
     DEAD_LETTER_ENTRIES_KEY,
     dead_letters_key,
@@ -67,7 +67,7 @@ def record(
 ) -> None:
     """Add a dead letter in ``pipe`` (a MULTI/EXEC): its entry and its place in both indexes.
 
-    The fetch script (``celeriac.transport.FETCH_SCRIPT``) writes the same layout in Lua.
+    The fetch script (``celeriac.broker.transport.FETCH_SCRIPT``) writes the same layout in Lua.
     """
     entry = {
         "id": id,

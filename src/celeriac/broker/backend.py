@@ -27,12 +27,12 @@ from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
-from celeriac import sentinel
+from celeriac.broker import sentinel
 
 logger = logging.getLogger(__name__)
 
 # How Celery's ``result_backend`` names this backend: "<class>+redis://...".
-BACKEND = "celeriac.backend:ResultBackend"
+BACKEND = "celeriac.broker.backend:ResultBackend"
 
 # KEYS[1] the task's result key; ARGV[1] the encoded meta, ARGV[2] seconds to keep (0: none).
 # Celery's JSON meta starts with the status ({"status": "SUCCESS", ...}); anything else is

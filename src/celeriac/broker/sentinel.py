@@ -12,11 +12,11 @@ connects to the new master.
 Here, per component:
 
 - worker and Celery producers: kombu's ``SentinelChannel`` joined to celeriac's channel (the
-  atomic fetch, in-flight index and dead letters of ``celeriac.transport``) by
+  atomic fetch, in-flight index and dead letters of ``celeriac.broker.transport``) by
   ``sentinel_transport``, which works for any subclass of celeriac's transport (the API's
   publisher has its own);
 - the result backend: Celery's ``SentinelBackend`` with celeriac's one-round-trip store
-  (``celeriac.backend.SentinelResultBackend``);
+  (``celeriac.broker.backend.SentinelResultBackend``);
 - beat and its lock, the API and the exporter: ``client`` / ``async_client``, plain redis-py
   clients from ``master_for``.
 
@@ -52,7 +52,7 @@ from redis.retry import Retry
 from celeriac.settings import SENTINEL_SEPARATOR, Settings, is_sentinel_url
 
 # How Celery's ``result_backend`` names the Sentinel variant of celeriac's backend.
-BACKEND = "celeriac.backend:SentinelResultBackend"
+BACKEND = "celeriac.broker.backend:SentinelResultBackend"
 DEFAULT_SENTINEL_PORT = 26379
 
 

@@ -71,8 +71,8 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from kombu.utils.objects import cached_property
 
-from celeriac import dead_letters, sentinel
-from celeriac.keys import (
+from celeriac.broker import dead_letters, sentinel
+from celeriac.broker.keys import (
     ALL_DEAD_LETTERS_KEY,
     DEAD_LETTER_ENTRIES_KEY,
     DEAD_LETTERS_PREFIX,
@@ -91,7 +91,7 @@ log = logging.getLogger(__name__)
 _kombu_redis: Any = kombu_redis
 
 # How Celery's ``broker_transport`` names this module's transport.
-TRANSPORT = "celeriac.transport:Transport"
+TRANSPORT = "celeriac.broker.transport:Transport"
 # A message property with the Unix time it was published: the age of the oldest waiting message
 # (exporter) and the time a task waited before it started (worker metrics) are read from it.
 # Celery's message protocol has no publish time of its own. A property, not a header: consumers

@@ -1,0 +1,1 @@
+"""The Redis broker: celeriac's kombu transport, Redis clients, key layout and result backend."""
