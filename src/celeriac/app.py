@@ -22,7 +22,7 @@ from celery.app.defaults import DEFAULTS as CELERY_DEFAULTS
 from celery.backends.redis import RedisBackend
 from kombu import Queue
 
-from celeriac.broker import sentinel
+from celeriac import broker
 from celeriac.broker.backend import backend_url
 from celeriac.broker.transport import TRANSPORT
 from celeriac.env import ConfigError
@@ -65,7 +65,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     # Through Sentinel, or with publishes WAITed for replicas, when configured (README
     # "Redis high availability"); unchanged otherwise.
-    return sentinel.configure(settings, _redis_config(settings, redis_options))
+    return broker.configure(settings, _redis_config(settings, redis_options))
 
 
 def _redis_config(settings: Settings, redis_options: dict[str, Any]) -> dict[str, Any]:

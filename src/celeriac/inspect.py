@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from celeriac.broker import sentinel
+from celeriac import broker
 from celeriac.broker.backlog import read_backlog
 from celeriac.broker.keys import dead_letters_key
 from celeriac.env import Env
@@ -113,7 +113,7 @@ def inspect(settings: InspectSettings) -> Report:
     """Read the report from the broker's Redis; an error naming it when Redis cannot be read."""
     timeout = settings.common.redis_socket_timeout_seconds
     # Through Sentinel when the broker URL names sentinels, as every component connects.
-    client = sentinel.polling_client(settings.common, timeout, "celeriac-inspect")
+    client = broker.polling_client(settings.common, timeout, "celeriac-inspect")
     try:
         return read_report(client, settings.queues, settings.groups, settings.common.priority_steps)
     except (redis.RedisError, OSError) as exc:

@@ -8,6 +8,8 @@ from kombu.utils.imports import symbol_by_name
 
 from celeriac.app import celery_config, create_app
 from celeriac.broker import sentinel
+from celeriac.broker.backend import SENTINEL_BACKEND
+from celeriac.broker.replicas import ReplicatedChannel
 from celeriac.broker.transport import TRANSPORT
 from celeriac.env import ConfigError
 from celeriac.settings import Settings, redact_url
@@ -88,7 +90,7 @@ def test_celery_config_through_sentinel() -> None:
     assert options["wait_replicas"] == 1
     assert options["wait_timeout_ms"] == 1000
     assert options["sentinel_kwargs"]["password"] == "p"
-    assert config["result_backend"].startswith(f"{sentinel.BACKEND}+sentinel://:p@s1:26379;")
+    assert config["result_backend"].startswith(f"{SENTINEL_BACKEND}+sentinel://:p@s1:26379;")
     assert config["result_backend_transport_options"]["master_name"] == "mymaster"
 
 
@@ -113,7 +115,7 @@ def test_a_connection_keeps_celeriacs_transport_where_kombu_would_switch_to_the_
             assert not isinstance(transport, str)
             connection.maybe_switch_next()
             assert connection.transport_cls is transport
-            assert issubclass(connection.transport.Channel, sentinel.ReplicatedChannel)
+            assert issubclass(connection.transport.Channel, ReplicatedChannel)
             # Every sentinel stays known to the channel (kombu's SentinelChannel asks them all).
             assert len(connection.alt) == 2
     finally:

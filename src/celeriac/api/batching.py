@@ -22,7 +22,7 @@ without ``EVAL``) gets ``MULTI``/``EXEC`` from then on.
 Replicas: with ``wait_replicas``, each round trip ends with ``WAIT wait_replicas
 wait_timeout_ms`` on the same connection (Redis waits for the writes made on that connection), so
 a unit is answered only once that many replicas hold its writes, or fails with
-``sentinel.ReplicationError`` (a 503: the writes may be on the master alone, about to be lost in
+``broker.ReplicationError`` (a 503: the writes may be on the master alone, about to be lost in
 a failover). Each round trip is written and read on one pooled connection for that reason.
 
 When a transaction fails because Redis cannot be reached, the units that arrived while it was in
@@ -40,8 +40,8 @@ import redis
 import redis.asyncio
 import redis.asyncio.connection
 
+from celeriac import broker
 from celeriac.api.publish import Command
-from celeriac.broker import sentinel
 
 # Failures saying Redis could not be reached (rather than refusing a command).
 UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
@@ -149,8 +149,8 @@ class TransactionQueue:
         replicated: Exception | None = None
         if self.wait_replicas > 0:
             try:
-                sentinel.check_replicated(replies.pop(), self.wait_replicas, self.wait_timeout_ms)
-            except sentinel.ReplicationError as exc:
+                broker.check_replicated(replies.pop(), self.wait_replicas, self.wait_timeout_ms)
+            except broker.ReplicationError as exc:
                 replicated = exc
         if alone:
             (reply,) = replies
@@ -214,11 +214,11 @@ async def _exchange(
             replies.append(await connection.read_response())
         except redis.ResponseError as exc:
             replies.append(exc)
-    refused = next((reply for reply in replies if sentinel.demoted(reply)), None)
+    refused = next((reply for reply in replies if broker.demoted(reply)), None)
     if refused is not None:
         # Connected to a demoted master (a script's READONLY is not turned into a connection
         # error by redis-py): retried on a new connection, to the master Sentinel names now.
-        raise sentinel.DemotedMaster(str(refused))
+        raise broker.DemotedMaster(str(refused))
     return replies
 
 

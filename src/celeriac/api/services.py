@@ -11,13 +11,14 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+import celeriac.broker
 from celeriac.api import publish
 from celeriac.api.app_results import AppResults
 from celeriac.api.auth import Tokens
 from celeriac.api.batching import TransactionQueue
 from celeriac.api.settings import ApiSettings
 from celeriac.app import app_result_backend, celery_config, load_app
-from celeriac.broker import sentinel
+from celeriac.broker import transport_for, wait_timeout_ms
 from celeriac.env import ConfigError
 from celeriac.settings import Settings
 
@@ -63,10 +64,10 @@ class Services:
         )
         self.aio.broker, self.aio.results = broker, results
         # Every write of a submission waits for the replicas the settings ask, as Celery's
-        # publishes do (``celeriac.broker.sentinel``): a 202 survives a failover.
+        # publishes do (``celeriac.broker.replicas``): a 202 survives a failover.
         wait = {
             "wait_replicas": self.settings.redis_wait_replicas,
-            "wait_timeout_ms": sentinel.wait_timeout_ms(self.settings),
+            "wait_timeout_ms": wait_timeout_ms(self.settings),
         }
         self.aio.writes = TransactionQueue(broker, **wait)
         self.aio.results_writes = (
@@ -220,7 +221,7 @@ def publisher(settings: Settings) -> Celery:
         {
             **celery_config(settings),
             "result_backend": "disabled",
-            "broker_transport": sentinel.transport_for(settings, publish.TRANSPORT),
+            "broker_transport": transport_for(settings, publish.TRANSPORT),
         }
     )
     return app
@@ -230,7 +231,7 @@ def _client(settings: Settings, url: str, timeout: float) -> redis.Redis:
     # One quick retry replaces a pooled connection that died with a Redis restart; a Redis that
     # is down fails the request in about one timeout instead of hanging. Through Sentinel when
     # the URL is sentinel:// (the master is looked up on each new connection).
-    return sentinel.client(
+    return celeriac.broker.client(
         settings,
         url,
         socket_timeout=timeout,
@@ -242,7 +243,7 @@ def _client(settings: Settings, url: str, timeout: float) -> redis.Redis:
 
 def _async_client(settings: Settings, url: str, timeout: float) -> redis.asyncio.Redis:
     # The same bounds as ``_client``: one quick retry, then the request fails (503).
-    return sentinel.async_client(
+    return celeriac.broker.async_client(
         settings,
         url,
         socket_timeout=timeout,

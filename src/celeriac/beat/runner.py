@@ -14,14 +14,13 @@ from kombu.utils.imports import symbol_by_name
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from celeriac import heartbeat
+from celeriac import broker, heartbeat
 from celeriac.app import load_app
 from celeriac.beat.leader import LeaderScheduler
 from celeriac.beat.lock import LOCK_SUFFIX
 from celeriac.beat.schedule import Entry, load_schedule
 from celeriac.beat.scheduler import Scheduler
 from celeriac.beat.settings import BeatSettings
-from celeriac.broker import sentinel
 from celeriac.env import ConfigError
 from celeriac.settings import Settings, is_sentinel_url, redact_url
 
@@ -127,8 +126,8 @@ def run_beat(settings: Settings, beat: BeatSettings) -> None:
     app.conf.update(beat_config(settings, beat))
     if is_sentinel_url(settings.broker_url):
         # redbeat's own Sentinel support drops the timeouts and retry; celeriac's client asks
-        # the sentinels for the master on every new connection (celeriac.broker.sentinel).
-        app.redbeat_redis = sentinel.client(  # type: ignore[attr-defined]
+        # the sentinels for the master on every new connection (celeriac.broker.clients).
+        app.redbeat_redis = broker.client(  # type: ignore[attr-defined]
             settings,
             settings.broker_connection_url,
             decode_responses=True,
@@ -175,7 +174,7 @@ def _run_other_scheduler(app: Celery, settings: Settings, beat: BeatSettings, na
     cls = load_scheduler(name)
     _prepare_heartbeat(beat)
     # Plain or through Sentinel, as the broker URL says.
-    client = sentinel.client(
+    client = broker.client(
         settings, settings.broker_connection_url, decode_responses=True, **redis_options(settings)
     )
     logger.info(

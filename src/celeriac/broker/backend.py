@@ -11,9 +11,9 @@ published message are exactly Celery's, so readers (``AsyncResult``, the API) se
 
 A store refused because the node is not the master to write to (``READONLY`` from a demoted
 master, ``NOREPLICAS`` from a master without a replica in sync: during a failover) is a
-connection error, as for the broker (``sentinel.reconnect_when_refused``): Celery's backend
-retries it (``result_backend_transport_options["retry_policy"]``) instead of dropping the result,
-which would leave the task PENDING for ever.
+connection error, as for the broker (``celeriac.broker.clients.reconnect_when_refused``):
+Celery's backend retries it (``result_backend_transport_options["retry_policy"]``) instead of
+dropping the result, which would leave the task PENDING for ever.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
-from celeriac.broker import sentinel
+from celeriac.broker.clients import reconnect_when_refused
 
 logger = logging.getLogger(__name__)
 
 # How Celery's ``result_backend`` names this backend: "<class>+redis://...".
 BACKEND = "celeriac.broker.backend:ResultBackend"
+SENTINEL_BACKEND = "celeriac.broker.backend:SentinelResultBackend"
 
 # KEYS[1] the task's result key; ARGV[1] the encoded meta, ARGV[2] seconds to keep (0: none).
 # Celery's JSON meta starts with the status ({"status": "SUCCESS", ...}); anything else is
@@ -120,7 +121,7 @@ class ResultBackend(RedisBackend):
         seconds = int(
             expires.total_seconds() if hasattr(expires, "total_seconds") else expires or 0
         )
-        with sentinel.reconnect_when_refused(self.client.connection_pool.disconnect):
+        with reconnect_when_refused(self.client.connection_pool.disconnect):
             self._store_script(keys=[key], args=[value, max(seconds, 0)])
 
 

@@ -71,7 +71,8 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from kombu.utils.objects import cached_property
 
-from celeriac.broker import dead_letters, sentinel
+from celeriac.broker import dead_letters
+from celeriac.broker.clients import reconnect_when_refused
 from celeriac.broker.keys import (
     ALL_DEAD_LETTERS_KEY,
     DEAD_LETTER_ENTRIES_KEY,
@@ -441,7 +442,7 @@ class QoS(kombu_redis.QoS):
         # visibility timeout, and a fetch reconnects.
         with (
             channel.conn_or_acquire(client) as conn,
-            sentinel.reconnect_when_refused(conn.connection_pool.disconnect),
+            reconnect_when_refused(conn.connection_pool.disconnect),
         ):
             conn.transaction(restore_transaction, self.unacked_key)
 
@@ -544,7 +545,7 @@ class Channel(kombu_redis.Channel):
         without a pause and spins (``RestartFreqExceeded``).
         """
         try:
-            with sentinel.reconnect_when_refused(self._disconnect_pools):
+            with reconnect_when_refused(self._disconnect_pools):
                 self.client.delete(WRITE_PROBE_KEY)
         except BaseException:
             # As kombu's channel does when its PING fails; it also registered itself with the
@@ -645,7 +646,7 @@ class Channel(kombu_redis.Channel):
             connection = self.client.connection
             # Not the master (a replica, or cut off from its replicas) refuses the first write
             # of the script, so nothing was taken: reconnect, without a lost fetch to recover.
-            with sentinel.reconnect_when_refused(connection.disconnect):
+            with reconnect_when_refused(connection.disconnect):
                 try:
                     if self._fetch_replies == 2:
                         self.client.parse_response(connection, "BLPOP", **options)

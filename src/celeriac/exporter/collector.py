@@ -16,7 +16,7 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from celeriac.broker import sentinel
+from celeriac import broker
 from celeriac.broker.backlog import QueueBacklog, read_backlog
 from celeriac.exporter.groups import WorkerGroup, all_queues
 from celeriac.exporter.settings import ExporterSettings
@@ -166,7 +166,7 @@ class _Families:
 
 def redis_client(settings: ExporterSettings) -> redis.Redis:
     """A client that gives up fast: a scrape must answer before KEDA's timeout, Redis or not."""
-    return sentinel.polling_client(
+    return broker.polling_client(
         settings.common, settings.redis_timeout_seconds, "celeriac-exporter"
     )
 

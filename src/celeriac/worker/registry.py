@@ -37,7 +37,7 @@ from typing import Any
 
 import redis
 
-from celeriac.broker import sentinel
+from celeriac import broker
 from celeriac.broker.keys import WORKER_INFO_KEY, WORKERS_KEY
 from celeriac.settings import Settings
 
@@ -141,7 +141,7 @@ def _text(value: bytes | str) -> str:
 def registry_client(settings: Settings) -> redis.Redis:
     """The registry's own connection: short timeouts, no retries (the next refresh is the
     retry); through Sentinel when the broker URL names sentinels."""
-    return sentinel.polling_client(
+    return broker.polling_client(
         settings, settings.redis_socket_timeout_seconds, "celeriac-worker-registry"
     )
 

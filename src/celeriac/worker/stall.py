@@ -40,8 +40,7 @@ from typing import Any
 import redis
 from celery.worker import state
 
-from celeriac import heartbeat
-from celeriac.broker import sentinel
+from celeriac import broker, heartbeat
 from celeriac.broker.keys import priority_list_keys
 from celeriac.worker.settings import HEARTBEAT_INTERVAL_SECONDS, WorkerSettings
 
@@ -109,7 +108,7 @@ def worker_can_take(worker: Any, held: Callable[[], int]) -> bool:
 
 def redis_client(settings: WorkerSettings) -> redis.Redis:
     """The watcher's own connection: short timeouts, no retries (the next check is the retry)."""
-    return sentinel.polling_client(
+    return broker.polling_client(
         settings.common,
         settings.common.redis_socket_timeout_seconds,
         "celeriac-worker-stall-check",
