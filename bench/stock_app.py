@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import Celery
 
-from celeriac.broker.transport import TRANSPORT
+from celeriac.broker import TRANSPORT
 from celeriac.settings import DEFAULT_PRIORITY_STEPS
 
 # What celeriac.app.celery_config sets, by group.

@@ -34,9 +34,8 @@ from celery import Celery
 from bench import report
 from bench.support import Process, Redis, Run
 from celeriac.app import create_app
-from celeriac.broker.backend import backend_url
-from celeriac.broker.keys import UNACKED_KEY, wake_key
-from celeriac.broker.transport import WAKE_TOKENS_MAX
+from celeriac.broker import backend_url
+from celeriac.broker.keys import UNACKED_KEY, WAKE_TOKENS_MAX, wake_key
 from celeriac.settings import Settings
 from celeriac.testing import celeriac_command, free_port, wait_until
 

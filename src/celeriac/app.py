@@ -23,8 +23,7 @@ from celery.backends.redis import RedisBackend
 from kombu import Queue
 
 from celeriac import broker
-from celeriac.broker.backend import backend_url
-from celeriac.broker.transport import TRANSPORT
+from celeriac.broker import TRANSPORT, backend_url
 from celeriac.env import ConfigError
 from celeriac.settings import Settings, check_app_path
 

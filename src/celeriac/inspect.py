@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import redis
 
 from celeriac import broker
-from celeriac.broker.backlog import read_backlog
+from celeriac.broker import read_backlog
 from celeriac.broker.keys import dead_letters_key
 from celeriac.env import Env
 from celeriac.exporter.groups import WorkerGroup, all_queues, default_groups, load_groups

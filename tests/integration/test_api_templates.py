@@ -19,7 +19,7 @@ from celery import signals
 from celeriac.api.publish import Command, Publisher
 from celeriac.api.services import publisher
 from celeriac.api.templates import PROBE_ID
-from celeriac.broker.transport import PUBLISHED_AT_PROPERTY
+from celeriac.broker import PUBLISHED_AT_PROPERTY
 from celeriac.demo import ADD_TASK
 from celeriac.settings import Settings
 

@@ -11,9 +11,9 @@ import redis
 from celery import Celery
 
 from celeriac.app import create_app
-from celeriac.broker.backlog import QueueBacklog, read_backlog
+from celeriac.broker import QueueBacklog, read_backlog
 from celeriac.broker.keys import UNACKED_KEY, in_flight_key
-from celeriac.broker.transport import eta_score
+from celeriac.broker.message import eta_score
 from celeriac.settings import Settings
 from celeriac.testing import RedisServer
 

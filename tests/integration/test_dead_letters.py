@@ -12,8 +12,7 @@ import redis
 from celery import Celery
 
 from celeriac.app import create_app
-from celeriac.broker import dead_letters
-from celeriac.broker.backlog import read_backlog
+from celeriac.broker import dead_letters, read_backlog
 from celeriac.broker.keys import DELIVERIES_KEY, UNACKED_KEY
 from celeriac.settings import DEFAULT_PRIORITY_STEPS, Settings
 from celeriac.testing import Child, wait_until

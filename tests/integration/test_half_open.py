@@ -24,7 +24,8 @@ import redis
 from celery import Celery
 
 from celeriac.app import create_app
-from celeriac.broker.transport import TRANSPORT, Poller, Transport
+from celeriac.broker import TRANSPORT, Transport
+from celeriac.broker.poller import Poller
 from celeriac.settings import Settings
 from celeriac.testing import (
     Child,

@@ -13,10 +13,8 @@ from kombu import Connection, Consumer, Exchange, Message, Queue
 from kombu.asynchronous import Hub
 
 from celeriac.app import create_app
-from celeriac.broker import dead_letters
-from celeriac.broker.backlog import QueueBacklog, read_backlog
+from celeriac.broker import Channel, QueueBacklog, dead_letters, read_backlog
 from celeriac.broker.keys import UNACKED_KEY, UNDELIVERABLE_KEY, in_flight_key, wake_key
-from celeriac.broker.transport import Channel
 from celeriac.settings import Settings
 from celeriac.testing import wait_until
 

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import httpx
 import redis
 
-from celeriac.broker.transport import PUBLISHED_AT_PROPERTY
+from celeriac.broker import PUBLISHED_AT_PROPERTY
 from celeriac.testing import wait_until
 from celeriac.worker.deletion_cost import ANNOTATION
 from tests.scenarios import autoscaling, scenario

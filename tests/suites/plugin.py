@@ -24,7 +24,7 @@ import kombu.transport
 import pytest
 
 from celeriac.app import celery_config, configure
-from celeriac.broker.transport import TRANSPORT
+from celeriac.broker import TRANSPORT
 from celeriac.settings import Settings
 
 MODE_VARIABLE = "CELERIAC_SUITE_MODE"

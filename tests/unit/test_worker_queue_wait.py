@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
-from celeriac.broker.transport import PUBLISHED_AT_PROPERTY
+from celeriac.broker import PUBLISHED_AT_PROPERTY
 from celeriac.worker.metrics import queue_wait
 
 

@@ -25,8 +25,8 @@ from celery import Celery
 from kombu import Connection, Producer
 from kombu.common import maybe_declare
 
+from celeriac import broker
 from celeriac.api import templates
-from celeriac.broker import transport
 
 # A template not built yet (None: none can be built for that task, queue and priority).
 _UNBUILT = object()
@@ -48,7 +48,7 @@ class Commands:
         self.commands.append((name, args))
 
 
-class Channel(transport.Channel):
+class Channel(broker.Channel):
     """The celeriac channel; while ``collector`` is set, publishing only collects commands."""
 
     collector: Commands | None = None
@@ -59,7 +59,7 @@ class Channel(transport.Channel):
         return super().basic_publish(message, exchange, routing_key, **kwargs)
 
 
-class Transport(transport.Transport):
+class Transport(broker.Transport):
     Channel = Channel
 
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 
 from celeriac.api.dependencies import ServicesDep, require_token
 from celeriac.api.models import ErrorBody, QueueBacklogInfo, QueueList
-from celeriac.broker.backlog import read_backlog
+from celeriac.broker import read_backlog
 
 router = APIRouter(prefix="/v1/queues", tags=["queues"], dependencies=[Depends(require_token)])
 

@@ -29,7 +29,7 @@ from celery import Celery, signals
 from celery.utils.saferepr import saferepr
 from kombu.utils.json import dumps, loads
 
-from celeriac.broker.transport import PUBLISHED_AT_PROPERTY
+from celeriac.broker import PUBLISHED_AT_PROPERTY
 
 if TYPE_CHECKING:
     from celeriac.api.publish import Command  # publish uses this module

@@ -26,15 +26,10 @@ from celeriac.broker.clients import (
     reconnect_when_refused,
 )
 from celeriac.broker.config import configure, transport_for
+from celeriac.broker.message import PUBLISHED_AT_PROPERTY, parse_eta
+from celeriac.broker.qos import QoS
 from celeriac.broker.replicas import ReplicationError, check_replicated, wait_timeout_ms
-from celeriac.broker.transport import (
-    PUBLISHED_AT_PROPERTY,
-    TRANSPORT,
-    Channel,
-    QoS,
-    Transport,
-    parse_eta,
-)
+from celeriac.broker.transport import TRANSPORT, Channel, Transport
 
 __all__ = [
     "PUBLISHED_AT_PROPERTY",

@@ -33,7 +33,7 @@ from typing import Any
 import redis
 
 from celeriac.broker.keys import dead_letters_key, in_flight_key, priority_list_keys
-from celeriac.broker.transport import PUBLISHED_AT_PROPERTY
+from celeriac.broker.message import PUBLISHED_AT_PROPERTY
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,9 @@ def in_flight_key(queue: str) -> str:
 # channel, the tag of the message its last fetch took (to put it back if the reply was lost).
 WAKE_PREFIX = "celeriac:wake:"
 FETCH_PREFIX = "celeriac:fetch:"
+# Doorbell tokens kept per queue: enough to wake every idle worker of a burst, bounded so that
+# tokens piling up while every worker is busy cost little.
+WAKE_TOKENS_MAX = 1000
 # Messages a fetch popped that are not kombu messages (no delivery tag or routing key): kept
 # here for a person to look at, instead of being lost or blocking their queue.
 UNDELIVERABLE_KEY = "celeriac:undeliverable"

@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from celeriac import broker
-from celeriac.broker.backlog import QueueBacklog, read_backlog
+from celeriac.broker import QueueBacklog, read_backlog
 from celeriac.exporter.groups import WorkerGroup, all_queues
 from celeriac.exporter.settings import ExporterSettings
 from celeriac.settings import redact_url

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from celery import signals
 from celery.exceptions import TimeLimitExceeded
 
-from celeriac.broker.transport import PUBLISHED_AT_PROPERTY, parse_eta
+from celeriac.broker import PUBLISHED_AT_PROPERTY, parse_eta
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer

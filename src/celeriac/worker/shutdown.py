@@ -41,7 +41,7 @@ from celery.concurrency.base import BasePool
 from celery.platforms import EX_OK
 from celery.worker import state
 
-from celeriac.broker import transport
+from celeriac.broker import Channel
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class GracefulShutdown:
 
     def _requeue(self) -> None:
         # Cut short on purpose: these deliveries do not count towards the dead-letter limit.
-        transport.deliberate_requeues = True
+        Channel.handback.requeue_deliberately()
         if _can_kill_jobs(self.worker.pool):
             # Celery's cold path: kill the pool processes running unacknowledged (acks late)
             # tasks, set should_terminate; the channel closes on the way out and restores

@@ -24,7 +24,7 @@ import logging
 from time import monotonic, time
 from typing import Any
 
-from celeriac.broker.transport import QoS
+from celeriac.broker import QoS
 
 logger = logging.getLogger(__name__)
 
