@@ -86,6 +86,30 @@ def test_a_fetch_records_the_message_as_held_in_the_same_step(
         connection.close()
 
 
+def test_the_fetch_script_is_sent_once_then_run_by_its_digest(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    """As kombu registers its scripts: a channel's first fetch sends the script, the next ones
+    its SHA1 (EVALSHA); a node that lost it (SCRIPT FLUSH, a restart) gets it again."""
+    received = Received()
+    connection, _channel = consume(app, received)
+    try:
+        app.send_task("t.a", queue=QUEUE)
+        drain_one(connection, received, timeout=5).ack()
+        redis_client.config_resetstat()
+        app.send_task("t.b", queue=QUEUE)
+        drain_one(connection, received, timeout=5).ack()
+        stats = redis_client.info("commandstats")
+        assert "cmdstat_eval" not in stats
+        assert stats["cmdstat_evalsha"]["calls"] >= 1
+        redis_client.script_flush()
+        app.send_task("t.c", queue=QUEUE)
+        drain_one(connection, received, timeout=5).ack()
+        assert [m.headers["task"] for m in received.messages] == ["t.a", "t.b", "t.c"]
+    finally:
+        connection.close()
+
+
 def test_an_eta_task_fetched_is_scheduled_not_in_flight(
     app: Celery, redis_client: redis.Redis
 ) -> None:

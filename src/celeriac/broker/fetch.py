@@ -20,6 +20,7 @@ that finds every list empty deletes the doorbells: their messages are taken alre
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from time import time
 from typing import Any, NamedTuple
@@ -60,9 +61,11 @@ class Arguments(NamedTuple):
 
 
 # fetch.lua with its arguments named: one line of locals, in ``Arguments`` order.
-SCRIPT = f"local {', '.join(Arguments._fields)} = unpack(ARGV)\n" + (
-    Path(__file__).parent / "fetch.lua"
-).read_text(encoding="utf-8")
+_NAMES = f"local {', '.join(Arguments._fields)} = unpack(ARGV)\n"
+SCRIPT = _NAMES + (Path(__file__).parent / "fetch.lua").read_text(encoding="utf-8")
+# Registered once, as kombu and redis-py's ``Script`` do: a node that has the script runs it by
+# this digest (EVALSHA), so a fetch does not send its whole text.
+SCRIPT_SHA = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest()
 
 
 def fetch_command(
@@ -75,14 +78,18 @@ def fetch_command(
     records: str,
     nonce: str,
     max_lost_deliveries: int,
+    cached: bool,
 ) -> tuple[Any, ...]:
     """The Redis command that runs the fetch: pop from ``lists`` (in order), record the message
     in ``unacked``, ``unacked_index`` and its queue's in-flight set, leave its tag under
-    ``fetch_key``; finding nothing, delete ``doorbells``."""
+    ``fetch_key``; finding nothing, delete ``doorbells``.
+
+    ``cached``: the node has the script (EVALSHA); otherwise the script itself (EVAL, which
+    caches it). A node without it answers EVALSHA with ``NOSCRIPT`` and runs nothing.
+    """
     arguments = Arguments(len(lists), time(), nonce, records, max_lost_deliveries)
     return (
-        "EVAL",
-        SCRIPT,
+        *(("EVALSHA", SCRIPT_SHA) if cached else ("EVAL", SCRIPT)),
         len(lists) + 3 + len(doorbells),
         *lists,
         unacked,

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from time import monotonic, time
 from typing import Any, cast
 
+import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
@@ -88,6 +89,9 @@ class Channel(kombu_redis.Channel):
         # After a fetch that found nothing, the next one first waits on the doorbells.
         self._fetch_waits = False
         self._fetch_replies = 0
+        # Whether this channel's fetches found the script on the node (each new connection's
+        # node may lack it: the first fetch sends it whole).
+        self._fetch_script_cached = False
         # Queues consumed without acknowledgements: their messages are never recorded as held.
         self._no_ack_queues: set[str] = set()
         # Last: a refusal disconnects, and the disconnect handler reads the state above.
@@ -179,6 +183,7 @@ class Channel(kombu_redis.Channel):
                 records=records,
                 nonce=self._fetch_nonce,
                 max_lost_deliveries=self.max_lost_deliveries,
+                cached=self._fetch_script_cached,
             )
         )
         connection = self.client.connection
@@ -201,6 +206,13 @@ class Channel(kombu_redis.Channel):
                     # A lost fetch, recorded by _on_connection_disconnect.
                     connection.disconnect()
                     raise
+                except redis.exceptions.NoScriptError:
+                    # This node does not have the script (a restart, a failover, SCRIPT FLUSH)
+                    # and ran nothing: the next fetch sends it, at once, without a wait.
+                    self._fetch_script_cached = False
+                    self._fetch_waits = False
+                    raise virtual.Empty() from None
+            self._fetch_script_cached = True
             if not reply:
                 self._fetch_waits = True
                 raise virtual.Empty()
