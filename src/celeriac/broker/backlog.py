@@ -5,7 +5,7 @@ count the same way:
 
 - waiting: messages in the queue's lists, summed over every priority sub-list;
 - in flight: messages delivered to a worker and not yet acknowledged (with acks late: reserved
-  or running), from celeriac's per-queue index (``celeriac.broker.transport``);
+  or running), from celeriac's per-queue index (``celeriac.broker.qos``);
 - scheduled: held messages whose ``eta`` lies in the future (countdown/ETA tasks a worker holds
   until their time); they are not load yet, so they are not in flight;
 - backlog = waiting + in flight;

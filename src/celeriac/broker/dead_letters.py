@@ -2,7 +2,7 @@
 
 With acks late and reject-on-worker-lost, a task that kills its process (out of memory, a
 segfault, a SIGKILL at the memory limit) is delivered again and again, taking a worker down each
-time; Redis keeps no delivery count. celeriac's fetch (``celeriac.broker.transport``) counts the
+time; Redis keeps no delivery count. celeriac's fetch (``celeriac.broker.fetch``) counts the
 deliveries of each message that did not finish and, past ``CELERIAC_MAX_LOST_DELIVERIES``, moves
 the message here instead of running it again. Workers also move here tasks no worker knew for
 too long and messages no worker could run (``celeriac.worker.unregistered``). This module
@@ -67,7 +67,7 @@ def record(
 ) -> None:
     """Add a dead letter in ``pipe`` (a MULTI/EXEC): its entry and its place in both indexes.
 
-    The fetch script (``celeriac.broker.transport.FETCH_SCRIPT``) writes the same layout in Lua.
+    The fetch script (``fetch.lua``) writes the same layout in Lua.
     """
     entry = {
         "id": id,

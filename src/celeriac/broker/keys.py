@@ -27,7 +27,7 @@ def priority_list_keys(queue: str, priority_steps: Iterable[int]) -> list[str]:
     return [queue if step == 0 else f"{queue}{PRIORITY_SEPARATOR}{step}" for step in priority_steps]
 
 
-# celeriac's own index beside kombu's ``unacked`` hash (celeriac.broker.transport): per queue, a
+# celeriac's own index beside kombu's ``unacked`` hash (celeriac.broker.qos): per queue, a
 # sorted set of the delivery tags workers hold, scored by ETA (0: none).
 IN_FLIGHT_PREFIX = "celeriac:in_flight:"
 
@@ -37,7 +37,7 @@ def in_flight_key(queue: str) -> str:
     return f"{IN_FLIGHT_PREFIX}{queue}"
 
 
-# celeriac's fetch (celeriac.broker.transport): a doorbell list per queue that celeriac's producers
+# celeriac's fetch (celeriac.broker.fetch): a doorbell list per queue that celeriac's producers
 # push a token to with every message, so idle workers wake at once; and, per consuming
 # channel, the tag of the message its last fetch took (to put it back if the reply was lost).
 WAKE_PREFIX = "celeriac:wake:"
@@ -58,7 +58,7 @@ def wake_key(queue: str) -> str:
     return f"{WAKE_PREFIX}{queue}"
 
 
-# Poison tasks (celeriac.broker.transport, celeriac.broker.dead_letters): per delivery tag, how
+# Poison tasks (celeriac.broker.fetch, celeriac.broker.dead_letters): per delivery tag, how
 # many times a message was fetched without being finished; per queue, a sorted set of
 # dead-lettered task ids (score: when), and one hash of their entries (the message, why, how many
 # deliveries).
