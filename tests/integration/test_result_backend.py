@@ -11,7 +11,7 @@ import redis
 from celery import Celery, states
 
 from celeriac.app import create_app
-from celeriac.broker import ResultBackend
+from celeriac.broker.backend import ResultBackend
 from celeriac.settings import Settings
 
 pytestmark = pytest.mark.integration

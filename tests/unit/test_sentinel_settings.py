@@ -8,7 +8,7 @@ from kombu.utils.imports import symbol_by_name
 
 from celeriac.app import celery_config, create_app
 from celeriac.broker import TRANSPORT, sentinel
-from celeriac.broker.backend import SENTINEL_BACKEND
+from celeriac.broker.config import SENTINEL_BACKEND
 from celeriac.broker.replicas import ReplicatedChannel
 from celeriac.env import ConfigError
 from celeriac.settings import Settings, redact_url

@@ -7,7 +7,8 @@ What other packages use is named here; the modules behind it are the broker's ow
 - ``replicas``, ``sentinel``: its variants, publishes WAITed for replicas and through Sentinel,
   chosen by ``configure`` (``config``);
 - ``clients``: every other Redis client of the project, and what a refused write means;
-- ``backend``: Celery's result backend, one round trip per stored state;
+- ``backend``: Celery's result backend, one round trip per stored state (Celery imports it by
+  the path ``configure`` gives, so importing this package never imports Celery);
 - ``keys``, ``backlog``, ``dead_letters``: where things live in Redis, how much each queue
   holds, and the tasks set aside.
 """
@@ -15,17 +16,9 @@ What other packages use is named here; the modules behind it are the broker's ow
 from __future__ import annotations
 
 from celeriac.broker import dead_letters, keys
-from celeriac.broker.backend import ResultBackend, backend_url
 from celeriac.broker.backlog import QueueBacklog, read_backlog
-from celeriac.broker.clients import (
-    DemotedMaster,
-    async_client,
-    client,
-    demoted,
-    polling_client,
-    reconnect_when_refused,
-)
-from celeriac.broker.config import configure, transport_for
+from celeriac.broker.clients import DemotedMaster, async_client, client, demoted, polling_client
+from celeriac.broker.config import backend_url, configure, transport_for
 from celeriac.broker.message import PUBLISHED_AT_PROPERTY, parse_eta
 from celeriac.broker.qos import QoS
 from celeriac.broker.replicas import ReplicationError, check_replicated, wait_timeout_ms
@@ -39,7 +32,6 @@ __all__ = [
     "QoS",
     "QueueBacklog",
     "ReplicationError",
-    "ResultBackend",
     "Transport",
     "async_client",
     "backend_url",
@@ -52,7 +44,6 @@ __all__ = [
     "parse_eta",
     "polling_client",
     "read_backlog",
-    "reconnect_when_refused",
     "transport_for",
     "wait_timeout_ms",
 ]

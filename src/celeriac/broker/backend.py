@@ -31,10 +31,6 @@ from celeriac.broker.clients import reconnect_when_refused
 
 logger = logging.getLogger(__name__)
 
-# How Celery's ``result_backend`` names this backend: "<class>+redis://...".
-BACKEND = "celeriac.broker.backend:ResultBackend"
-SENTINEL_BACKEND = "celeriac.broker.backend:SentinelResultBackend"
-
 # KEYS[1] the task's result key; ARGV[1] the encoded meta, ARGV[2] seconds to keep (0: none).
 # Celery's JSON meta starts with the status ({"status": "SUCCESS", ...}); anything else is
 # decoded in full before deciding. Returns 1 when stored, 0 when a SUCCESS was kept.
@@ -57,11 +53,6 @@ end
 redis.call('PUBLISH', KEYS[1], ARGV[1])
 return 1
 """
-
-
-def backend_url(url: str) -> str:
-    """The ``result_backend`` value selecting this backend for a ``redis://`` (or other) URL."""
-    return f"{BACKEND}+{url}"
 
 
 class ResultBackend(RedisBackend):

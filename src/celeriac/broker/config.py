@@ -1,5 +1,9 @@
 """The broker's part of Celery's configuration: which transport and result backend, with what
-options, for a plain Redis URL, for Sentinel and with ``WAIT`` for replicas."""
+options, for a plain Redis URL, for Sentinel and with ``WAIT`` for replicas.
+
+The backends are named by path, not imported: configuring (the exporter, ``celeriac inspect``)
+never pays for importing Celery's backends.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,20 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 from kombu.utils.imports import symbol_by_name
 
-from celeriac.broker.backend import SENTINEL_BACKEND
 from celeriac.broker.replicas import replicated_transport, wait_timeout_ms
 from celeriac.broker.sentinel import StayOnFirstURL, sentinel_kwargs, sentinel_transport
 from celeriac.settings import Settings, is_sentinel_url
+
+# How Celery's ``result_backend`` names celeriac's backends (celeriac.broker.backend):
+# "<class>+redis://...".
+BACKEND = "celeriac.broker.backend:ResultBackend"
+SENTINEL_BACKEND = "celeriac.broker.backend:SentinelResultBackend"
+
+
+def backend_url(url: str) -> str:
+    """The ``result_backend`` value selecting celeriac's backend for a ``redis://`` (or other)
+    URL."""
+    return f"{BACKEND}+{url}"
 
 
 def transport_for(settings: Settings, name: str) -> str | type[kombu_redis.Transport]:

@@ -89,8 +89,8 @@ class Channel(kombu_redis.Channel):
         # After a fetch that found nothing, the next one first waits on the doorbells.
         self._fetch_waits = False
         self._fetch_replies = 0
-        # Whether this channel's fetches found the script on the node (each new connection's
-        # node may lack it: the first fetch sends it whole).
+        # Whether the node has the fetch script: a channel's first fetch sends it whole, later
+        # ones its digest; a node that lost it answers NOSCRIPT, and the next fetch sends it.
         self._fetch_script_cached = False
         # Queues consumed without acknowledgements: their messages are never recorded as held.
         self._no_ack_queues: set[str] = set()
