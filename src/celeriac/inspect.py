@@ -33,7 +33,7 @@ from celeriac import broker
 from celeriac.broker import read_backlog
 from celeriac.broker.keys import dead_letters_key
 from celeriac.env import Env
-from celeriac.exporter.groups import WorkerGroup, all_queues, default_groups, load_groups
+from celeriac.groups import WorkerGroup, all_queues, groups_from_env
 from celeriac.local.plan import ENV_FILE
 from celeriac.local.settings import DEFAULT_STATE_DIR
 from celeriac.settings import SENTINEL_SEPARATOR, Settings, redact_url
@@ -98,11 +98,7 @@ class InspectSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> InspectSettings:
         common = Settings.from_env(environ)
-        groups_file = Env(environ).input_file("WORKER_GROUPS_FILE")
-        return cls(
-            common=common,
-            groups=load_groups(groups_file) if groups_file else default_groups(common.queues),
-        )
+        return cls(common=common, groups=groups_from_env(Env(environ), common.queues))
 
     @property
     def queues(self) -> tuple[str, ...]:

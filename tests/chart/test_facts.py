@@ -26,9 +26,9 @@ from celeriac.api.settings import (
 from celeriac.api.settings import DEFAULT_PORT as API_PORT
 from celeriac.beat.settings import DEFAULT_HEARTBEAT_FILE as BEAT_HEARTBEAT_FILE
 from celeriac.exporter.collector import GROUP_BACKLOG, GROUP_OLDEST_AGE, create_registry
-from celeriac.exporter.groups import GROUP_NAME, WorkerGroup, all_queues, parse_groups
 from celeriac.exporter.settings import DEFAULT_PORT as EXPORTER_PORT
 from celeriac.exporter.settings import ExporterSettings
+from celeriac.groups import GROUP_NAME, WorkerGroup, all_queues, parse_groups
 from celeriac.settings import MAX_PRIORITY, MIN_PRIORITY, QUEUE_NAME, SENTINEL_MASTER_NAME
 from celeriac.testing import HA_NODE_CONFIG
 from celeriac.worker.settings import DEFAULT_HEARTBEAT_FILE as WORKER_HEARTBEAT_FILE

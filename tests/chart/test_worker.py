@@ -141,7 +141,7 @@ def test_exporter_reads_the_same_groups_and_queues(renders: dict[str, Rendered],
     assert (
         env["CELERIAC_WORKER_GROUPS_FILE"]["value"] == "/etc/celeriac/exporter/worker-groups.yaml"
     )
-    # The union itself is compared with the exporter's (celeriac.exporter.groups.all_queues) in
+    # The union itself is compared with the exporter's (celeriac.groups.all_queues) in
     # test_facts.py.
     mounts = {m["name"]: m["mountPath"] for m in exporter["volumeMounts"]}
     assert mounts["worker-groups"] == "/etc/celeriac/exporter"

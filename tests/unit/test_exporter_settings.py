@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from celeriac.env import ConfigError
-from celeriac.exporter.groups import DEFAULT_GROUP, WorkerGroup, load_groups, parse_groups
 from celeriac.exporter.settings import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     DEFAULT_REDIS_TIMEOUT_SECONDS,
     ExporterSettings,
 )
+from celeriac.groups import DEFAULT_GROUP, WorkerGroup, load_groups, parse_groups
 from celeriac.settings import Settings
 from tests.support import documented_default
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from celeriac.exporter.groups import WorkerGroup
+from celeriac.groups import WorkerGroup
 from celeriac.inspect import (
     OTHERS_NAMED,
     GroupReport,

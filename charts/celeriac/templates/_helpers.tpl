@@ -318,7 +318,7 @@ bad group fails with the same message whichever template renders first.
 {{- if not (kindIs "map" $raw) -}}
 {{- fail (printf "workers.%s must be a map of group settings (or null to drop the group)" $name) -}}
 {{- end -}}
-{{- /* celeriac.exporter.groups.GROUP_NAME (tests/chart/test_facts.py compares) */ -}}
+{{- /* celeriac.groups.GROUP_NAME (tests/chart/test_facts.py compares) */ -}}
 {{- if not (regexMatch "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$" $name) -}}
 {{- fail (printf "workers.%s: a group name must be a DNS label (lower-case letters, digits and '-'); rename the group" $name) -}}
 {{- end -}}

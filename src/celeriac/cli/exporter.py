@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from celeriac.cli.options import check_option, environ_with, host_option, port_option, setting
-from celeriac.exporter.groups import DEFAULT_GROUP
 from celeriac.exporter.settings import DEFAULT_HOST, DEFAULT_PORT
+from celeriac.groups import DEFAULT_GROUP
 
 
 @click.command("exporter")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from celeriac.cli.options import environ_with, setting
-from celeriac.exporter.groups import DEFAULT_GROUP
+from celeriac.groups import DEFAULT_GROUP
 
 
 @click.command("inspect")

@@ -1,5 +1,5 @@
 """The exporter: queue and worker-group backlog gauges for Prometheus and KEDA, from Redis alone.
 
-``settings`` reads the environment, ``groups`` the worker-groups file, ``collector`` turns one
-pipelined round of Redis reads into metric families, ``server`` serves them over HTTP.
+``settings`` reads the environment and the worker groups (``celeriac.groups``), ``collector``
+turns one pipelined round of Redis reads into metric families, ``server`` serves them over HTTP.
 """

@@ -18,8 +18,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from celeriac import broker
 from celeriac.broker import QueueBacklog, read_backlog
-from celeriac.exporter.groups import WorkerGroup, all_queues
 from celeriac.exporter.settings import ExporterSettings
+from celeriac.groups import WorkerGroup, all_queues
 from celeriac.settings import redact_url
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from celeriac.env import Env
-from celeriac.exporter.groups import WorkerGroup, all_queues, default_groups, load_groups
+from celeriac.groups import WorkerGroup, all_queues, groups_from_env
 from celeriac.settings import Settings
 
 DEFAULT_HOST = "0.0.0.0"
@@ -30,12 +30,11 @@ class ExporterSettings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ExporterSettings:
         env = Env(environ)
         common = Settings.from_env(environ)
-        groups_file = env.input_file("WORKER_GROUPS_FILE")
         return cls(
             common=common,
             host=env.host("EXPORTER_HOST", DEFAULT_HOST),
             port=env.port("EXPORTER_PORT", DEFAULT_PORT),
-            groups=load_groups(groups_file) if groups_file else default_groups(common.queues),
+            groups=groups_from_env(env, common.queues),
             redis_timeout_seconds=env.number(
                 "EXPORTER_REDIS_TIMEOUT_SECONDS", DEFAULT_REDIS_TIMEOUT_SECONDS, minimum=0.05
             ),

@@ -1,7 +1,9 @@
-"""The worker-groups file: which queues each group of workers consumes.
+"""Worker groups: which queues each group of workers (one Deployment) consumes.
 
 KEDA scales each group on the summed backlog of its queues, so the exporter needs the same
-mapping the Helm chart uses to run the groups. Format (YAML)::
+mapping the Helm chart uses to run the groups, and ``celeriac inspect`` reports per group too;
+both read it here, from the worker-groups file (``CELERIAC_WORKER_GROUPS_FILE``). Format
+(YAML)::
 
     default:
       queues: [default]
@@ -18,9 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from celeriac.env import ConfigError
+from celeriac.env import ConfigError, Env
 from celeriac.settings import QUEUE_NAME, union_of_queues
 
 DEFAULT_GROUP = "default"
@@ -48,8 +48,18 @@ def all_queues(queues: Iterable[str], groups: Iterable[WorkerGroup]) -> tuple[st
     return union_of_queues(queues, *(group.queues for group in groups))
 
 
+def groups_from_env(env: Env, queues: tuple[str, ...]) -> tuple[WorkerGroup, ...]:
+    """The groups of ``CELERIAC_WORKER_GROUPS_FILE``; without it, one group over ``queues``."""
+    path = env.input_file("WORKER_GROUPS_FILE")
+    return load_groups(path) if path else default_groups(queues)
+
+
 def load_groups(path: Path) -> tuple[WorkerGroup, ...]:
     """Read and validate the worker-groups file at ``path``."""
+    # Imported here: the CLI options name DEFAULT_GROUP, and `celeriac probe` must not pay
+    # for a YAML parser on every probe.
+    import yaml
+
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
