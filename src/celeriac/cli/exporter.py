@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import click
 
-from celeriac.cli.options import check_option, environ_with, host_option, port_option, setting
+from celeriac.cli.options import (
+    check_option,
+    environ_with,
+    host_option,
+    port_option,
+    worker_groups_file_option,
+)
 from celeriac.exporter.settings import DEFAULT_HOST, DEFAULT_PORT
-from celeriac.groups import DEFAULT_GROUP
 
 
 @click.command("exporter")
 @host_option("CELERIAC_EXPORTER_HOST", DEFAULT_HOST)
 @port_option("CELERIAC_EXPORTER_PORT", DEFAULT_PORT, "Port for /metrics and /healthz")
-@setting(
-    "--worker-groups-file",
-    variable="CELERIAC_WORKER_GROUPS_FILE",
-    help=(
-        f"YAML: group name -> {{queues: [...]}}; unset: one group {DEFAULT_GROUP!r} "
-        "over CELERIAC_QUEUES."
-    ),
-    metavar="FILE",
-)
+@worker_groups_file_option
 @check_option("the settings and the groups file")
 def command(check: bool, **options: object) -> None:
     """Serve Prometheus metrics read from Redis alone.

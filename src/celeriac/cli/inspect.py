@@ -5,20 +5,11 @@ from __future__ import annotations
 
 import click
 
-from celeriac.cli.options import environ_with, setting
-from celeriac.groups import DEFAULT_GROUP
+from celeriac.cli.options import environ_with, worker_groups_file_option
 
 
 @click.command("inspect")
-@setting(
-    "--worker-groups-file",
-    variable="CELERIAC_WORKER_GROUPS_FILE",
-    help=(
-        f"YAML: group name -> {{queues: [...]}}; unset: one group {DEFAULT_GROUP!r} "
-        "over CELERIAC_QUEUES."
-    ),
-    metavar="FILE",
-)
+@worker_groups_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def command(as_json: bool, **options: object) -> None:
     """Show each queue and worker group, read from Redis alone.

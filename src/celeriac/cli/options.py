@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
+from celeriac.groups import DEFAULT_GROUP
 from celeriac.settings import DEFAULT_APP, DEFAULT_LOG_LEVEL, LOG_LEVELS
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -63,6 +64,18 @@ loglevel_option = setting(
     variable="CELERIAC_LOG_LEVEL",
     help=f"{', '.join(LOG_LEVELS)} [default: {DEFAULT_LOG_LEVEL}].",
     metavar="LEVEL",
+)
+
+
+# Every component that reports per worker group (exporter, inspect) reads the same file.
+worker_groups_file_option = setting(
+    "--worker-groups-file",
+    variable="CELERIAC_WORKER_GROUPS_FILE",
+    help=(
+        f"YAML: group name -> {{queues: [...]}}; unset: one group {DEFAULT_GROUP!r} "
+        "over CELERIAC_QUEUES."
+    ),
+    metavar="FILE",
 )
 
 
