@@ -27,7 +27,7 @@ import redis
 
 from celeriac.broker.keys import WORKER_INFO_KEY, WORKERS_KEY
 from celeriac.groups import WorkerGroup
-from celeriac.inspect import Report, read_report
+from celeriac.inspection.report import Report, read_report
 from celeriac.settings import DEFAULT_PRIORITY_STEPS
 from celeriac.testing import Child, RedisServer, celeriac_command, wait_until
 from celeriac.worker.registry import (

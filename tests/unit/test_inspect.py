@@ -8,17 +8,8 @@ import json
 import pytest
 
 from celeriac.groups import WorkerGroup
-from celeriac.inspect import (
-    OTHERS_NAMED,
-    GroupReport,
-    QueueReport,
-    Report,
-    _age,
-    _oldest,
-    group_of,
-    to_json,
-    to_table,
-)
+from celeriac.inspection.render import OTHERS_NAMED, _age, to_json, to_table
+from celeriac.inspection.report import GroupReport, QueueReport, Report, _oldest, group_of
 from celeriac.worker.registry import LiveWorker, info_json, live_workers
 
 

@@ -20,9 +20,9 @@ def command(as_json: bool, **options: object) -> None:
     celeriac workers keep in Redis; workers of no group are counted apart. Exit 0, or 1 with
     one line when Redis cannot be read (2 for bad settings).
     """
-    from celeriac.inspect import InspectSettings, inspect, to_json, to_table
+    from celeriac.inspection.runner import run_inspection
+    from celeriac.inspection.settings import InspectionSettings
 
-    settings = InspectSettings.from_env(environ_with(options))
+    settings = InspectionSettings.from_env(environ_with(options))
     # Redis unreadable: ``RedisUnavailable``, one line and exit 1 from ``celeriac.cli.main``.
-    report = inspect(settings)
-    click.echo(to_json(report) if as_json else to_table(report))
+    click.echo(run_inspection(settings, as_json=as_json))
