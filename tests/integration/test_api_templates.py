@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from celery import signals
 
-from celeriac.api.publish import Command, Publisher
+from celeriac.api.batching import Command
+from celeriac.api.publish import Publisher
 from celeriac.api.services import publisher
 from celeriac.api.templates import PROBE_ID
 from celeriac.broker import PUBLISHED_AT_PROPERTY

@@ -41,8 +41,10 @@ import redis.asyncio
 import redis.asyncio.connection
 
 from celeriac import broker
-from celeriac.api.publish import Command
 
+# A Redis command, its name and arguments: what publishing, tracking and idempotency build and a
+# TransactionQueue sends.
+Command = tuple[str, tuple[Any, ...]]
 # Failures saying Redis could not be reached (rather than refusing a command).
 UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
 # A unit of commands and the future its request awaits.

@@ -23,8 +23,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from celeriac.api.batching import Command
 from celeriac.api.models import TaskRequest
-from celeriac.api.publish import Command
 
 HEADER = "Idempotency-Key"
 # Lowercase, as ASGI servers hand header names over.

@@ -27,13 +27,13 @@ from kombu.common import maybe_declare
 
 from celeriac import broker
 from celeriac.api import templates
+from celeriac.api.batching import Command
 
 # A template not built yet (None: none can be built for that task, queue and priority).
 _UNBUILT = object()
 # How the API's publisher names its transport in Celery's ``broker_transport``.
 TRANSPORT = "celeriac.api.publish:Transport"
 
-Command = tuple[str, tuple[Any, ...]]
 # Like a publish: one immediate retry, then fail (kombu's default would retry for seconds).
 MAX_CONNECT_RETRIES = 1
 

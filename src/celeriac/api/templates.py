@@ -23,16 +23,14 @@ import base64
 import uuid
 from dataclasses import dataclass
 from time import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery import Celery, signals
 from celery.utils.saferepr import saferepr
 from kombu.utils.json import dumps, loads
 
+from celeriac.api.batching import Command
 from celeriac.broker import PUBLISHED_AT_PROPERTY
-
-if TYPE_CHECKING:
-    from celeriac.api.publish import Command  # publish uses this module
 
 # The id a template is built with; a filled template never contains it.
 PROBE_ID = "celeriac-template-probe"

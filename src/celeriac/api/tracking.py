@@ -23,9 +23,8 @@ from celery.backends.base import KeyValueStoreBackend
 
 from celeriac.api import idempotency
 from celeriac.api.app_results import AppResults
-from celeriac.api.batching import TransactionQueue
+from celeriac.api.batching import Command, TransactionQueue
 from celeriac.api.models import TaskError, TaskStatus, TaskSummary
-from celeriac.api.publish import Command
 
 RECORD_PREFIX = "celeriac:api:task:"
 # The ids submitted here, scored by submit time (microseconds since the epoch), newest kept.
