@@ -50,7 +50,7 @@ def _settings(broker_url: str, result_url: str | None = None) -> Settings:
 
 
 def _client(settings: Settings) -> TestClient:
-    return TestClient(create_app(settings, ApiSettings(tokens=(TOKEN,))))
+    return TestClient(create_app(ApiSettings(tokens=(TOKEN,), common=settings)))
 
 
 @pytest.fixture
@@ -308,9 +308,9 @@ def test_the_document_lists_the_queues_each_app_serves(redis_url: str) -> None:
         schemas = [*field["anyOf"], *parameter["schema"]["anyOf"]]
         return [schema["enum"] for schema in schemas if "enum" in schema]
 
-    tokens = ApiSettings(tokens=(TOKEN,))
-    two = create_app(_settings(redis_url), tokens)
-    one = create_app(Settings(broker_url=redis_url, queues=("only",), default_queue="only"), tokens)
+    two = create_app(ApiSettings(tokens=(TOKEN,), common=_settings(redis_url)))
+    only = Settings(broker_url=redis_url, queues=("only",), default_queue="only")
+    one = create_app(ApiSettings(tokens=(TOKEN,), common=only))
     assert queue_enums(two) == [["default", "cpu"], ["default", "cpu"]]
     assert queue_enums(one) == [["only"], ["only"]]
     # What the server serves is /openapi.json, the same document.

@@ -30,7 +30,7 @@ def settings(redis_url: str) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, ApiSettings(tokens=(TOKEN,)))) as test_client:
+    with TestClient(create_app(ApiSettings(tokens=(TOKEN,), common=settings))) as test_client:
         yield test_client
 
 

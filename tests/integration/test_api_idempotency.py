@@ -39,8 +39,8 @@ def _settings(broker_url: str, result_url: str | None = None) -> Settings:
 
 
 def _app_client(settings: Settings) -> TestClient:
-    api = ApiSettings(tokens=(TOKEN,), idempotency_window_seconds=WINDOW)
-    return TestClient(create_app(settings, api))
+    api = ApiSettings(tokens=(TOKEN,), common=settings, idempotency_window_seconds=WINDOW)
+    return TestClient(create_app(api))
 
 
 @pytest.fixture

@@ -26,7 +26,9 @@ ADD = "celeriac.demo.add"
 
 def _client(broker_url: str, recent_tasks: int = 100) -> TestClient:
     settings = Settings(broker_url=broker_url, queues=("default", "cpu"))
-    return TestClient(create_app(settings, ApiSettings(tokens=(TOKEN,), recent_tasks=recent_tasks)))
+    return TestClient(
+        create_app(ApiSettings(tokens=(TOKEN,), common=settings, recent_tasks=recent_tasks))
+    )
 
 
 @pytest.fixture
@@ -173,7 +175,7 @@ def test_no_list_when_switched_off(redis_url: str, redis_client: redis.Redis) ->
 def test_results_in_another_redis(redis_server: RedisServer) -> None:
     redis_server.client().flushall()
     settings = Settings(broker_url=redis_server.url(0), result_backend_url=redis_server.url(1))
-    with TestClient(create_app(settings, ApiSettings(tokens=(TOKEN,)))) as client:
+    with TestClient(create_app(ApiSettings(tokens=(TOKEN,), common=settings))) as client:
         task_id = _submit(client, 1)
         assert [task["id"] for task in _list(client)["tasks"]] == [task_id]
     with redis_server.client(1) as results:

@@ -50,7 +50,9 @@ def _app(broker_url: str, app: str = DEFAULT_APP) -> FastAPI:
     )
     tasks = TASKS if app == DEFAULT_APP else None
     return create_app(
-        settings, ApiSettings(tokens=(TOKEN,), allowed_tasks=tasks, max_body_bytes=MAX_BODY_BYTES)
+        ApiSettings(
+            tokens=(TOKEN,), common=settings, allowed_tasks=tasks, max_body_bytes=MAX_BODY_BYTES
+        )
     )
 
 

@@ -128,7 +128,7 @@ def test_past_the_bound_it_is_a_dead_letter_listed_counted_and_replayable(
     assert UNREGISTERED_SINCE_HEADER not in json.loads(letter.message)["headers"]
     assert waiting_or_held(redis_client, task_id) is None
 
-    with TestClient(create_api(settings, ApiSettings(tokens=(TOKEN,)))) as api:
+    with TestClient(create_api(ApiSettings(tokens=(TOKEN,), common=settings))) as api:
         listed = api.get("/v1/dead-letters", headers=AUTH).json()
         assert [(entry["id"], entry["reason"]) for entry in listed["dead_letters"]] == [
             (task_id, letter.reason)

@@ -37,7 +37,9 @@ def app() -> FastAPI:
         visibility_timeout_seconds=600,
         redis_socket_timeout_seconds=1,
     )
-    return create_app(settings, ApiSettings(tokens=(TOKEN, OTHER_TOKEN), max_body_bytes=MAX_BODY))
+    return create_app(
+        ApiSettings(tokens=(TOKEN, OTHER_TOKEN), common=settings, max_body_bytes=MAX_BODY)
+    )
 
 
 @pytest.fixture(scope="module")

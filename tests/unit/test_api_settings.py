@@ -11,7 +11,6 @@ from celeriac.api.services import allowed_tasks
 from celeriac.api.settings import ApiSettings
 from celeriac.cli import main
 from celeriac.env import ConfigError
-from celeriac.settings import Settings
 
 DEMO_TASKS = {
     "celeriac.demo.sleep",
@@ -94,20 +93,20 @@ def test_tokens_file_with_only_comments_is_refused(tmp_path: Path) -> None:
 
 
 def test_default_allow_list_is_every_app_task_but_celerys_own() -> None:
-    names = allowed_tasks(Settings(), ApiSettings(tokens=("t",)))
+    names = allowed_tasks(ApiSettings(tokens=("t",)))
     assert names == DEMO_TASKS
 
 
 def test_allow_list_narrows() -> None:
     api = ApiSettings(tokens=("t",), allowed_tasks=("celeriac.demo.add",))
-    assert allowed_tasks(Settings(), api) == {"celeriac.demo.add"}
+    assert allowed_tasks(api) == {"celeriac.demo.add"}
 
 
 @pytest.mark.parametrize("name", ["celeriac.demo.nope", "celery.backend_cleanup"])
 def test_allow_list_naming_an_unregistered_task_is_a_config_error(name: str) -> None:
     api = ApiSettings(tokens=("t",), allowed_tasks=("celeriac.demo.add", name))
     with pytest.raises(ConfigError, match=f"CELERIAC_API_ALLOWED_TASKS names '{name}'"):
-        allowed_tasks(Settings(), api)
+        allowed_tasks(api)
 
 
 def test_token_comparison() -> None:

@@ -64,7 +64,7 @@ def test_beat_config_uses_the_password_and_switches_off_redbeats_own_lock() -> N
     settings = Settings.from_env(
         {"CELERIAC_BROKER_URL": "redis://redis:6379/2", "CELERIAC_REDIS_PASSWORD": "pw!"}
     )
-    config = beat_config(settings, BeatSettings(max_loop_interval_seconds=2.0))
+    config = beat_config(BeatSettings(common=settings, max_loop_interval_seconds=2.0))
     assert config["redbeat_redis_url"] == "redis://:pw%21@redis:6379/2"
     assert config["redbeat_key_prefix"] == "celeriac:beat:"
     assert config["redbeat_lock_key"] is None

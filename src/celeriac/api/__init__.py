@@ -1,6 +1,6 @@
 """The HTTP API: submit allow-listed tasks, read their results, revoke them, see queue backlogs.
 
-Build it with ``create_app(settings, api_settings)``; ``celeriac api`` serves it with uvicorn.
+Build it with ``create_app(settings)``; ``celeriac api`` serves it with uvicorn.
 ``create_app`` is imported on first use, so ``celeriac.api.settings`` (the port, the token rule)
 costs no FastAPI to import: ``celeriac up`` and the CLI's help read it.
 """

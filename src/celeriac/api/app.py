@@ -16,27 +16,27 @@ from celeriac.api.limits import BodySizeLimit
 from celeriac.api.models import ErrorBody
 from celeriac.api.services import build_services
 from celeriac.api.settings import ApiSettings
-from celeriac.settings import Settings, redact_url
+from celeriac.settings import redact_url
 
 log = logging.getLogger("celeriac.api")
 
 
-def create_app(settings: Settings, api_settings: ApiSettings) -> FastAPI:
+def create_app(settings: ApiSettings) -> FastAPI:
     """The API for one deployment. Raises ``ConfigError`` for an unusable configuration.
 
     Nothing connects here: Redis is reached per request, so the API starts (and reports
     not-ready) while Redis is still coming up.
     """
-    services = build_services(settings, api_settings)
+    services = build_services(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info(
             "serving app %s: %d tasks allowed, queues %s, broker %s, %d token(s)",
-            settings.app,
+            settings.common.app,
             len(services.allowed_tasks),
             ",".join(services.queues),
-            redact_url(settings.broker_url),
+            redact_url(settings.common.broker_url),
             len(services.tokens),
         )
         services.open()
@@ -70,5 +70,5 @@ def create_app(settings: Settings, api_settings: ApiSettings) -> FastAPI:
     docs.publish_served_queues(app, services.queues)
     # Inside the body cap: accepted submissions skip FastAPI's routing (``fastpath``).
     app.add_middleware(SubmitFastPath, services=services)
-    app.add_middleware(BodySizeLimit, max_bytes=api_settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

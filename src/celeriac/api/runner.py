@@ -13,20 +13,18 @@ from fastapi import FastAPI
 from celeriac.api.app import create_app
 from celeriac.api.services import allowed_tasks
 from celeriac.api.settings import ApiSettings
-from celeriac.settings import Settings
 
 # Kubernetes sends SIGKILL 30 s after SIGTERM by default; in-flight requests get most of that.
 GRACEFUL_SHUTDOWN_SECONDS = 20
 
 
-def check_api(settings: Settings, api_settings: ApiSettings) -> str:
+def check_api(settings: ApiSettings) -> str:
     """What ``run_api`` would serve, without serving it: one line for ``--check``."""
-    tasks = sorted(allowed_tasks(settings, api_settings))
+    tasks = sorted(allowed_tasks(settings))
     return (
-        f"celeriac: api settings are valid: app {settings.app} ({len(tasks)} tasks allowed: "
-        f"{', '.join(tasks)}), {len(api_settings.tokens)} token(s), "
-        f"listening on {api_settings.host}:{api_settings.port}, "
-        f"{api_settings.workers} process(es)"
+        f"celeriac: api settings are valid: app {settings.common.app} ({len(tasks)} tasks "
+        f"allowed: {', '.join(tasks)}), {len(settings.tokens)} token(s), "
+        f"listening on {settings.host}:{settings.port}, {settings.workers} process(es)"
     )
 
 
@@ -34,14 +32,13 @@ def check_api(settings: Settings, api_settings: ApiSettings) -> str:
 class AppFactory:
     """Builds the app in each worker process; pickled to them (uvicorn spawns its workers)."""
 
-    settings: Settings
-    api_settings: ApiSettings
+    settings: ApiSettings
 
     def __call__(self) -> FastAPI:
-        return create_app(self.settings, self.api_settings)
+        return create_app(self.settings)
 
 
-def run_api(settings: Settings, api_settings: ApiSettings) -> None:
+def run_api(settings: ApiSettings) -> None:
     """Serve until SIGTERM or SIGINT; requests in progress get GRACEFUL_SHUTDOWN_SECONDS.
 
     With ``workers`` > 1 the process is uvicorn's supervisor: it binds the socket, starts the
@@ -52,21 +49,21 @@ def run_api(settings: Settings, api_settings: ApiSettings) -> None:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    factory = AppFactory(settings, api_settings)
+    factory = AppFactory(settings)
     # Checked here, in the process that reports configuration errors with exit code 2.
     application = factory()
     config = uvicorn.Config(
-        factory if api_settings.workers > 1 else application,
-        factory=api_settings.workers > 1,
-        host=api_settings.host,
-        port=api_settings.port,
-        workers=api_settings.workers,
-        log_config=log_config(settings.log_level),
-        access_log=api_settings.access_log,
+        factory if settings.workers > 1 else application,
+        factory=settings.workers > 1,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_config=log_config(settings.common.log_level),
+        access_log=settings.access_log,
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
-    if api_settings.workers > 1:
+    if settings.workers > 1:
         # The supervisor handles SIGTERM/SIGINT itself and returns: exit status 0.
         Multiprocess(config, sockets=[config.bind_socket()]).run()
         return

@@ -28,7 +28,6 @@ READY_TIMEOUT_SECONDS = 0.8
 
 @dataclass(frozen=True)
 class Services:
-    settings: Settings
     api_settings: ApiSettings
     tokens: Tokens
     allowed_tasks: frozenset[str]
@@ -48,6 +47,11 @@ class Services:
     # Clients for the event loop, opened by ``open`` in the app's lifespan: their connections
     # belong to the loop that made them.
     aio: AsyncClients = field(default_factory=lambda: AsyncClients())
+
+    @property
+    def settings(self) -> Settings:
+        """The shared settings (broker, results, queues): ``api_settings.common``."""
+        return self.api_settings.common
 
     @property
     def results_on_broker(self) -> bool:
@@ -145,8 +149,9 @@ class AsyncClients:
             await client.aclose()
 
 
-def build_services(settings: Settings, api_settings: ApiSettings) -> Services:
+def build_services(api_settings: ApiSettings) -> Services:
     """Load the app's task names, check the allow-list, and prepare (not open) connections."""
+    settings = api_settings.common
     broker_url = settings.broker_connection_url
     results_url = settings.result_backend_connection_url
     timeout = settings.redis_socket_timeout_seconds
@@ -160,10 +165,9 @@ def build_services(settings: Settings, api_settings: ApiSettings) -> Services:
     sender_app = publisher(settings)
     app = load_app(settings.app, settings)
     return Services(
-        settings=settings,
         api_settings=api_settings,
         tokens=Tokens(api_settings.tokens),
-        allowed_tasks=allowed_tasks(settings, api_settings, app),
+        allowed_tasks=allowed_tasks(api_settings, app),
         queues=queues,
         publisher=sender_app,
         sender=publish.Publisher(sender_app, queues),
@@ -179,14 +183,13 @@ def _app_results(app: Celery) -> AppResults | None:
     return None if backend is None else AppResults(app, str(backend))
 
 
-def allowed_tasks(
-    settings: Settings, api_settings: ApiSettings, app: Celery | None = None
-) -> frozenset[str]:
+def allowed_tasks(api_settings: ApiSettings, app: Celery | None = None) -> frozenset[str]:
     """The names the API may submit: the allow-list, each registered by the app (loaded from
-    ``settings`` unless given), or all of them.
+    ``api_settings`` unless given), or all of them.
 
     Celery's own ``celery.*`` tasks (chord unlock, backend cleanup ...) are never offered.
     """
+    settings = api_settings.common
     app = app if app is not None else load_app(settings.app, settings)
     # Sends Celery's import_modules signal, as a worker does at start: Django is set up and
     # autodiscover_tasks() imports each app's tasks.

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from celeriac.env import ConfigError, Env
+from celeriac.settings import Settings
 
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8000
@@ -24,9 +25,13 @@ MAX_RECENT_TASKS = 1_000_000
 
 @dataclass(frozen=True)
 class ApiSettings:
-    """Settings of ``celeriac api``; ``tokens`` stay out of ``repr`` so they never reach a log."""
+    """Settings of ``celeriac api``; ``common`` holds the broker, app and queue settings.
+
+    ``tokens`` stay out of ``repr`` so they never reach a log.
+    """
 
     tokens: tuple[str, ...] = field(repr=False)
+    common: Settings = field(default_factory=Settings)
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     # None: every task the app registers except Celery's own ``celery.*``.
@@ -62,6 +67,8 @@ class ApiSettings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ApiSettings:
         env = Env(environ)
         return cls(
+            # First, so a broken shared setting is reported before an API one, as before.
+            common=Settings.from_env(environ),
             tokens=_tokens(env),
             host=env.host("API_HOST", DEFAULT_HOST),
             # 0: any free port (tests and `celeriac up` pick one).

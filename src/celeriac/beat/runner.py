@@ -41,8 +41,9 @@ def redis_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def beat_config(settings: Settings, beat: BeatSettings) -> dict[str, Any]:
+def beat_config(beat: BeatSettings) -> dict[str, Any]:
     """Celery and redbeat settings for the beat process."""
+    settings = beat.common
     return {
         # Beat's state lives in the broker's Redis, under its own key prefix.
         "redbeat_redis_url": settings.broker_connection_url,
@@ -94,11 +95,12 @@ def entries_from(beat: BeatSettings) -> tuple[Entry, ...]:
     return load_schedule(beat.schedule_file)
 
 
-def check_beat(settings: Settings, beat: BeatSettings) -> list[str]:
+def check_beat(beat: BeatSettings) -> list[str]:
     """What ``run_beat`` would fire, without firing it: the lines ``--check`` prints.
 
     Imports the app, so an entry's arguments are checked against its task as at start.
     """
+    settings = beat.common
     if beat.scheduler is not None:
         load_app(settings.app, settings)  # first: a Django scheduler needs Django set up
         cls = load_scheduler(beat.scheduler)
@@ -117,13 +119,14 @@ def check_beat(settings: Settings, beat: BeatSettings) -> list[str]:
     ]
 
 
-def run_beat(settings: Settings, beat: BeatSettings) -> None:
+def run_beat(beat: BeatSettings) -> None:
     """Validate the schedule, then run beat until SIGTERM or SIGINT."""
+    settings = beat.common
     app = load_app(settings.app, settings)
     if beat.scheduler is not None:
-        _run_other_scheduler(app, settings, beat, beat.scheduler)
+        _run_other_scheduler(app, beat, beat.scheduler)
         return
-    app.conf.update(beat_config(settings, beat))
+    app.conf.update(beat_config(beat))
     if is_sentinel_url(settings.broker_url):
         # redbeat's own Sentinel support drops the timeouts and retry; celeriac's client asks
         # the sentinels for the master on every new connection (celeriac.broker.clients).
@@ -160,11 +163,12 @@ def run_beat(settings: Settings, beat: BeatSettings) -> None:
         heartbeat_file=beat.heartbeat_file,
         lock_timeout=beat.lock_timeout_seconds,
     )
-    _run_beat(app, settings, beat, scheduler)
+    _run_beat(app, beat, scheduler)
 
 
-def _run_other_scheduler(app: Celery, settings: Settings, beat: BeatSettings, name: str) -> None:
+def _run_other_scheduler(app: Celery, beat: BeatSettings, name: str) -> None:
     """Run the scheduler class ``name`` behind celeriac's lock (celeriac.beat.leader)."""
+    settings = beat.common
     app.conf.update(scheduler_config(beat))
     app.set_current()
     app.log.setup(
@@ -195,16 +199,16 @@ def _run_other_scheduler(app: Celery, settings: Settings, beat: BeatSettings, na
         heartbeat_file=beat.heartbeat_file,
         lock_timeout=beat.lock_timeout_seconds,
     )
-    _run_beat(app, settings, beat, scheduler)
+    _run_beat(app, beat, scheduler)
 
 
-def _run_beat(app: Celery, settings: Settings, beat: BeatSettings, scheduler: Any) -> None:
+def _run_beat(app: Celery, beat: BeatSettings, scheduler: Any) -> None:
     # Celery's hints say str and int; it resolves a class (or factory) and takes a float too.
     Beat(
         app=app,
         scheduler=cast(Any, scheduler),
         max_interval=cast(Any, beat.max_loop_interval_seconds),
-        loglevel=settings.log_level,
+        loglevel=beat.common.log_level,
         quiet=True,
         # Keep stdout and stderr as they are: the CLI's one-line errors must not become logs.
         redirect_stdouts=False,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celeriac.env import ConfigError, Env
+from celeriac.settings import Settings
 
 # The loop wakes at least this often: it bounds how late a task fires, how old the heartbeat
 # file gets and how fast a standby beat notices a released lock.
@@ -25,6 +26,9 @@ KEY_PREFIX = "celeriac:beat:"
 
 @dataclass(frozen=True)
 class BeatSettings:
+    """What ``celeriac beat`` needs; ``common`` holds the broker, app and queue settings."""
+
+    common: Settings = field(default_factory=Settings)
     schedule_file: Path | None = None
     max_loop_interval_seconds: float = DEFAULT_MAX_LOOP_INTERVAL_SECONDS
     lock_timeout_seconds: float = DEFAULT_MAX_LOOP_INTERVAL_SECONDS * LOCK_TIMEOUT_LOOP_INTERVALS
@@ -37,6 +41,8 @@ class BeatSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> BeatSettings:
+        # First, so a broken shared setting is reported before a beat one, as before.
+        common = Settings.from_env(environ)
         env = Env(environ)
         loop = env.number(
             "BEAT_MAX_LOOP_INTERVAL_SECONDS", DEFAULT_MAX_LOOP_INTERVAL_SECONDS, minimum=0.1
@@ -58,6 +64,7 @@ class BeatSettings:
                 "set; the schedule file is read only by celeriac's own scheduler: set one"
             )
         return cls(
+            common=common,
             schedule_file=schedule_file,
             scheduler=scheduler,
             max_loop_interval_seconds=loop,

@@ -22,11 +22,9 @@ def command(check: bool, **options: object) -> None:
     # Imported here so other subcommands do not pay for FastAPI (api.settings does not import it).
     from celeriac.api.runner import check_api, run_api
     from celeriac.api.settings import ApiSettings
-    from celeriac.settings import Settings
 
-    environ = environ_with(options)
-    settings, api_settings = Settings.from_env(environ), ApiSettings.from_env(environ)
+    settings = ApiSettings.from_env(environ_with(options))
     if check:
-        click.echo(check_api(settings, api_settings))
+        click.echo(check_api(settings))
         return
-    run_api(settings, api_settings)
+    run_api(settings)

@@ -26,11 +26,9 @@ def command(check: bool, **options: object) -> None:
     """
     from celeriac.beat.runner import check_beat, run_beat
     from celeriac.beat.settings import BeatSettings
-    from celeriac.settings import Settings
 
-    environ = environ_with(options)
-    settings, beat = Settings.from_env(environ), BeatSettings.from_env(environ)
+    settings = BeatSettings.from_env(environ_with(options))
     if check:
-        click.echo("\n".join(check_beat(settings, beat)))
+        click.echo("\n".join(check_beat(settings)))
         return
-    run_beat(settings, beat)
+    run_beat(settings)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from celeriac.local.plan import StackPlan
-from celeriac.settings import Settings, redact_url, with_password
+from celeriac.settings import redact_url, with_password
 
 READY_LINE = "celeriac is up"
 # Arguments for the demo's add task (celeriac.demo.ADD_TASK).
@@ -68,9 +68,9 @@ def example_call(plan: StackPlan, inherited: Mapping[str, str]) -> ExampleCall |
 
     env = plan.environment("api", inherited)
     try:
-        settings = Settings.from_env(env)
-        names = allowed_tasks(settings, ApiSettings.from_env(env))
-        app = load_app(settings.app, settings)
+        api = ApiSettings.from_env(env)
+        names = allowed_tasks(api)
+        app = load_app(api.common.app, api.common)
     except Exception:
         # Anything the user's module raises at import: a banner must not stop the stack.
         return None
