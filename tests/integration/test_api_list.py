@@ -12,7 +12,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from celeriac.api import ApiSettings, create_app, tracking
+from celeriac.api import ApiSettings, create_app, listing
 from celeriac.api.tracking import RECENT_KEY, RECORD_PREFIX, RESULT_PREFIX
 from celeriac.settings import Settings
 from celeriac.testing import RedisServer
@@ -139,7 +139,7 @@ def test_the_state_filter_takes_any_case(client: TestClient, redis_client: redis
 def test_a_rare_state_is_found_over_pages_of_bounded_reads(
     client: TestClient, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tracking, "MAX_SCANNED", 3)
+    monkeypatch.setattr(listing, "MAX_SCANNED", 3)
     rare = _submit(client, 0)
     _finish(redis_client, rare, "FAILURE")
     for n in range(1, 6):

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Requ
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
-from celeriac.api import idempotency, tracking
+from celeriac.api import idempotency, listing, tracking
 from celeriac.api.dependencies import ServicesDep, check_queue, require_token
 from celeriac.api.errors import field_error
 from celeriac.api.models import ErrorBody, TaskAccepted, TaskPage, TaskRequest, TaskStatus
@@ -260,10 +260,10 @@ async def list_tasks(
         )
     after = None
     if cursor is not None:
-        after = tracking.Cursor.parse(cursor)
+        after = listing.Cursor.parse(cursor)
         if after is None:  # the pattern lets through only what parses
             raise field_error(("query", "cursor"), "not a cursor this API gave")
-    found, last = await tracking.recent(services.aio.results, limit=limit, state=state, after=after)
+    found, last = await listing.recent(services.aio.results, limit=limit, state=state, after=after)
     return TaskPage(tasks=found, next_cursor=None if last is None else str(last))
 
 

@@ -6,6 +6,7 @@ backend's Redis, expiring with the result; an id with neither a record nor a res
 (404). Both are read with one pipelined round trip; a submission writes its record and its
 message in one transaction when results and broker share a Redis. An app that keeps results
 outside Redis (django-db ...) has them read through its backend (``app_results``) instead.
+The list of recent submissions written here is read by ``listing``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncio
 import contextlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -24,7 +25,7 @@ from celery.backends.base import KeyValueStoreBackend
 from celeriac.api import idempotency
 from celeriac.api.app_results import AppResults
 from celeriac.api.batching import Command, TransactionQueue
-from celeriac.api.models import TaskError, TaskStatus, TaskSummary
+from celeriac.api.models import TaskError, TaskStatus
 
 RECORD_PREFIX = "celeriac:api:task:"
 # The ids submitted here, scored by submit time (microseconds since the epoch), newest kept.
@@ -133,7 +134,7 @@ async def _forget(client: redis.asyncio.Redis, key: str, task_id: str) -> None:
 
 async def record_revoked(client: redis.asyncio.Redis, task_id: str, at: datetime) -> None:
     """Note in the id's record that it was revoked, so a task that has not started reads
-    REVOKED (``_status``).
+    REVOKED (``parse_status``).
 
     Celery's revoke reaches only the memory of the workers that hear it: the result backend
     keeps no state for a task still queued (PENDING) until a worker meets the task and stores
@@ -166,104 +167,13 @@ async def lookup(
         pipe.get(RECORD_PREFIX + task_id)
         pipe.get(RESULT_PREFIX + task_id)
         record_raw, meta_raw = await pipe.execute()
-    return _status(task_id, record_raw, meta_raw)
+    return parse_status(task_id, record_raw, meta_raw)
 
 
-# KEYS[1]: the recent ids. ARGV: the cursor's id ('' for the newest), its score, how many.
-# The ids after the cursor, newest first, with their scores. Where the cursor's id is gone (taken
-# back), the ids older than its score follow it. One script: nothing moves in between.
-RECENT_AFTER = """
-local start = 0
-if ARGV[1] ~= '' then
-  local rank = redis.call('ZREVRANK', KEYS[1], ARGV[1])
-  if rank then
-    start = rank + 1
-  else
-    start = redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[2], '+inf')
-  end
-end
-return redis.call('ZREVRANGE', KEYS[1], start, start + tonumber(ARGV[3]) - 1, 'WITHSCORES')
-"""
-# Ids whose state one request reads at most: a rare state's filter stops here with a cursor.
-MAX_SCANNED = 1000
-MIN_CHUNK = 100
-
-
-@dataclass(frozen=True)
-class Cursor:
-    """Where a page of recent tasks ended: the last id looked at and its score."""
-
-    score: int
-    task_id: str
-
-    def __str__(self) -> str:
-        return f"{self.score}:{self.task_id}"
-
-    @classmethod
-    def parse(cls, text: str) -> Cursor | None:
-        score, _, task_id = text.partition(":")
-        if not score.isdigit() or not task_id:
-            return None
-        return cls(int(score), task_id)
-
-
-async def recent(
-    client: redis.asyncio.Redis,
-    *,
-    limit: int,
-    state: str | None = None,
-    after: Cursor | None = None,
-) -> tuple[list[TaskSummary], Cursor | None]:
-    """Recent submissions, newest first, from ``after`` on: at most ``limit`` (in ``state``,
-    in any case: Celery's states are upper-case, a custom state a task sets may not be).
-
-    States are read for the ids looked at only, at most ``MAX_SCANNED`` per call: a filter
-    that matches little returns fewer tasks and a cursor to go on from. Ids whose record and
-    result have both expired are passed over. The cursor is None at the end of the list.
-    """
-    found: list[TaskSummary] = []
-    scanned = 0
-    chunk = limit if state is None else max(limit, MIN_CHUNK)
-    while True:
-        size = min(chunk, MAX_SCANNED - scanned)
-        words = ("", 0) if after is None else (after.task_id, after.score)
-        reply = await client.eval(RECENT_AFTER, 1, RECENT_KEY, *words, size)
-        entries = [(reply[i].decode(), int(float(reply[i + 1]))) for i in range(0, len(reply), 2)]
-        if not entries:
-            return found, None
-        scanned += len(entries)
-        async with client.pipeline(transaction=False) as pipe:
-            for task_id, _ in entries:
-                pipe.get(RECORD_PREFIX + task_id)
-                pipe.get(RESULT_PREFIX + task_id)
-            raws = await pipe.execute()
-        for index, (task_id, score) in enumerate(entries):
-            after = Cursor(score, task_id)
-            status = _status(task_id, raws[2 * index], raws[2 * index + 1])
-            if status is None or (state is not None and status.state.upper() != state.upper()):
-                continue
-            found.append(_summary(status, score))
-            if len(found) == limit:
-                return found, after
-        if len(entries) < size:
-            return found, None
-        if scanned >= MAX_SCANNED:
-            return found, after
-
-
-def _summary(status: TaskStatus, score: int) -> TaskSummary:
-    submitted = datetime.fromtimestamp(score / 1_000_000, UTC)
-    return TaskSummary(
-        id=status.id,
-        task=status.task,
-        queue=status.queue,
-        state=status.state,
-        submitted_at=submitted.isoformat(),
-        finished_at=status.finished_at,
-    )
-
-
-def _status(task_id: str, record_raw: bytes | None, meta_raw: bytes | None) -> TaskStatus | None:
+def parse_status(
+    task_id: str, record_raw: bytes | None, meta_raw: bytes | None
+) -> TaskStatus | None:
+    """The status a record and a result stored in Redis give; None when neither is there."""
     return _status_of(task_id, _json_object(record_raw), _json_object(meta_raw))
 
 
