@@ -55,7 +55,7 @@ FLOOR_WARMUP = 200
 # (processes, connection counts): 2 processes only where they can help, with 8 connections.
 SERVERS = ((1, (1, 8)), (2, (8,)))
 CONNECTIONS = (1, 8)
-# Same policy as the API's publish (celeriac.api.tasks.PUBLISH_RETRY_POLICY).
+# Same policy as the API's publish (celeriac.api.submission.PUBLISH_RETRY_POLICY).
 RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.1, "interval_max": 0.1}
 # One round of one variant: requests completed, seconds, p50 and p99 in milliseconds.
 Round = dict[str, Any]

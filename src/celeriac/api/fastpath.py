@@ -6,7 +6,7 @@ publishing the message. This pure ASGI middleware serves the requests that would
 (a ``202``) directly, with the same steps FastAPI takes: the body parsed with ``json.loads``
 (as Starlette's ``Request.json``), validated by the same ``TaskRequest`` model, the token read
 as ``HTTPBearer`` reads it and checked by the same ``Tokens``, then ``check_submission`` and
-``publish_task`` of ``celeriac.api.tasks``, the functions the FastAPI route calls. Anything else
+``submit`` of ``celeriac.api.submission``, the functions the FastAPI route calls. Anything else
 (a missing or bad token, a body that does not validate, another content type, a task or queue
 not allowed ...) is handed to the FastAPI app unchanged, body included, which answers it as it
 always has: every error comes from one place, and ``/openapi.json`` still describes the route
@@ -25,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from celeriac.api import idempotency, tasks
+from celeriac.api import idempotency, submission
 from celeriac.api.errors import UNAVAILABLE_ERRORS, unavailable
 from celeriac.api.models import TaskRequest
 from celeriac.api.services import Services
@@ -55,7 +55,7 @@ class SubmitFastPath:
             return
         request, queue, delay, key = accepted
         try:
-            answer, replayed = await tasks.submit(request, queue, delay, self.services, key)
+            answer, replayed = await submission.submit(request, queue, delay, self.services, key)
         except UNAVAILABLE_ERRORS as exc:
             await unavailable("POST", scope["path"], exc)(scope, replay, send)
             return
@@ -67,7 +67,7 @@ class SubmitFastPath:
         headers = [
             (b"content-length", str(len(content)).encode()),
             (b"content-type", b"application/json"),
-            (b"location", tasks.location(scope, answer.id).encode("latin-1")),
+            (b"location", submission.location(scope, answer.id).encode("latin-1")),
         ]
         if replayed:
             headers.append((REPLAYED, b"true"))
@@ -104,7 +104,7 @@ class SubmitFastPath:
             return None
         try:
             request = TaskRequest.model_validate(json.loads(body))
-            queue, delay = tasks.check_submission(request, self.services)
+            queue, delay = submission.check_submission(request, self.services)
         except (ValueError, RecursionError, ValidationError, RequestValidationError):
             return None  # malformed JSON, not UTF-8, invalid, not allowed: FastAPI answers
         return request, queue, delay, key
