@@ -279,7 +279,7 @@ class Report:
     beat_gaps: list[float]
 
     def fired_twice(self) -> int:
-        return sum(1 for gap in self.beat_gaps if gap < TICK_SECONDS / 2)
+        return len(rollouts.fired_twice(self.beat_gaps, TICK_SECONDS))
 
     def longest_unavailable(self) -> float:
         """The longest stretch between two submits answered 202 (seconds)."""

@@ -91,8 +91,9 @@ def beat_entry(every: float, marker: int) -> dict[str, Any]:
 
 
 # Beat: an entry every 2 s from the install on; the upgrade adds one every 3 s.
-TICK = beat_entry(2, marker=1)
-TOCK = beat_entry(3, marker=2)
+TICK_SECONDS, TOCK_SECONDS = 2.0, 3.0
+TICK = beat_entry(TICK_SECONDS, marker=1)
+TOCK = beat_entry(TOCK_SECONDS, marker=2)
 
 
 # -- the API server's record ------------------------------------------------------------------
@@ -505,6 +506,12 @@ def gaps(times: Sequence[float]) -> list[float]:
     return [round(later - earlier, 2) for earlier, later in itertools.pairwise(times)]
 
 
+def fired_twice(gaps: Sequence[float], interval: float) -> list[float]:
+    """The gaps that show an entry fired twice for one due time: under half its interval. A
+    firing published late on a busy node (a gap of 1.5 intervals, then one of 0.5) is not."""
+    return [gap for gap in gaps if gap < interval / 2]
+
+
 def replacement_seconds(events: Sequence[Event]) -> float | None:
     """From the first pod's deletion to the next pod's Ready (as the watch received them)."""
     removed = deletions(events)
@@ -739,10 +746,10 @@ def beat_upgrade_scenario(
         # Recreate: the old pod replaced by a new one, never both alive at once.
         assert len(names) == 2, names
         assert peak[0] == 1, peak
-        # No entry fired twice for one due time: consecutive firings at least most of an
-        # interval apart (the new beat kept each entry's last run in Redis).
-        assert min(tick) >= 2 * 0.75, tick
-        assert min(tock) >= 3 * 0.75, tock
+        # No entry fired twice for one due time (the new beat kept each entry's last run in
+        # Redis).
+        assert not fired_twice(tick, TICK_SECONDS), tick
+        assert not fired_twice(tock, TOCK_SECONDS), tock
     except BaseException:
         print(cluster.diagnostics())
         raise
