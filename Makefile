@@ -16,7 +16,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PREVIEW_FEATURES := package-conflicts
 SYNC := $(UV) sync --locked
 
-.PHONY: up test test-suites test-fast test-e2e e2e soak image test-image lint bench install install-local lock checkov clean
+.PHONY: up test test-suites test-fast test-e2e e2e cluster-binaries prebuild soak image test-image lint bench install install-local lock checkov clean
 
 # uv itself: the one install outside the lock, pinned by version and hashes.
 $(UV): requirements-uv.txt
@@ -75,16 +75,14 @@ test-e2e: install
 # pinned sources if not cached, then runs its tests (root: bridge, network and mount namespaces)
 # on a real node (kubelet, containerd, CNI, kube-proxy, CoreDNS) running the images of `make image`:
 # test_helm.py's helm install/test/upgrade/uninstall, autoscaling, recovery, rollouts, Sentinel.
-e2e: install image
-	$(BIN)/python -m tests.cluster.infra.build
+e2e: install image cluster-binaries
 	$(BIN)/pytest -m cluster tests/cluster --durations=10
 
 # The soak (issue 17, item 5; not in CI; root): 30 minutes of submits and bursts on the local
 # cluster's real node while a seeded schedule deletes pods, kills the Redis master, restarts
 # containerd and OOM-kills a task (README "Soak"). SOAK_ARGS: e.g. --minutes 5 --seed 2 --record.
-soak: install image
+soak: install image cluster-binaries
 	$(SYNC) --inexact --extra bench
-	$(BIN)/python -m tests.cluster.infra.build
 	$(BIN)/python -m tests.cluster.soak $(SOAK_ARGS)
 
 # The images (README "The image"): ghcr.io/celeriac/celeriac:<version> and one per component,
@@ -93,6 +91,14 @@ soak: install image
 # build script needs only the standard library: no venv.
 image:
 	$(PYTHON) -m tests.image.build
+
+# The local cluster's binaries (etcd, Kubernetes, containerd, CoreDNS, the registry, KEDA), built
+# from the pinned Go modules unless cached (tests/cluster/README.md); the script needs no venv.
+cluster-binaries:
+	$(PYTHON) -m tests.cluster.infra.build
+
+# Everything make test-image and make e2e build, so that .ci/run can build it beside make test.
+prebuild: image cluster-binaries
 
 # Runs the built images in runc containers: every component, UID 10001, read-only, SIGTERM.
 test-image: install image
