@@ -6,7 +6,7 @@ Celery's consumer retries a lost broker connection through kombu's ``ensure_conn
 attempt) and restarts its steps without any pause when the connection fails after it connected
 (one WARNING per restart; more than 5 restarts in a second log ``RestartFreqExceeded`` as
 CRITICAL and block the event loop for a second). During a Sentinel failover that was 60-70
-ERROR lines and about 10 CRITICAL lines per worker. ``ProbedConsumer`` (``steps``) routes both
+ERROR lines and about 10 CRITICAL lines per worker. ``ProbedConsumer`` (``consumer``) routes both
 paths through ``BrokerBackoff`` instead: waits of 0.1 s doubling up to 2 s, one WARNING when
 the broker is lost and one INFO when the consumer consumes again (``steps.Ready``; connecting
 is not enough: ``celeriac.broker.transport.Channel`` refuses a node that does not accept writes, but

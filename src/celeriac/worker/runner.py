@@ -10,6 +10,7 @@ from celery import Celery, signals
 from celeriac import heartbeat
 from celeriac.app import load_app
 from celeriac.env import ConfigError
+from celeriac.worker.consumer import ProbedConsumer
 from celeriac.worker.deletion_cost import KubernetesPod
 from celeriac.worker.metrics import TaskSignalRecorder, enable_multiprocess, serve_metrics
 from celeriac.worker.pool import POOL_CLASSES
@@ -20,7 +21,6 @@ from celeriac.worker.steps import (
     DeletionCost,
     Drain,
     Heartbeat,
-    ProbedConsumer,
     Ready,
     Registry,
     StallCheck,
