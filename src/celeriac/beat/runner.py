@@ -16,9 +16,10 @@ from redis.retry import Retry
 
 from celeriac import broker, heartbeat
 from celeriac.app import load_app
+from celeriac.beat.entry import Entry
 from celeriac.beat.leader import LeaderScheduler
 from celeriac.beat.lock import LOCK_SUFFIX
-from celeriac.beat.schedule import Entry, load_schedule
+from celeriac.beat.schedule import load_schedule
 from celeriac.beat.scheduler import Scheduler
 from celeriac.beat.settings import BeatSettings
 from celeriac.env import ConfigError

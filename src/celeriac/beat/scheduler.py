@@ -29,8 +29,8 @@ from redbeat.schedulers import RedBeatScheduler, RedBeatSchedulerEntry, ensure_c
 from redis.exceptions import LockError, RedisError
 
 from celeriac import heartbeat
+from celeriac.beat.entry import Entry
 from celeriac.beat.lock import LOCK_SUFFIX, LeaderLock
-from celeriac.beat.schedule import Entry
 
 logger = logging.getLogger("celeriac.beat")
 
