@@ -1,4 +1,5 @@
-"""Processes left behind by an earlier ``celeriac up`` that was killed before it could stop them."""
+"""Processes left behind by an earlier ``celeriac up`` that was killed before it could stop them:
+the record each run keeps of its children (pids.json), and stopping what such a record names."""
 
 from __future__ import annotations
 
@@ -7,16 +8,41 @@ import json
 import os
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from celeriac.local.process import (
     KILL_WAIT_SECONDS,
     POLL_INTERVAL_SECONDS,
+    ManagedProcess,
     boot_id,
     group_members,
     is_running,
     read_stat,
 )
+
+
+def record_processes(
+    pids_file: Path, processes: Sequence[ManagedProcess], snapshot: bool = False
+) -> None:
+    """pids.json: each child's process group (``members``: every process in it, once ready)."""
+    entries = []
+    for process in processes:
+        entry: dict[str, Any] = {
+            "name": process.name,
+            "pid": process.pid,
+            "pgid": process.pgid,
+            "start_ticks": process.start_ticks,
+            "log": str(process.log_path),
+        }
+        if snapshot:
+            entry["members"] = process.group_members()
+        entries.append(entry)
+    record = {"up": os.getpid(), "boot_id": boot_id(), "processes": entries}
+    temporary = pids_file.with_suffix(".tmp")
+    temporary.write_text(json.dumps(record, indent=2) + "\n")
+    temporary.replace(pids_file)
 
 
 def stop_leftovers(pids_file: Path) -> int:

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -21,7 +20,7 @@ from celeriac import heartbeat
 from celeriac.local import checks
 from celeriac.local.banner import banner, example_call
 from celeriac.local.console import Console
-from celeriac.local.leftovers import stop_leftovers
+from celeriac.local.leftovers import record_processes, stop_leftovers
 from celeriac.local.lock import state_lock
 from celeriac.local.plan import (
     COMPONENTS,
@@ -31,7 +30,7 @@ from celeriac.local.plan import (
     make_plan,
     ungrouped_queues,
 )
-from celeriac.local.process import ManagedProcess, boot_id, stop_all
+from celeriac.local.process import ManagedProcess, stop_all
 from celeriac.local.redis_server import (
     check_data_readable,
     config_text,
@@ -154,7 +153,7 @@ class LocalStack:
             for name in COMPONENTS:
                 self._start(name, [self.python, "-m", "celeriac", name], plan)
             self._wait_ready(self._readiness(plan), self.settings.ready_timeout_seconds)
-            self._write_pids(plan, snapshot=True)
+            record_processes(plan.pids_file, self._started(), snapshot=True)
             self.console.block(banner(plan, notes, example_call(plan, self.environ)))
             while True:
                 self._check_running()
@@ -203,29 +202,10 @@ class LocalStack:
             self.redis = process
         else:
             self.components.append(process)
-        self._write_pids(plan)
+        record_processes(plan.pids_file, self._started())
 
     def _started(self) -> list[ManagedProcess]:
         return ([self.redis] if self.redis else []) + self.components
-
-    def _write_pids(self, plan: StackPlan, snapshot: bool = False) -> None:
-        """pids.json: each child's process group (``members``: every process in it, once ready)."""
-        entries = []
-        for process in self._started():
-            entry: dict[str, Any] = {
-                "name": process.name,
-                "pid": process.pid,
-                "pgid": process.pgid,
-                "start_ticks": process.start_ticks,
-                "log": str(process.log_path),
-            }
-            if snapshot:
-                entry["members"] = process.group_members()
-            entries.append(entry)
-        record = {"up": os.getpid(), "boot_id": boot_id(), "processes": entries}
-        temporary = plan.pids_file.with_suffix(".tmp")
-        temporary.write_text(json.dumps(record, indent=2) + "\n")
-        temporary.replace(plan.pids_file)
 
     def _check_running(self) -> None:
         if self._stop_signal is not None:
