@@ -202,8 +202,8 @@ PROVOKED: list[tuple[str, str, str, dict[str, Any], bool, int]] = [
     ("GET", "/readyz", "/readyz", OVERSIZE, True, 413),
     ("GET", "/readyz", "/readyz", {}, False, 503),
 ]
-# Given by an app whose results are not in Redis (tests/integration/results_elsewhere.py).
-RESULTS_ELSEWHERE = "tests.integration.results_elsewhere:app"
+# Given by an app whose results are not in Redis (tests/integration/apps/results_elsewhere.py).
+RESULTS_ELSEWHERE = "tests.integration.apps.results_elsewhere:app"
 PROVOKED_WITH_RESULTS_ELSEWHERE = [("GET", "/v1/tasks", "/v1/tasks", {}, True, 501)]
 
 

@@ -17,7 +17,7 @@ import redis
 
 from celeriac.api.tracking import RESULT_PREFIX
 from celeriac.testing import Child, RedisServer, celeriac_command, free_port, wait_until
-from tests.integration.workers import worker_env
+from tests.integration.support.workers import worker_env
 
 pytestmark = pytest.mark.integration
 

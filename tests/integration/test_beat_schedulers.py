@@ -22,8 +22,8 @@ import pytest
 import redis
 
 from celeriac.testing import Child, celeriac_command, wait_until
-from tests.integration.django_example import django_env, manage
-from tests.integration.postgres import PostgresServer
+from tests.integration.support.django_example import django_env, manage
+from tests.integration.support.postgres import PostgresServer
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from celeriac.broker import dead_letters, read_backlog
 from celeriac.broker.keys import DELIVERIES_KEY, UNACKED_KEY
 from celeriac.settings import DEFAULT_PRIORITY_STEPS, Settings
 from celeriac.testing import Child, wait_until
-from tests.integration.workers import runs, spawn_ready_worker, worker_env
+from tests.integration.support.workers import runs, spawn_ready_worker, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def start_worker(
     spawn: Spawn,
     redis_url: str,
     tmp_path: Path,
-    app: str = "tests.integration.worker_tasks:app",
+    app: str = "tests.integration.apps.worker_tasks:app",
     **settings: str,
 ) -> Child:
     env = worker_env(redis_url, tmp_path, "w", app=app, **settings)

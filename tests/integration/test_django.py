@@ -24,9 +24,9 @@ import redis
 from celeriac import Settings, create_app
 from celeriac.api.tracking import RESULT_PREFIX
 from celeriac.testing import Child, celeriac_command, free_port, wait_until
-from tests.integration.django_example import EXAMPLE, django_env, fetch
-from tests.integration.postgres import PostgresServer
-from tests.integration.workers import worker_env
+from tests.integration.support.django_example import EXAMPLE, django_env, fetch
+from tests.integration.support.postgres import PostgresServer
+from tests.integration.support.workers import worker_env
 
 pytestmark = pytest.mark.integration
 

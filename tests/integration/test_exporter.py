@@ -36,7 +36,7 @@ from celeriac.exporter.collector import (
 )
 from celeriac.settings import Settings
 from celeriac.testing import Child, RedisServer, celeriac_command, free_port, wait_until
-from tests.integration.workers import worker_env
+from tests.integration.support.workers import worker_env
 from tests.support import PROMETHEUS_HOW_TO_GET, require_tool
 
 pytestmark = pytest.mark.integration

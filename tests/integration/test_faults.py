@@ -25,12 +25,12 @@ from celeriac.app import create_app
 from celeriac.broker.keys import UNACKED_KEY
 from celeriac.settings import Settings
 from celeriac.testing import Child, RedisServer, wait_until
-from tests.integration.workers import runs as runs_of
-from tests.integration.workers import spawn_ready_worker, worker_env
+from tests.integration.support.workers import runs as runs_of
+from tests.integration.support.workers import spawn_ready_worker, worker_env
 
 pytestmark = pytest.mark.integration
 
-TASKS_APP = "tests.integration.worker_tasks:app"
+TASKS_APP = "tests.integration.apps.worker_tasks:app"
 # Held messages of a killed worker come back after this; short, so a test need not wait long.
 VISIBILITY_TIMEOUT_SECONDS = "10"
 DRAIN_DEADLINE_SECONDS = 240

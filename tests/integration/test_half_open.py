@@ -35,14 +35,14 @@ from celeriac.testing import (
     celeriac_command,
     wait_until,
 )
-from tests.integration import workers
+from tests.integration.support import workers
 from tests.support import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
 Spawn = Callable[..., Child]
 QUEUE = "half-open"
-TASKS_APP = "tests.integration.worker_tasks:app"
+TASKS_APP = "tests.integration.apps.worker_tasks:app"
 # Short, so that the tests are quick; the default is 5 (README "Silent consumers" measures it).
 SOCKET_TIMEOUT_SECONDS = 2.0
 # The doorbell wait of a fetch (kombu's default brpop_timeout): a live Redis replies within it.

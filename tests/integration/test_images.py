@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from celeriac.testing import Child, wait_until
-from tests.integration.workers import worker_env
+from tests.integration.support.workers import worker_env
 from tests.support import REPO_ROOT, require_tool
 
 pytestmark = pytest.mark.integration

@@ -27,7 +27,7 @@ from celeriac.testing import (
     free_port,
     wait_until,
 )
-from tests.integration.workers import worker_env
+from tests.integration.support.workers import worker_env
 
 pytestmark = pytest.mark.integration
 

@@ -42,14 +42,14 @@ from celeriac.testing import (
     ha_node_args,
     wait_until,
 )
-from tests.integration.workers import worker_env
+from tests.integration.support.workers import worker_env
 
 pytestmark = pytest.mark.integration
 
 Spawn = Callable[..., Child]
 PASSWORD = "s3ntinel-pass"
 TOKEN = "sentinel-test-token"
-APP = "tests.integration.sentinel_tasks:app"
+APP = "tests.integration.apps.sentinel_tasks:app"
 SOCKET_TIMEOUT_SECONDS = "2"
 # How long the API may answer 503 around one failover: the sentinels' 1 s down-after, the
 # election, and the killed node's return as a replica (publishes WAIT for one replica).

@@ -34,16 +34,16 @@ from celeriac.worker.unregistered import (
     UNREGISTERED_DELIVERIES_HEADER,
     UNREGISTERED_SINCE_HEADER,
 )
-from tests.integration.worker_tasks_v2 import NEW_TASK
-from tests.integration.workers import runs, spawn_ready_worker, worker_env
+from tests.integration.apps.worker_tasks_v2 import NEW_TASK
+from tests.integration.support.workers import runs, spawn_ready_worker, worker_env
 
 pytestmark = pytest.mark.integration
 
 Spawn = Callable[..., Child]
 QUEUE = "default"
 OLD_TASK = "tests.log_run"
-OLD_APP = "tests.integration.worker_tasks:app"
-NEW_APP = "tests.integration.worker_tasks_v2:app"
+OLD_APP = "tests.integration.apps.worker_tasks:app"
+NEW_APP = "tests.integration.apps.worker_tasks_v2:app"
 TOKEN = "unregistered-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

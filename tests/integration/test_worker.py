@@ -1,7 +1,7 @@
 """``celeriac worker`` as real subprocesses against a real Redis: probes, metrics, kills,
 SIGTERM drains and requeues, broker restarts.
 
-Executions are counted in Redis by ``tests.integration.worker_tasks`` (``runs:<id>``,
+Executions are counted in Redis by ``tests.integration.apps.worker_tasks`` (``runs:<id>``,
 ``done:<id>``), so "ran once", "ran twice" and "lost" are facts, not log lines.
 """
 
@@ -32,18 +32,18 @@ from celeriac.worker.metrics import (
     TASKS_RETRIED,
     TASKS_SUCCEEDED,
 )
-from tests.integration import workers
+from tests.integration.support import workers
 from tests.support import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
 Spawn = Callable[..., Child]
 QUEUE = "work"
-TASKS_APP = "tests.integration.worker_tasks:app"
+TASKS_APP = "tests.integration.apps.worker_tasks:app"
 
 
 def worker_env(broker_url: str, tmp_path: Path, name: str, **extra: str) -> dict[str, str]:
-    """A worker of this file's test tasks; ``extra`` as in tests.integration.workers.worker_env."""
+    """A worker of this file's test tasks; ``extra`` as in ``workers.worker_env``."""
     settings = {"app": TASKS_APP, "queues": QUEUE, "worker_hostname": f"{name}@test", **extra}
     return workers.worker_env(broker_url, tmp_path, name, **settings) | {
         "PYTHONPATH": str(REPO_ROOT)

@@ -17,14 +17,14 @@ from celeriac.app import create_app
 from celeriac.settings import Settings
 from celeriac.testing import Child, celeriac_command, free_port, wait_until
 from celeriac.worker.metrics import TASKS_TIME_LIMIT_EXCEEDED
-from tests.integration import workers
+from tests.integration.support import workers
 from tests.support import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
 Spawn = Callable[..., Child]
 QUEUE = "limits"
-TASKS_APP = "tests.integration.worker_tasks:app"
+TASKS_APP = "tests.integration.apps.worker_tasks:app"
 LIMITS = {
     "tests.sleep": {"soft_time_limit": 1, "time_limit": 30},
     "tests.record": {"time_limit": 1, "rate_limit": "7/m"},

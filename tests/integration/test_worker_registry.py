@@ -36,7 +36,7 @@ from celeriac.worker.registry import (
     WorkerRegistry,
     info_json,
 )
-from tests.integration import workers
+from tests.integration.support import workers
 
 pytestmark = pytest.mark.integration
 

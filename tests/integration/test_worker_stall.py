@@ -22,14 +22,14 @@ from celeriac.app import create_app
 from celeriac.broker.keys import priority_list_keys
 from celeriac.settings import DEFAULT_PRIORITY_STEPS, Settings
 from celeriac.testing import Child, RedisServer, celeriac_command, wait_until
-from tests.integration import workers
+from tests.integration.support import workers
 from tests.support import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
 Spawn = Callable[..., Child]
 QUEUE = "stall"
-TASKS_APP = "tests.integration.worker_tasks:app"
+TASKS_APP = "tests.integration.apps.worker_tasks:app"
 # Short, so the tests need not wait a minute; the default is 60.
 STALL_SECONDS = "3"
 # Every worker must consume again, or fail its probe, within this after the burst (the issue's

@@ -1,7 +1,7 @@
 """The next release of ``worker_tasks``: the same app and tasks plus one task more.
 
-A worker started with ``--app tests.integration.worker_tasks_v2:app`` knows ``NEW_TASK``; one
-with ``tests.integration.worker_tasks:app`` (the release before) does not.
+A worker started with ``--app tests.integration.apps.worker_tasks_v2:app`` knows ``NEW_TASK``; one
+with ``tests.integration.apps.worker_tasks:app`` (the release before) does not.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import Task
 
-from tests.integration.worker_tasks import _append_line, app
+from tests.integration.apps.worker_tasks import _append_line, app
 
 __all__ = ["NEW_TASK", "app"]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.postgres import PostgresServer, find_postgres_bin
+from tests.integration.support.postgres import PostgresServer, find_postgres_bin
 from tests.support import REPO_ROOT
 
 EXAMPLE = REPO_ROOT / "k8s" / "examples" / "django"

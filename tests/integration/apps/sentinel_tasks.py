@@ -1,6 +1,6 @@
 """Tasks for the Sentinel failover test: each run appends a line to a file, not to Redis.
 
-Run by the worker subprocess as ``--app tests.integration.sentinel_tasks:app``. The record of
+Run by the worker subprocess as ``--app tests.integration.apps.sentinel_tasks:app``. The record of
 runs must not depend on the Redis being failed over, so it is a file: one ``O_APPEND`` write
 per run, ``<id> <unix time>``.
 """

@@ -1,6 +1,6 @@
 """Tasks for the worker integration tests; every execution is recorded in the broker's Redis.
 
-Run by the worker subprocess as ``--app tests.integration.worker_tasks:app``, so the app reads
+Run by the worker subprocess as ``--app tests.integration.apps.worker_tasks:app``, so the app reads
 the worker's environment (``CELERIAC_BROKER_URL``). Keys per task id:
 ``runs:<id>`` executions started, ``done:<id>`` executions finished, ``finished_at:<id>`` wall
 clock of the last finish; ``started`` the set of ids started.
