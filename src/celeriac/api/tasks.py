@@ -100,7 +100,8 @@ async def submit_task(
 
 MAX_PAGE = 200
 DEFAULT_PAGE = 50
-_CURSOR_PATTERN = r"^[0-9]{1,20}:[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$"
+# A cursor is "<score>:<task id>" (tracking's index); the id part follows the task-id rule.
+_CURSOR_PATTERN = rf"^[0-9]{{1,20}}:{TASK_ID_PATTERN.removeprefix('^')}"
 
 
 @router.get(
@@ -132,7 +133,7 @@ async def list_tasks(
     cursor: Annotated[
         str | None,
         Query(
-            max_length=300,
+            max_length=21 + TASK_ID_MAX_LENGTH,
             pattern=_CURSOR_PATTERN,
             description="next_cursor of the previous page; none for the newest.",
         ),

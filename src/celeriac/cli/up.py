@@ -7,7 +7,13 @@ import sys
 import click
 
 from celeriac.api.settings import DEFAULT_PORT as DEFAULT_API_PORT
-from celeriac.cli.options import app_option, environ_with, port_option, setting
+from celeriac.cli.options import (
+    app_option,
+    environ_with,
+    port_option,
+    setting,
+    worker_groups_file_option,
+)
 from celeriac.exporter.settings import DEFAULT_PORT as DEFAULT_EXPORTER_PORT
 from celeriac.local.settings import (
     DEFAULT_CONCURRENCY,
@@ -42,12 +48,7 @@ from celeriac.worker.settings import DEFAULT_METRICS_PORT as DEFAULT_WORKER_METR
     help="Beat schedule YAML [default: the demo schedule for the demo app].",
     metavar="FILE",
 )
-@setting(
-    "--worker-groups",
-    variable="CELERIAC_WORKER_GROUPS_FILE",
-    help="Worker groups YAML for the exporter.",
-    metavar="FILE",
-)
+@worker_groups_file_option
 @setting(
     "--concurrency",
     variable="CELERIAC_UP_CONCURRENCY",
