@@ -93,6 +93,13 @@ def test_the_worker_reports_the_configured_limits_of_each_task(
     worker: tuple[Child, int], producer: Celery
 ) -> None:
     child, _ = worker
+    # Ready means consuming tasks; the broadcast subscription comes with the event loop's first
+    # poll, and a broadcast sent before it is lost (on a busy machine, seen in CI).
+    wait_until(
+        lambda: producer.control.ping(destination=["l@test"], timeout=1),
+        timeout=30,
+        message="the worker answers broadcasts",
+    )
     replies = producer.control.inspect(destination=["l@test"], timeout=10).registered(
         "rate_limit", "time_limit", "soft_time_limit"
     )
