@@ -35,8 +35,10 @@ MAX_PRIORITY = 9
 # A queue name is also a Redis key and a metric label; the chart's values.schema.json repeats it.
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
 # A task id in an API path (tasks and dead letters); Celery's are UUIDs, clients may choose others.
-TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
 TASK_ID_MAX_LENGTH = 255
+# Its first character, then any number of the rest (the API's cursor embeds the same rule).
+TASK_ID_FIRST, TASK_ID_REST = "[A-Za-z0-9]", "[A-Za-z0-9._:-]"
+TASK_ID_PATTERN = rf"^{TASK_ID_FIRST}{TASK_ID_REST}*$"
 # Sentinel: the broker URL lists the sentinels as kombu writes it, `;`-separated.
 SENTINEL_SCHEME = "sentinel"
 SENTINEL_SEPARATOR = ";"

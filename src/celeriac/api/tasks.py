@@ -14,7 +14,7 @@ from celeriac.api.errors import field_error
 from celeriac.api.models import ErrorBody, TaskAccepted, TaskPage, TaskRequest, TaskStatus
 from celeriac.api.routing import JsonBodyRoute
 from celeriac.api.services import Services
-from celeriac.settings import TASK_ID_MAX_LENGTH, TASK_ID_PATTERN
+from celeriac.settings import TASK_ID_FIRST, TASK_ID_MAX_LENGTH, TASK_ID_PATTERN, TASK_ID_REST
 
 router = APIRouter(
     prefix="/v1/tasks",
@@ -100,8 +100,9 @@ async def submit_task(
 
 MAX_PAGE = 200
 DEFAULT_PAGE = 50
-# A cursor is "<score>:<task id>" (tracking's index); the id part follows the task-id rule.
-_CURSOR_PATTERN = rf"^[0-9]{{1,20}}:{TASK_ID_PATTERN.removeprefix('^')}"
+# A cursor is "<score>:<task id>" (tracking's index); the id part follows the task-id rule,
+# its length included.
+_CURSOR_PATTERN = rf"^[0-9]{{1,20}}:{TASK_ID_FIRST}{TASK_ID_REST}{{0,{TASK_ID_MAX_LENGTH - 1}}}$"
 
 
 @router.get(
@@ -133,7 +134,7 @@ async def list_tasks(
     cursor: Annotated[
         str | None,
         Query(
-            max_length=21 + TASK_ID_MAX_LENGTH,
+            max_length=300,
             pattern=_CURSOR_PATTERN,
             description="next_cursor of the previous page; none for the newest.",
         ),
