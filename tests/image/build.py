@@ -390,6 +390,8 @@ def build_images(
     base = base_image()
     image = image_tag(version=version)
     revision = revision or git_revision()
+    references = [*(image_tag(c, version) for c in COMPONENTS), image]  # children first
+    before = image_ids(references)
     with tempfile.TemporaryDirectory(prefix="celeriac-pip-") as scratch:
         log(f"building {image} on {base}")
         podman(
@@ -422,11 +424,31 @@ def build_images(
             str(REPO_ROOT / "services" / component),
         )
         components[component] = tag
-    # The images these tags pointed at before, untagged now: only this storage's own.
-    podman("image", "prune", "--force", capture=True)
+    remove_replaced(before, image_ids(references))
     seconds = time.monotonic() - started
     log(f"built {image} and {len(components)} component images in {seconds:.1f} s")
     return Built(image, components, base, seconds)
+
+
+def image_ids(references: Sequence[str]) -> list[str]:
+    """The image each reference names now, in order (none for a reference not built yet)."""
+    ids = []
+    for reference in references:
+        result = podman(
+            "image", "inspect", "--format", "{{.Id}}", reference, capture=True, check=False
+        )
+        if result.returncode == 0:
+            ids.append(result.stdout.strip())
+    return ids
+
+
+def remove_replaced(before: Sequence[str], after: Sequence[str]) -> None:
+    """Remove the images a rebuild took the tags from, children first. Not ``image prune``:
+    the build cache is untagged images too (the builder stage's layers above all), and pruning
+    it made every build a cold one."""
+    for image_id in before:
+        if image_id not in after:
+            podman("rmi", image_id, capture=True, check=False)
 
 
 def git_revision() -> str:
