@@ -16,7 +16,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PREVIEW_FEATURES := package-conflicts
 SYNC := $(UV) sync --locked
 
-.PHONY: up test test-suites test-fast test-e2e e2e cluster-binaries prebuild soak image test-image lint bench install install-local lock checkov clean
+.PHONY: up test test-suites test-fast test-e2e e2e cluster-binaries prebuild syft soak image images test-image lint bench install install-local lock checkov clean
 
 # uv itself: the one install outside the lock, pinned by version and hashes.
 $(UV): requirements-uv.txt
@@ -75,30 +75,37 @@ test-e2e: install
 # pinned sources if not cached, then runs its tests (root: bridge, network and mount namespaces)
 # on a real node (kubelet, containerd, CNI, kube-proxy, CoreDNS) running the images of `make image`:
 # test_helm.py's helm install/test/upgrade/uninstall, autoscaling, recovery, rollouts, Sentinel.
-e2e: install image cluster-binaries
+e2e: install images cluster-binaries
 	$(BIN)/pytest -m cluster tests/cluster --durations=10
 
 # The soak (issue 17, item 5; not in CI; root): 30 minutes of submits and bursts on the local
 # cluster's real node while a seeded schedule deletes pods, kills the Redis master, restarts
 # containerd and OOM-kills a task (README "Soak"). SOAK_ARGS: e.g. --minutes 5 --seed 2 --record.
-soak: install image cluster-binaries
+soak: install images cluster-binaries
 	$(SYNC) --inexact --extra bench
 	$(BIN)/python -m tests.cluster.soak $(SOAK_ARGS)
 
 # The images (README "The image"): ghcr.io/celeriac/celeriac:<version> and one per component,
 # built by podman on a base made from Debian's packages (cached), and the image's SBOM. Root;
 # installs podman, runc and mmdebstrap from Debian if missing; syft is built once with Go. The
-# build script needs only the standard library: no venv.
+# build script needs only the standard library: no venv. `make images`: the images alone.
 image:
 	$(PYTHON) -m tests.image.build
+
+images:
+	$(PYTHON) -m tests.image.build images
+
+# syft alone (the SBOM's tool, built once from its Go module; ~12 min cold).
+syft:
+	$(PYTHON) -m tests.image.build syft
 
 # The local cluster's binaries (etcd, Kubernetes, containerd, CoreDNS, the registry, KEDA), built
 # from the pinned Go modules unless cached (tests/cluster/README.md); the script needs no venv.
 cluster-binaries:
 	$(PYTHON) -m tests.cluster.infra.build
 
-# Everything make test-image and make e2e build, so that .ci/run can build it beside make test.
-prebuild: image cluster-binaries
+# Everything make e2e builds, so that .ci/run can build it beside make test (and syft after it).
+prebuild: images cluster-binaries
 
 # Runs the built images in runc containers: every component, UID 10001, read-only, SIGTERM.
 test-image: install image

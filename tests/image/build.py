@@ -3,7 +3,8 @@
 ``python -m tests.image.build`` (``make image``) builds services/base/Dockerfile as
 ``ghcr.io/celeriac/celeriac:<version>`` and each services/<component>/Dockerfile as
 ``ghcr.io/celeriac/celeriac-<component>:<version>``, then writes the image's SBOM (CycloneDX,
-by syft). ``base`` builds only the base image; ``sbom`` only the SBOM of a built image.
+by syft). ``images`` builds the images alone (``make images``: what ``make e2e`` runs);
+``base`` only the base image; ``sbom`` only the SBOM of a built image; ``syft`` only syft.
 
 - The builder is Debian's podman (rootful, runc: Debian's crun refuses this hybrid cgroup v1
   machine), configured by files of this project under the cache (``CONTAINERS_CONF``,
@@ -148,7 +149,12 @@ def syft_binary() -> Path:
         check=True,
         cwd=staging,
     )
-    staging.rename(folder)
+    try:
+        staging.rename(folder)
+    except OSError:
+        shutil.rmtree(staging)
+        if not binary.exists():  # else a concurrent build finished first: keep that one
+            raise
     return binary
 
 
@@ -503,21 +509,30 @@ def sbom_path(version: str | None = None) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.image.build", description=__doc__)
     parser.add_argument(
-        "what", nargs="?", choices=["all", "base", "sbom"], default="all", help="default: all"
+        "what",
+        nargs="?",
+        choices=["all", "images", "base", "sbom", "syft"],
+        default="all",
+        help="all (default): the images and the SBOM; images: without the SBOM; "
+        "syft: only build the SBOM's tool",
     )
     parser.add_argument(
         "--no-cache", action="store_true", help="rebuild every layer of the image (not the base)"
     )
     args = parser.parse_args(argv)
+    if args.what == "syft":  # Go alone: runs beside an image build, never a second apt-get
+        print(syft_binary())
+        return 0
     install_missing_tools()
     if args.what == "base":
         print(base_image())
         return 0
-    if args.what == "all":
+    if args.what in ("all", "images"):
         built = build_images(no_cache=args.no_cache)
         size = image_size_bytes(built.image)
         log(f"{built.image}: {size / 1e6:.0f} MB")
-    print(sbom(image_tag(), sbom_path()))
+    if args.what != "images":
+        print(sbom(image_tag(), sbom_path()))
     return 0
 
 

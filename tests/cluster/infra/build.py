@@ -3,9 +3,10 @@
 ``python -m tests.cluster.infra.build [component...]`` builds etcd, kube-apiserver,
 kube-controller-manager, kube-scheduler and KEDA's operator and metrics adapter with the Go
 toolchain from ``tests/cluster/go/*`` into ``${XDG_CACHE_HOME:-~/.cache}/celeriac/cluster/
-<component>-<version>/<component>``, outside git. A directory that exists is a finished build
-(each is built into a temporary directory and renamed into place), so a second run skips it.
-The version is the one the wrapper's ``go.mod`` requires, so bumping a pin rebuilds.
+<component>-<version>-<key>/<component>``, outside git. A directory that exists is a finished
+build (each is built into a temporary directory and renamed into place), so a second run skips
+it. The version is the one the wrapper's ``go.mod`` requires and the key a digest of the
+wrapper's files and the build's flags, so bumping a pin or changing a flag rebuilds.
 
 Flags follow upstream (tests/cluster/README.md): static (``CGO_ENABLED=0``), ``-trimpath``,
 ``-s -w``, Kubernetes' build tags and version stamps, KEDA's version stamps; ``-mod=readonly``
@@ -15,6 +16,7 @@ so a build uses ``go.sum`` as committed. Run it under ``nice -n 19`` next to oth
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import shutil
@@ -43,7 +45,7 @@ class Component:
     def version(self) -> str:
         """The version of ``module`` that the wrapper's go.mod requires."""
         text = (GO_ROOT / self.wrapper / "go.mod").read_text()
-        match = re.search(rf"^\s*{re.escape(self.module)}\s+(v\S+)", text, re.MULTILINE)
+        match = re.search(rf"^(?:require)?\s*{re.escape(self.module)}\s+(v\S+)", text, re.MULTILINE)
         if not match:
             raise RuntimeError(f"{self.module} is not required in go/{self.wrapper}/go.mod")
         return match.group(1)
@@ -105,8 +107,10 @@ COMPONENTS: dict[str, Component] = {
             _CONTAINERD,
             f"{_CONTAINERD}/cmd/containerd-shim-runc-v2",
         ),
-        Component("coredns", "coredns", _COREDNS, _COREDNS),
-        Component("registry", "registry", _REGISTRY, f"{_REGISTRY}/cmd/registry"),
+        # These two: the wrapper's own main.go, upstream's main with only the plugins or drivers
+        # the cluster uses (their cloud SDKs were most of the build).
+        Component("coredns", "coredns", _COREDNS, "."),
+        Component("registry", "registry", _REGISTRY, "."),
         Component("keda-operator", "keda", _KEDA, f"{_KEDA}/cmd/operator"),
         Component("keda-adapter", "keda", _KEDA, f"{_KEDA}/cmd/adapter"),
     )
@@ -124,10 +128,21 @@ def cache_root() -> Path:
     return Path(base) / "celeriac" / "cluster"
 
 
+def build_key(component: Component) -> str:
+    """A digest of what decides the binary: the wrapper's files (go.mod, go.sum, a main.go) and
+    the build's package, tags and flags."""
+    digest = hashlib.sha256()
+    for path in sorted((GO_ROOT / component.wrapper).iterdir()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update("\0".join((component.package, component.tags, component.ldflags())).encode())
+    return digest.hexdigest()[:12]
+
+
 def binary_path(name: str) -> Path:
-    """Where component ``name``'s binary is (or will be) cached."""
+    """Where component ``name``'s binary is (or will be) cached: a pin, a flag or the wrapper's
+    main.go changed means another directory, so a build."""
     component = COMPONENTS[name]
-    return cache_root() / f"{name}-{component.version()}" / name
+    return cache_root() / f"{name}-{component.version()}-{build_key(component)}" / name
 
 
 def go_env() -> dict[str, str]:
