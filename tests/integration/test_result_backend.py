@@ -3,12 +3,15 @@ stores is exactly what Celery's Redis backend stores, and a SUCCESS is never ove
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 
 import pytest
 import redis
 from celery import Celery, states
+from celery.app.task import Context
+from celery.utils import uuid
 
 from celeriac.app import create_app
 from celeriac.broker.backend import ResultBackend
@@ -89,3 +92,38 @@ def test_stores_after_redis_forgot_the_script(app: Celery, redis_client: redis.R
     redis_client.script_flush()  # as after a Redis restart
     app.backend.store_result("t5", 2, states.SUCCESS)
     assert stored(redis_client, "t5")["result"] == 2
+
+
+@pytest.mark.parametrize("reapplied", [False, True])
+def test_a_chord_runs_its_body_when_a_header_task_finishes_before_the_size_is_stored(
+    app: Celery, redis_client: redis.Redis, reapplied: bool
+) -> None:
+    # Celery publishes a chord's header tasks one by one and stores the chord's size only as it
+    # publishes the last, so a fast worker can finish the first before. This is that order,
+    # through Celery's own chord code: for a frozen chord applied a second time, whose first
+    # run left its "done" marker (Celery's t/integration test_reapplying_frozen_chord...).
+    queue = app.conf.task_default_queue
+    body = app.signature("tests.chord_body", ignore_result=True)  # no result to wait for
+    group_id = uuid()
+    header_ids = [uuid(), uuid(), uuid()]
+    header_result_args = (group_id, [app.AsyncResult(task_id) for task_id in header_ids])
+
+    def run(parts_before_the_size: int) -> None:
+        app.backend.apply_chord(header_result_args, body)
+        for index, task_id in enumerate(header_ids):
+            if index == parts_before_the_size:
+                app.backend.set_chord_size(group_id, len(header_ids))
+            request = Context(id=task_id, group=group_id, group_index=index, chord=body)
+            app.backend.on_chord_part_return(request, states.SUCCESS, index)
+
+    if reapplied:
+        run(parts_before_the_size=0)
+        assert redis_client.llen(queue) == 1, "the first run's body was not sent"
+    run(parts_before_the_size=2)
+    assert redis_client.llen(queue) == (2 if reapplied else 1), "the chord's body was not sent"
+    message = json.loads(redis_client.lindex(queue, 0) or "{}")
+    assert message["headers"]["task"] == "tests.chord_body"
+    assert json.loads(base64.b64decode(message["body"]))[0] == [[0, 1, 2]]  # header's results
+    # Celery's apply_chord subscribed to the header's results: unsubscribe while Redis runs.
+    for result in header_result_args[1]:
+        app.backend.remove_pending_result(result)

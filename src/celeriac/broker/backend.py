@@ -14,6 +14,8 @@ master, ``NOREPLICAS`` from a master without a replica in sync: during a failove
 connection error, as for the broker (``celeriac.broker.clients.reconnect_when_refused``):
 Celery's backend retries it (``result_backend_transport_options["retry_policy"]``) instead of
 dropping the result, which would leave the task PENDING for ever.
+
+A chord applied again with its frozen group id always runs its body (``apply_chord``).
 """
 
 from __future__ import annotations
@@ -88,6 +90,17 @@ class ResultBackend(RedisBackend):
         key = self.get_key_for_task(task_id)
         self.ensure(self._store_unless_succeeded, (key, value, expires))
         return result
+
+    def apply_chord(self, header_result_args: Any, body: Any, **kwargs: Any) -> None:
+        # Reapplying a frozen chord reuses its group id. The previous run's cleanup left a
+        # "done" marker that makes every part return of the group a no-op; Celery deletes it in
+        # set_chord_size, which it calls only when publishing the last header task, so a header
+        # task that finishes before that is dropped and the body never runs. Deleting it here,
+        # before any header task is published, closes that window: until set_chord_size stores
+        # the size no part return can claim the group, so the marker can only be the old run's.
+        group_id = header_result_args[0]
+        self.ensure(self.client.delete, (self.get_key_for_group(group_id, ".c"),))
+        cast(Any, super()).apply_chord(header_result_args, body, **kwargs)
 
     def on_connection_error(  # type: ignore[override]  # celery-types: returns None
         self, max_retries: int | None, exc: Exception, intervals: Iterable[float], retries: int
