@@ -502,8 +502,9 @@ def test_make_image_and_ci_run_the_image_build_and_tests() -> None:
     assert "\ntest-image: install image\n\t$(BIN)/pytest -m image tests/image" in makefile
     # make test leaves the image tests to make test-image (root, podman).
     assert '-m "not e2e and not cluster and not image"' in makefile
+    assert "\ne2e: install images cluster-binaries\n" in makefile  # the SBOM is not e2e's
     ci = (REPO_ROOT / ".ci" / "run").read_text().splitlines()
-    assert ci.index("make test") < ci.index("make test-image") < ci.index("make e2e")
+    assert ci.index("make test") < ci.index("make e2e") < ci.index("make test-image")
 
 
 def test_pip_settings_read_as_pip_does_files_then_variables(
