@@ -51,6 +51,8 @@ REDIS_BACKEND_NAMES = frozenset({"redis", "rediss", "sentinel"})
 # What configure() set on an app, so configuring it again does not take celeriac's own earlier
 # value for one the app set.
 _APPLIED = "celeriac_applied_defaults"
+# kombu's transport option naming the prefix of every broker key (CELERIAC_BROKER_KEY_PREFIX).
+GLOBAL_KEYPREFIX = "global_keyprefix"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -106,6 +108,8 @@ def _redis_config(settings: Settings, redis_options: dict[str, Any]) -> dict[str
             "max_lost_deliveries": settings.max_lost_deliveries,
             "priority_steps": list(settings.priority_steps),
             "queue_order_strategy": "priority",
+            # Applications sharing one Redis database: kombu's prefix before every key.
+            **_key_prefix_option(settings),
         },
         "result_backend_transport_options": {
             **redis_options,
@@ -125,10 +129,16 @@ def _redis_config(settings: Settings, redis_options: dict[str, Any]) -> dict[str
     }
 
 
+def _key_prefix_option(settings: Settings) -> dict[str, str]:
+    prefix = settings.broker_key_prefix
+    return {GLOBAL_KEYPREFIX: prefix} if prefix else {}
+
+
 def configure(app: Celery, settings: Settings) -> Celery:
     """Apply celeriac's configuration to an existing app: enforced settings always, the
     defaults of ``APP_MAY_SET`` where the app left Celery's default or the environment gives
     them (README "Configuration": environment, then app code, then celeriac's defaults)."""
+    check_key_prefix(app, settings)
     config = celery_config(settings)
     if settings.result_backend_url is None and app_result_backend(app) is not None:
         del config["result_backend"]  # the app's own, not Redis
@@ -140,6 +150,22 @@ def configure(app: Celery, settings: Settings) -> Celery:
     app.conf.update(config)
     setattr(app, _APPLIED, {**applied, **{k: config[k] for k in APP_MAY_SET & config.keys()}})
     return app
+
+
+def check_key_prefix(app: Celery, settings: Settings) -> None:
+    """The app's own ``broker_transport_options['global_keyprefix']``, if any, must be
+    ``CELERIAC_BROKER_KEY_PREFIX``: the exporter, the API and ``celeriac inspect`` read the
+    broker's keys with the setting's prefix, so a prefix only the app knew would hide its
+    queues from them (and celeriac's transport options replace the app's)."""
+    options = app.conf.get("broker_transport_options") or {}
+    own = options.get(GLOBAL_KEYPREFIX) or ""
+    if own and own != settings.broker_key_prefix:
+        raise ConfigError(
+            f"the app sets broker_transport_options['{GLOBAL_KEYPREFIX}']={own!r} but "
+            f"CELERIAC_BROKER_KEY_PREFIX is {settings.broker_key_prefix!r}: set "
+            f"CELERIAC_BROKER_KEY_PREFIX={own!r} (every component reads the broker's keys with "
+            "it) and remove it from the app, or make them agree"
+        )
 
 
 def app_result_backend(app: Celery) -> object | None:

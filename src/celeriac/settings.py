@@ -45,6 +45,9 @@ SENTINEL_SEPARATOR = ";"
 # A Sentinel master name (`sentinel monitor <name> ...`); the chart's schema repeats it.
 SENTINEL_MASTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_REDIS_WAIT_TIMEOUT_SECONDS = 1.0
+# kombu's global_keyprefix (CELERIAC_BROKER_KEY_PREFIX), before every broker key: applications
+# sharing one Redis database each have their own. The chart's values.schema.json repeats it.
+BROKER_KEY_PREFIX = re.compile(r"^[A-Za-z0-9_.:{}/-]{1,100}$")
 # Variables that set a Celery setting an app may also set itself (which then wins, unless the
 # variable is given): variable -> Celery setting.
 CELERY_SETTING_VARIABLES = {
@@ -80,6 +83,8 @@ class Settings:
     # After each publish, WAIT for this many replicas to acknowledge it (0: do not wait).
     redis_wait_replicas: int = 0
     redis_wait_timeout_seconds: float = DEFAULT_REDIS_WAIT_TIMEOUT_SECONDS
+    # kombu's global_keyprefix for the broker's keys ("": none), read by every component.
+    broker_key_prefix: str = ""
     # The Celery settings (of celeriac.app.APP_MAY_SET) that a CELERIAC_* variable gave: these
     # win over what the app sets itself.
     celery_from_environment: frozenset[str] = frozenset()
@@ -120,6 +125,7 @@ class Settings:
             redis_sentinel_auth=env.boolean("REDIS_SENTINEL_AUTH", True),
             redis_wait_replicas=wait_replicas,
             redis_wait_timeout_seconds=_wait_timeout(env, socket_timeout, wait_replicas),
+            broker_key_prefix=_broker_key_prefix(env),
             celery_from_environment=frozenset(
                 key for variable, key in CELERY_SETTING_VARIABLES.items() if env.raw(variable)
             ),
@@ -195,6 +201,18 @@ def _sentinel_master(env: Env, broker_url: str, result_backend_url: str | None) 
             "use letters, digits, '_', '.' or '-'"
         )
     return master
+
+
+def _broker_key_prefix(env: Env) -> str:
+    prefix = env.optional_string("BROKER_KEY_PREFIX")
+    if prefix is None:
+        return ""
+    if not BROKER_KEY_PREFIX.match(prefix):
+        raise ConfigError(
+            f"CELERIAC_BROKER_KEY_PREFIX={prefix!r} is not a key prefix; use at most 100 "
+            "letters, digits or '_', '.', ':', '{', '}', '/', '-' (e.g. 'billing:')"
+        )
+    return prefix
 
 
 def _wait_timeout(env: Env, socket_timeout: float, wait_replicas: int) -> float:

@@ -72,3 +72,8 @@ def test_beat_config_uses_the_password_and_switches_off_redbeats_own_lock() -> N
     assert config["beat_max_loop_interval"] == 2.0
     assert config["beat_schedule"] == {}
     assert config["timezone"] == "UTC"
+
+
+def test_beats_keys_start_with_the_broker_key_prefix() -> None:
+    beat = BeatSettings.from_env({"CELERIAC_BROKER_KEY_PREFIX": "billing:"})
+    assert beat.key_prefix == "billing:celeriac:beat:"

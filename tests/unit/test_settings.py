@@ -49,6 +49,7 @@ def test_password_from_file_reaches_connection_url_but_not_repr(tmp_path: Path) 
         ({"CELERIAC_QUEUES": "ok,bad queue"}, "'bad queue'"),
         ({"CELERIAC_REDIS_PASSWORD_FILE": "/nonexistent/pw"}, "cannot be read"),
         ({"CELERIAC_REDIS_PASSWORD": "a", "CELERIAC_REDIS_PASSWORD_FILE": "/x"}, "only one"),
+        ({"CELERIAC_BROKER_KEY_PREFIX": "a b"}, "CELERIAC_BROKER_KEY_PREFIX='a b'"),
     ],
 )
 def test_bad_settings_name_the_variable(environ: dict[str, str], fragment: str) -> None:
@@ -169,3 +170,24 @@ def test_a_redis_result_backend_is_always_celeriacs(backend: str | None) -> None
 def test_a_backend_class_counts_as_redis_when_it_is_one() -> None:
     assert app_result_backend(own_app(result_backend=RedisBackend)) is None
     assert app_result_backend(own_app(result_backend=RPCBackend)) is RPCBackend
+
+
+def test_the_broker_key_prefix_becomes_kombus_global_keyprefix() -> None:
+    assert "global_keyprefix" not in celery_config(Settings())["broker_transport_options"]
+    settings = Settings.from_env({"CELERIAC_BROKER_KEY_PREFIX": "billing:"})
+    assert settings.broker_key_prefix == "billing:"
+    options = celery_config(settings)["broker_transport_options"]
+    assert options["global_keyprefix"] == "billing:"
+
+
+def test_an_apps_own_global_keyprefix_must_be_the_settings_one() -> None:
+    app = Celery("t", set_as_current=False)
+    app.conf.broker_transport_options = {"global_keyprefix": "billing:"}
+    with pytest.raises(ConfigError, match="CELERIAC_BROKER_KEY_PREFIX='billing:'"):
+        configure(app, Settings())
+    with pytest.raises(ConfigError, match="'reports:'"):
+        configure(app, Settings(broker_key_prefix="reports:"))
+    configure(app, Settings(broker_key_prefix="billing:"))
+    # Configured again (celeriac's own options now): still the same prefix.
+    configure(app, Settings(broker_key_prefix="billing:"))
+    assert app.conf.broker_transport_options["global_keyprefix"] == "billing:"

@@ -28,6 +28,7 @@ from kombu.common import maybe_declare
 from celeriac import broker
 from celeriac.api import templates
 from celeriac.api.batching import Command
+from celeriac.broker.prefix import prefix_command
 
 # A template not built yet (None: none can be built for that task, queue and priority).
 _UNBUILT = object()
@@ -39,13 +40,19 @@ MAX_CONNECT_RETRIES = 1
 
 
 class Commands:
-    """kombu's publish-batch protocol: ``_put`` adds the Redis commands that deliver a message."""
+    """kombu's publish-batch protocol: ``_put`` adds the Redis commands that deliver a message.
 
-    def __init__(self) -> None:
+    With ``key_prefix`` (kombu's ``global_keyprefix``) each key gets it here, where kombu's own
+    batch gets it from its prefixed pipeline: the API sends the commands with its own client.
+    """
+
+    def __init__(self, key_prefix: str = "") -> None:
+        self.key_prefix = key_prefix
         self.commands: list[Command] = []
 
     def add(self, name: str, *args: Any) -> None:
-        self.commands.append((name, args))
+        _name, *prefixed_args = prefix_command(self.key_prefix, [name, *args])
+        self.commands.append((name, tuple(prefixed_args)))
 
 
 class Channel(broker.Channel):
@@ -138,7 +145,7 @@ class Publisher:
         if producer is None:
             raise RuntimeError("Publisher.connect() first")
         channel = cast(Channel, producer.channel)
-        collector = channel.collector = Commands()
+        collector = channel.collector = Commands(channel.global_keyprefix)
         try:
             # The queues were declared by ``connect``; the message goes to the anonymous
             # exchange, routed by queue name.

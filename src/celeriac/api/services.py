@@ -155,8 +155,10 @@ def build_services(api_settings: ApiSettings) -> Services:
     broker_url = settings.broker_connection_url
     results_url = settings.result_backend_connection_url
     timeout = settings.redis_socket_timeout_seconds
-    broker = _client(settings, broker_url, timeout)
-    results = broker if results_url == broker_url else _client(settings, results_url, timeout)
+    broker = _client(settings, broker_url, timeout, key_prefix=settings.broker_key_prefix)
+    # Celery's result keys have no prefix: with one, results need a client of their own.
+    shared = results_url == broker_url and not settings.broker_key_prefix
+    results = broker if shared else _client(settings, results_url, timeout)
     probe_timeout = min(READY_TIMEOUT_SECONDS, timeout)
     probes = tuple(
         _client(settings, url, probe_timeout) for url in dict.fromkeys((broker_url, results_url))
@@ -230,13 +232,14 @@ def publisher(settings: Settings) -> Celery:
     return app
 
 
-def _client(settings: Settings, url: str, timeout: float) -> redis.Redis:
+def _client(settings: Settings, url: str, timeout: float, key_prefix: str = "") -> redis.Redis:
     # One quick retry replaces a pooled connection that died with a Redis restart; a Redis that
     # is down fails the request in about one timeout instead of hanging. Through Sentinel when
     # the URL is sentinel:// (the master is looked up on each new connection).
     return celeriac.broker.client(
         settings,
         url,
+        key_prefix=key_prefix,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=10,

@@ -71,6 +71,9 @@ class BeatSettings:
             lock_timeout_seconds=lock,
             heartbeat_file=env.output_file("BEAT_HEARTBEAT_FILE", DEFAULT_HEARTBEAT_FILE),
             timezone=_timezone(env),
+            # Beside the broker's keys: applications sharing one Redis each have their own
+            # lock and schedule.
+            key_prefix=f"{common.broker_key_prefix}{KEY_PREFIX}",
         )
 
 

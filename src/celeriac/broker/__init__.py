@@ -17,7 +17,14 @@ from __future__ import annotations
 
 from celeriac.broker import dead_letters, keys
 from celeriac.broker.backlog import QueueBacklog, read_backlog
-from celeriac.broker.clients import DemotedMaster, async_client, client, demoted, polling_client
+from celeriac.broker.clients import (
+    DemotedMaster,
+    async_client,
+    broker_client,
+    client,
+    demoted,
+    polling_client,
+)
 from celeriac.broker.config import backend_url, configure, transport_for
 from celeriac.broker.message import PUBLISHED_AT_PROPERTY, parse_eta
 from celeriac.broker.qos import QoS
@@ -35,6 +42,7 @@ __all__ = [
     "Transport",
     "async_client",
     "backend_url",
+    "broker_client",
     "check_replicated",
     "client",
     "configure",

@@ -25,6 +25,7 @@ import redis.sentinel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from celeriac.broker.prefix import client_class
 from celeriac.broker.sentinel import (
     db_and_credentials,
     master_name,
@@ -69,30 +70,39 @@ def reconnect_when_refused(disconnect: Callable[[], object]) -> Iterator[None]:
         raise DemotedMaster(str(exc)) from None
 
 
-def client(settings: Settings, url: str, **options: Any) -> redis.Redis:
+def client(settings: Settings, url: str, *, key_prefix: str = "", **options: Any) -> redis.Redis:
     """A blocking client for ``url``; through Sentinel when it is a ``sentinel://`` URL.
 
     ``options`` are redis-py connection options (timeouts, retry, client name ...), applied to
     the connections to the master. ``url`` carries the password (``with_password``).
+    ``key_prefix``: put before every key (``celeriac.broker.prefix``): a client of the broker's
+    keys passes ``settings.broker_key_prefix``, see ``broker_client``.
     """
+    cls = client_class(key_prefix)
     if not is_sentinel_url(url):
-        return redis.Redis.from_url(url, **options)
+        return cls.from_url(url, **options)
     sentinel: Any = redis.sentinel.Sentinel(
         sentinel_addresses(url), sentinel_kwargs=sentinel_kwargs(settings)
     )
     master = sentinel.master_for(
-        master_name(settings), redis_class=redis.Redis, **db_and_credentials(url), **options
+        master_name(settings), redis_class=cls, **db_and_credentials(url), **options
     )
     return cast(redis.Redis, master)
+
+
+def broker_client(settings: Settings, **options: Any) -> redis.Redis:
+    """``client`` for the broker's keys: the broker URL, keys with the settings' prefix."""
+    return client(
+        settings, settings.broker_connection_url, key_prefix=settings.broker_key_prefix, **options
+    )
 
 
 def polling_client(settings: Settings, timeout: float, name: str) -> redis.Redis:
     """A broker client for code that reads Redis in rounds (the exporter's scrape, the
     worker's stall check): it gives up after ``timeout`` and never retries, because the next
     round is the retry and a retry would double the wait."""
-    return client(
+    return broker_client(
         settings,
-        settings.broker_connection_url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         socket_keepalive=True,

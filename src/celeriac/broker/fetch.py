@@ -33,6 +33,7 @@ from celeriac.broker.keys import (
     IN_FLIGHT_PREFIX,
     UNDELIVERABLE_KEY,
 )
+from celeriac.broker.prefix import prefixed
 
 # How long Redis keeps a channel's last fetched tag: longer than any reconnect takes.
 FETCH_KEY_TTL_SECONDS = 3600
@@ -79,6 +80,7 @@ def fetch_command(
     nonce: str,
     max_lost_deliveries: int,
     cached: bool,
+    key_prefix: str = "",
 ) -> tuple[Any, ...]:
     """The Redis command that runs the fetch: pop from ``lists`` (in order), record the message
     in ``unacked``, ``unacked_index`` and its queue's in-flight set, leave its tag under
@@ -86,15 +88,33 @@ def fetch_command(
 
     ``cached``: the node has the script (EVALSHA); otherwise the script itself (EVAL, which
     caches it). A node without it answers EVALSHA with ``NOSCRIPT`` and runs nothing.
+
+    ``key_prefix``: kombu's ``global_keyprefix``, put before every key, those the script gets
+    as arguments too (the command is sent past the client, which would prefix them).
     """
-    arguments = Arguments(len(lists), time(), nonce, records, max_lost_deliveries)
+    keys = [*lists, unacked, unacked_index, fetch_key, *doorbells]
+    arguments = Arguments(
+        len(lists),
+        time(),
+        nonce,
+        records,
+        max_lost_deliveries,
+        # The key names among the arguments, prefixed as the keys are.
+        in_flight_prefix=f"{key_prefix}{IN_FLIGHT_PREFIX}",
+        undeliverable=f"{key_prefix}{UNDELIVERABLE_KEY}",
+        deliveries_key=f"{key_prefix}{DELIVERIES_KEY}",
+        dead_letters_prefix=f"{key_prefix}{DEAD_LETTERS_PREFIX}",
+        dead_letter_entries=f"{key_prefix}{DEAD_LETTER_ENTRIES_KEY}",
+        all_dead_letters=f"{key_prefix}{ALL_DEAD_LETTERS_KEY}",
+    )
     return (
         *(("EVALSHA", SCRIPT_SHA) if cached else ("EVAL", SCRIPT)),
-        len(lists) + 3 + len(doorbells),
-        *lists,
-        unacked,
-        unacked_index,
-        fetch_key,
-        *doorbells,
+        len(keys),
+        *prefixed(key_prefix, keys),
         *arguments,
     )
+
+
+def wait_command(doorbells: list[str], timeout: float, key_prefix: str = "") -> tuple[Any, ...]:
+    """The wait on ``doorbells`` before a fetch (a BLPOP of at most ``timeout`` seconds)."""
+    return ("BLPOP", *prefixed(key_prefix, doorbells), timeout)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Mapping
 from time import monotonic, time
 from typing import Any, cast
 
@@ -33,32 +32,18 @@ from kombu.utils.json import dumps, loads
 from kombu.utils.objects import cached_property
 
 from celeriac.broker.clients import reconnect_when_refused
-from celeriac.broker.fetch import fetch_command
+from celeriac.broker.fetch import fetch_command, wait_command
 from celeriac.broker.handback import Handback
 from celeriac.broker.keys import FETCH_PREFIX, WAKE_TOKENS_MAX, WRITE_PROBE_KEY, wake_key
 from celeriac.broker.message import PUBLISHED_AT_PROPERTY
 from celeriac.broker.poller import CONNECTION_CHECK_SECONDS, Poller
+from celeriac.broker.prefix import PrefixedListenPubSub, client_class
 from celeriac.broker.pubsub import ListenPubSub
 from celeriac.broker.qos import QoS
 from celeriac.settings import DEFAULT_MAX_LOST_DELIVERIES
 
 # How Celery's ``broker_transport`` names this module's transport.
 TRANSPORT = "celeriac.broker.transport:Transport"
-
-
-def refuse_global_keyprefix(transport_options: Mapping[str, Any]) -> None:
-    """Refuse kombu's ``global_keyprefix`` when connecting (README "Sharing one Redis").
-
-    celeriac's fetch script, doorbells, in-flight index and dead letters, and every reader of
-    them (exporter, API, inspect), use unprefixed keys; with a prefix, fanout (Celery's
-    remote control) would also subscribe to channels nobody publishes to. Refused at once,
-    not at the first fetch or silently.
-    """
-    if transport_options.get("global_keyprefix"):
-        raise NotImplementedError(
-            "broker_transport_options['global_keyprefix'] is not supported by celeriac's "
-            "transport: use a Redis database (or server) of its own per application instead"
-        )
 
 
 class Channel(kombu_redis.Channel):
@@ -78,10 +63,11 @@ class Channel(kombu_redis.Channel):
     _create_client: Any
     _disconnect_pools: Any
     _pool: Any
+    global_keyprefix: str
+    keyprefix_binding_deadlines: str
     connection_errors: tuple[type[BaseException], ...]
 
     def __init__(self, connection: Any, *args: Any, **kwargs: Any) -> None:
-        refuse_global_keyprefix(connection.client.transport_options)
         super().__init__(connection, *args, **kwargs)
         self._fetch_key = f"{FETCH_PREFIX}{uuid.uuid4().hex}"
         self._fetch_nonces = itertools.count(1)
@@ -117,13 +103,31 @@ class Channel(kombu_redis.Channel):
             transport.cycle.discard(self)
             raise
 
+    def _get_client(self) -> Any:
+        """With ``global_keyprefix``, a client that prefixes every command celeriac sends as
+        kombu's prefixes its own (``celeriac.broker.prefix``)."""
+        cast(Any, super())._get_client()  # kombu's check of the redis-py version
+        return client_class(self.global_keyprefix)
+
+    @property
+    def _script_binding_deadlines(self) -> str:
+        # kombu prefixes this second key of its binding script by hand, because its client
+        # prefixes only the first key of a script; celeriac's prefixes every key.
+        return self.keyprefix_binding_deadlines
+
     @cached_property
     def subclient(self) -> ListenPubSub:
-        """The pub/sub connection of fanout queues (kombu's), read as ``ListenPubSub`` reads."""
+        """The pub/sub connection of fanout queues (kombu's), read as ``ListenPubSub`` reads;
+        on prefixed channels with ``global_keyprefix``, where kombu publishes."""
         client = self._create_client(asynchronous=True)
-        return ListenPubSub(
-            client.connection_pool, event_dispatcher=getattr(client, "_event_dispatcher", None)
-        )
+        dispatcher = getattr(client, "_event_dispatcher", None)
+        if self.global_keyprefix:
+            return PrefixedListenPubSub(
+                client.connection_pool,
+                global_keyprefix=self.global_keyprefix,
+                event_dispatcher=dispatcher,
+            )
+        return ListenPubSub(client.connection_pool, event_dispatcher=dispatcher)
 
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
         if no_ack:
@@ -172,7 +176,7 @@ class Channel(kombu_redis.Channel):
         commands: list[tuple[Any, ...]] = []
         if self._fetch_waits:
             wait = self.brpop_timeout if timeout is None else timeout
-            commands.append(("BLPOP", *doorbells, wait or 0))
+            commands.append(wait_command(doorbells, wait or 0, key_prefix=self.global_keyprefix))
         commands.append(
             fetch_command(
                 lists=keys,
@@ -184,6 +188,7 @@ class Channel(kombu_redis.Channel):
                 nonce=self._fetch_nonce,
                 max_lost_deliveries=self.max_lost_deliveries,
                 cached=self._fetch_script_cached,
+                key_prefix=self.global_keyprefix,
             )
         )
         connection = self.client.connection
@@ -218,7 +223,9 @@ class Channel(kombu_redis.Channel):
                 raise virtual.Empty()
             self._fetch_waits = False
             list_key, item = reply
-            queue = bytes_to_str(list_key).rsplit(self.sep, 1)[0]
+            # The script answers with the key as Redis has it, prefix included.
+            key = bytes_to_str(list_key).removeprefix(self.global_keyprefix)
+            queue = key.rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(queue)
             payload = loads(bytes_to_str(item))
             if queue not in self._no_ack_queues:
