@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 MULTIPLE_GROUPS: dict[str, Any] = {
-    "celery": {"visibilityTimeoutSeconds": 7200},
+    "celery": {"visibilityTimeoutSeconds": 7200, "brokerKeyPrefix": "billing:"},
     "workers": {
         # CPU-bound reports: two full CPUs, one process each.
         "cpu": {

@@ -29,7 +29,13 @@ from celeriac.exporter.collector import GROUP_BACKLOG, GROUP_OLDEST_AGE, create_
 from celeriac.exporter.settings import DEFAULT_PORT as EXPORTER_PORT
 from celeriac.exporter.settings import ExporterSettings
 from celeriac.groups import GROUP_NAME, WorkerGroup, all_queues, parse_groups
-from celeriac.settings import MAX_PRIORITY, MIN_PRIORITY, QUEUE_NAME, SENTINEL_MASTER_NAME
+from celeriac.settings import (
+    BROKER_KEY_PREFIX,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    QUEUE_NAME,
+    SENTINEL_MASTER_NAME,
+)
 from celeriac.testing import HA_NODE_CONFIG
 from celeriac.worker.settings import DEFAULT_HEARTBEAT_FILE as WORKER_HEARTBEAT_FILE
 from celeriac.worker.settings import DEFAULT_METRICS_PORT as WORKER_METRICS_PORT
@@ -165,6 +171,8 @@ def test_schema_name_rules_are_the_python_rules() -> None:
     assert list(SCHEMA["properties"]["workers"]["patternProperties"]) == [GROUP_NAME.pattern]
     sentinel = SCHEMA["properties"]["redis"]["properties"]["sentinel"]["properties"]
     assert sentinel["masterName"]["pattern"] == SENTINEL_MASTER_NAME.pattern
+    prefix = SCHEMA["properties"]["celery"]["properties"]["brokerKeyPrefix"]
+    assert prefix["anyOf"] == [{"maxLength": 0}, {"pattern": BROKER_KEY_PREFIX.pattern}]
 
 
 def test_the_chart_helpers_check_group_names_with_the_python_rule() -> None:

@@ -152,6 +152,22 @@ def test_your_own_tasks_image_and_app_reach_every_component() -> None:
         assert env_of(container)["CELERIAC_APP"]["value"] == "mytasks.celery:app"
 
 
+def test_the_broker_key_prefix_reaches_every_component() -> None:
+    from tests.chart.render import env_of, render
+
+    def prefixes(rendered: Rendered) -> set[str | None]:
+        found = set()
+        for workload in rendered.workloads():
+            container = pod_spec(workload)["containers"][0]
+            if container["name"] not in ("redis", "test"):
+                entry = env_of(container).get("CELERIAC_BROKER_KEY_PREFIX")
+                found.add(None if entry is None else entry["value"])
+        return found
+
+    assert prefixes(render()) == {None}
+    assert prefixes(render({"celery": {"brokerKeyPrefix": "billing:"}})) == {"billing:"}
+
+
 def test_a_name_too_long_for_63_characters_fails_instead_of_colliding() -> None:
     from tests.chart.render import RenderError, render
 

@@ -422,6 +422,10 @@ components read it from the mounted Secret (CELERIAC_REDIS_PASSWORD_FILE).
 - name: CELERIAC_REDIS_WAIT_TIMEOUT_SECONDS
   value: {{ toString .Values.redis.waitTimeoutSeconds | quote }}
 {{- end }}
+{{- with .Values.celery.brokerKeyPrefix }}
+- name: CELERIAC_BROKER_KEY_PREFIX
+  value: {{ . | quote }}
+{{- end }}
 - name: CELERIAC_DEFAULT_QUEUE
   value: {{ .Values.celery.defaultQueue | quote }}
 - name: CELERIAC_PRIORITY_STEPS
