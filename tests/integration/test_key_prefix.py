@@ -7,14 +7,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 from celery import Celery
+from fastapi.testclient import TestClient
 from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 
 from celeriac import broker
+from celeriac.api import ApiSettings
+from celeriac.api import create_app as create_api
 from celeriac.app import create_app
 from celeriac.broker import dead_letters, read_backlog
 from celeriac.exporter.collector import redis_client as exporter_client
@@ -22,6 +24,7 @@ from celeriac.exporter.settings import ExporterSettings
 from celeriac.inspection.report import read_report
 from celeriac.settings import DEFAULT_PRIORITY_STEPS, Settings
 from celeriac.testing import Child, wait_until
+from tests.integration.support.received import Received
 from tests.integration.support.workers import spawn_ready_worker, worker_env
 
 pytestmark = pytest.mark.integration
@@ -43,14 +46,6 @@ def producer(redis_url: str) -> Iterator[Celery]:
     app = prefixed_app(redis_url, PREFIX)
     yield app
     app.close()
-
-
-class Received:
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-
-    def __call__(self, body: Any, message: Message) -> None:
-        self.messages.append(message)
 
 
 def consumer(app: Celery, received: Received) -> Connection:
@@ -172,6 +167,40 @@ def test_a_dead_letter_with_a_prefix_is_found_by_the_readers(
         assert unprefixed_keys(redis_client, PREFIX) == [], worker.output()
     finally:
         reader.close()
+
+
+def test_the_api_publishes_and_reads_prefixed_keys(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    token = "prefix-token"
+    auth = {"Authorization": f"Bearer {token}"}
+    settings = Settings(broker_url=redis_url, broker_key_prefix=PREFIX, max_lost_deliveries=1)
+    app = create_app("test-prefix-api", settings)
+    api = create_api(ApiSettings(tokens=(token,), common=settings))
+    try:
+        with TestClient(api) as client:
+            # Twice: the second message comes from the template the first built.
+            for _ in range(2):
+                body = {"task": "celeriac.demo.add", "args": [1, 2]}
+                assert client.post("/v1/tasks", json=body, headers=auth).status_code == 202
+            (queue,) = client.get("/v1/queues", headers=auth).json()["queues"]
+            assert queue["waiting"] == 2
+            # Taken by a consumer that is lost (rejected, requeued) once: with a limit of 1,
+            # the next fetch sets it aside.
+            received = Received()
+            connection = consumer(app, received)
+            try:
+                drain(connection, 5)
+                received.messages[0].reject(requeue=True)
+                drain(connection, 5)
+            finally:
+                connection.release()
+            listed = client.get("/v1/dead-letters", headers=auth).json()
+            assert listed["total"] == 1
+            assert listed["dead_letters"][0]["id"] == received.messages[0].headers["id"]
+        assert unprefixed_keys(redis_client, PREFIX) == []
+    finally:
+        app.close()
 
 
 def test_the_exporter_counts_the_prefixed_queue(

@@ -17,6 +17,7 @@ from celeriac.broker import Channel, QueueBacklog, dead_letters, read_backlog
 from celeriac.broker.keys import UNACKED_KEY, UNDELIVERABLE_KEY, in_flight_key, wake_key
 from celeriac.settings import Settings
 from celeriac.testing import wait_until
+from tests.integration.support.received import Received
 
 pytestmark = pytest.mark.integration
 
@@ -29,16 +30,6 @@ def app(redis_url: str) -> Iterator[Celery]:
     celery = create_app("test-transport", Settings(broker_url=redis_url))
     yield celery
     celery.close()
-
-
-class Received:
-    """Messages a consumer got, not acknowledged until the test says so."""
-
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-
-    def __call__(self, body: Any, message: Message) -> None:
-        self.messages.append(message)
 
 
 def consume(app: Celery, received: Received, wait_seconds: float = 1.0, **options: Any) -> Any:

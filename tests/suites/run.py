@@ -133,6 +133,8 @@ def run_suite(suite: Suite, mode: str, results: Path, pytest_args: Sequence[str]
     tree = suite_tree(suite)
     report = results / f"{suite.name}-{mode}.json"
     log = results / f"{suite.name}-{mode}.log"
+    # An earlier run's outcomes must not pass for this run's when pytest writes none.
+    report.unlink(missing_ok=True)
     redis = RedisServer().start()
     try:
         env = {

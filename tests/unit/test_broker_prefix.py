@@ -6,7 +6,7 @@ import pytest
 
 from celeriac.broker.fetch import fetch_command, wait_command
 from celeriac.broker.keys import DEAD_LETTERS_PREFIX, IN_FLIGHT_PREFIX, UNDELIVERABLE_KEY
-from celeriac.broker.prefix import prefix_command
+from celeriac.broker.prefix import PrefixedRedis, client_class, prefix_command, script_keys
 
 
 @pytest.mark.parametrize(
@@ -15,7 +15,8 @@ from celeriac.broker.prefix import prefix_command
         (["LPUSH", "q", "m"], ["LPUSH", "p:q", "m"]),
         (["DEL", "a", "b"], ["DEL", "p:a", "p:b"]),
         (["BLPOP", "a", "b", 1], ["BLPOP", "p:a", "p:b", 1]),
-        (["EVALSHA", "sha", 2, "a", "b", "arg"], ["EVALSHA", "sha", 2, "p:a", "p:b", "arg"]),
+        # kombu's rule for scripts: the first key only (``script_keys`` does the others).
+        (["EVALSHA", "sha", 2, "a", "b", "arg"], ["EVALSHA", "sha", 2, "p:a", "b", "arg"]),
         (["PING"], ["PING"]),
     ],
 )
@@ -49,3 +50,15 @@ def test_the_fetch_prefixes_its_keys_and_the_key_names_it_gets_as_arguments() ->
         assert f"p:{name}" in command
         assert name not in command
     assert wait_command(["w"], 2, key_prefix="p:") == ("BLPOP", "p:w", 2)
+
+
+def test_a_script_gets_its_other_keys_prefixed_by_script_keys() -> None:
+    client = client_class("p:")(host="localhost")
+    try:
+        assert isinstance(client, PrefixedRedis)
+        assert script_keys(client, ["a", "b", "c"]) == ["a", "p:b", "p:c"]
+        command = prefix_command("p:", ["EVAL", "s", 3, *script_keys(client, ["a", "b", "c"])])
+        assert command == ["EVAL", "s", 3, "p:a", "p:b", "p:c"]
+    finally:
+        client.close()
+    assert script_keys(object(), ["a", "b"]) == ["a", "b"]

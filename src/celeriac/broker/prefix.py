@@ -10,9 +10,9 @@ refuses a command it does not know instead of sending it unprefixed. Keys keep t
 names everywhere else (``celeriac.broker.keys``); only commands sent past a client (the fetch,
 the API's collected publishes) add the prefix themselves, with ``prefixed``.
 
-One difference from kombu's client: an ``EVAL``/``EVALSHA`` has every one of its keys prefixed
-(kombu's prefixes the first only, and its channel prefixes the second of its own binding
-script by hand: ``celeriac.broker.transport.Channel`` undoes that).
+Scripts follow kombu's rule: the client prefixes the first key of an ``EVAL``/``EVALSHA``
+only (kombu's channel prefixes the second key of its binding script by hand); ``script_keys``
+prefixes the others for celeriac's scripts.
 """
 
 from __future__ import annotations
@@ -79,12 +79,20 @@ def prefix_command(prefix: str, args: Sequence[Any]) -> list[Any]:
         return [command, *prefixed(prefix, rest[:-1]), rest[-1]]
     if name in _SCRIPTS and len(rest) >= 2:
         script, count, *more = rest
-        number = int(count)
-        return [command, script, count, *prefixed(prefix, more[:number]), *more[number:]]
+        if int(count) == 0:
+            return [command, *rest]
+        return [command, script, count, f"{prefix}{more[0]}", *more[1:]]
     raise ValueError(
         f"Redis command {name} with global_keyprefix {prefix!r}: celeriac's prefixed client "
         "does not know which of its arguments are keys (celeriac.broker.prefix)"
     )
+
+
+def script_keys(client: object, keys: Sequence[str]) -> list[str]:
+    """The keys to pass a script run through ``client``: with a prefixed client, which prefixes
+    a script's first key only (kombu's rule), the others get its prefix here."""
+    prefix: str = getattr(client, "global_keyprefix", "")
+    return [*keys[:1], *prefixed(prefix, keys[1:])]
 
 
 class _PrefixMixin(kombu_redis.GlobalKeyPrefixMixin):

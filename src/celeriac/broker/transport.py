@@ -64,7 +64,6 @@ class Channel(kombu_redis.Channel):
     _disconnect_pools: Any
     _pool: Any
     global_keyprefix: str
-    keyprefix_binding_deadlines: str
     connection_errors: tuple[type[BaseException], ...]
 
     def __init__(self, connection: Any, *args: Any, **kwargs: Any) -> None:
@@ -108,12 +107,6 @@ class Channel(kombu_redis.Channel):
         kombu's prefixes its own (``celeriac.broker.prefix``)."""
         cast(Any, super())._get_client()  # kombu's check of the redis-py version
         return client_class(self.global_keyprefix)
-
-    @property
-    def _script_binding_deadlines(self) -> str:
-        # kombu prefixes this second key of its binding script by hand, because its client
-        # prefixes only the first key of a script; celeriac's prefixes every key.
-        return self.keyprefix_binding_deadlines
 
     @cached_property
     def subclient(self) -> ListenPubSub:

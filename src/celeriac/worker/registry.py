@@ -39,6 +39,7 @@ import redis
 
 from celeriac import broker
 from celeriac.broker.keys import WORKER_INFO_KEY, WORKERS_KEY
+from celeriac.broker.prefix import script_keys
 from celeriac.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def info_json(queues: Sequence[str], pool: int) -> str:
 def read_live_workers(pipe: Any) -> None:
     """Queue the read of the live workers on ``pipe`` (a pipeline); ``live_workers`` parses
     its reply."""
-    pipe.eval(READ_LIVE_SCRIPT, 2, WORKERS_KEY, WORKER_INFO_KEY)
+    pipe.eval(READ_LIVE_SCRIPT, 2, *_keys(pipe))
 
 
 def live_workers(reply: Any) -> tuple[LiveWorker, ...]:
@@ -122,6 +123,11 @@ def live_workers(reply: Any) -> tuple[LiveWorker, ...]:
     names, infos = reply
     workers = [_worker(_text(name), info) for name, info in zip(names, infos, strict=True)]
     return tuple(sorted(workers, key=lambda worker: worker.name))
+
+
+def _keys(client: object) -> list[str]:
+    """The registry's keys as its scripts take them (``script_keys``: the prefix, if any)."""
+    return script_keys(client, [WORKERS_KEY, WORKER_INFO_KEY])
 
 
 def _worker(name: str, info: bytes | str | None) -> LiveWorker:
@@ -205,7 +211,7 @@ class WorkerRegistry:
 
     def _remove_entry(self) -> None:
         try:
-            self._remove(keys=[WORKERS_KEY, WORKER_INFO_KEY], args=[self.name])
+            self._remove(keys=_keys(self._client), args=[self.name])
         except (redis.RedisError, OSError) as exc:
             logger.warning(
                 "worker registry: could not remove %s (%s); it stops counting as live within %gs",
@@ -222,7 +228,7 @@ class WorkerRegistry:
                 return False
             try:
                 pruned = self._refresh(
-                    keys=[WORKERS_KEY, WORKER_INFO_KEY],
+                    keys=_keys(self._client),
                     args=[self.name, self._info, repr(self.live_seconds)],
                 )
             except (redis.RedisError, OSError) as exc:
