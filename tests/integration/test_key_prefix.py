@@ -17,6 +17,8 @@ from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 from celeriac import broker
 from celeriac.api import ApiSettings
 from celeriac.api import create_app as create_api
+from celeriac.api.idempotency import HEADER
+from celeriac.api.tracking import RECENT_KEY, RECORD_PREFIX
 from celeriac.app import create_app
 from celeriac.broker import dead_letters, read_backlog
 from celeriac.exporter.collector import redis_client as exporter_client
@@ -179,26 +181,34 @@ def test_the_api_publishes_and_reads_prefixed_keys(
     api = create_api(ApiSettings(tokens=(token,), common=settings))
     try:
         with TestClient(api) as client:
-            # Twice: the second message comes from the template the first built.
-            for _ in range(2):
-                body = {"task": "celeriac.demo.add", "args": [1, 2]}
-                assert client.post("/v1/tasks", json=body, headers=auth).status_code == 202
+            # Twice: the second message comes from the template the first built, and with
+            # an idempotency key (its key is the application's too).
+            body = {"task": "celeriac.demo.add", "args": [1, 2]}
+            assert client.post("/v1/tasks", json=body, headers=auth).status_code == 202
+            once = {**auth, HEADER: "order-1"}
+            assert client.post("/v1/tasks", json=body, headers=once).status_code == 202
             (queue,) = client.get("/v1/queues", headers=auth).json()["queues"]
             assert queue["waiting"] == 2
-            # Taken by a consumer that is lost (rejected, requeued) once: with a limit of 1,
-            # the next fetch sets it aside.
+            # The first taken by a consumer that is lost (rejected, requeued) once: with a
+            # limit of 1, the fetch that finds it again (after the second) sets it aside.
             received = Received()
             connection = consumer(app, received)
             try:
                 drain(connection, 5)
                 received.messages[0].reject(requeue=True)
                 drain(connection, 5)
+                received.messages[1].ack()
+                drain(connection, 1.5)
             finally:
                 connection.release()
+            assert len(received.messages) == 2
             listed = client.get("/v1/dead-letters", headers=auth).json()
             assert listed["total"] == 1
             assert listed["dead_letters"][0]["id"] == received.messages[0].headers["id"]
-        assert unprefixed_keys(redis_client, PREFIX) == []
+        # The API's task records live beside the results, which have no prefix.
+        records = (RECORD_PREFIX.encode(), RECENT_KEY.encode())
+        outside = unprefixed_keys(redis_client, PREFIX)
+        assert [key for key in outside if not key.startswith(records)] == []
     finally:
         app.close()
 

@@ -77,6 +77,8 @@ class Once:
     key: str
     fingerprint: str
     window_seconds: int
+    # CELERIAC_BROKER_KEY_PREFIX: applications sharing one Redis each have their own keys.
+    key_prefix: str = ""
 
 
 @dataclass(frozen=True)
@@ -119,4 +121,5 @@ def script_command(once: Once, first: First, commands: list[Command]) -> Command
     for name, args in commands:
         command = list(args) if name == "execute_command" else [name.upper(), *args]
         words += [len(command), *command]
-    return ("execute_command", ("EVAL", SCRIPT, 1, KEY_PREFIX + once.key, *words))
+    key = f"{once.key_prefix}{KEY_PREFIX}{once.key}"
+    return ("execute_command", ("EVAL", SCRIPT, 1, key, *words))

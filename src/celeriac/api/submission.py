@@ -60,6 +60,7 @@ async def submit(
             key=idempotency_key,
             fingerprint=idempotency.fingerprint(body, queue),
             window_seconds=services.api_settings.idempotency_window_seconds,
+            key_prefix=services.settings.broker_key_prefix,
         )
     task_id, earlier = await _publish(body, queue, delay, services, once)
     if earlier is None:
