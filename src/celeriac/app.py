@@ -148,7 +148,15 @@ def configure(app: Celery, settings: Settings) -> Celery:
         if current != CELERY_DEFAULTS[key] and (key not in applied or current != applied[key]):
             del config[key]  # the app's own choice
     app.conf.update(config)
-    setattr(app, _APPLIED, {**applied, **{k: config[k] for k in APP_MAY_SET & config.keys()}})
+    setattr(
+        app,
+        _APPLIED,
+        {
+            **applied,
+            **{k: config[k] for k in APP_MAY_SET & config.keys()},
+            GLOBAL_KEYPREFIX: settings.broker_key_prefix,
+        },
+    )
     return app
 
 
@@ -159,7 +167,9 @@ def check_key_prefix(app: Celery, settings: Settings) -> None:
     queues from them (and celeriac's transport options replace the app's)."""
     options = app.conf.get("broker_transport_options") or {}
     own = options.get(GLOBAL_KEYPREFIX) or ""
-    if own and own != settings.broker_key_prefix:
+    # Configured before (a test, a process that loads the app twice): celeriac's own.
+    earlier = getattr(app, _APPLIED, {}).get(GLOBAL_KEYPREFIX)
+    if own and own not in (settings.broker_key_prefix, earlier):
         raise ConfigError(
             f"the app sets broker_transport_options['{GLOBAL_KEYPREFIX}']={own!r} but "
             f"CELERIAC_BROKER_KEY_PREFIX is {settings.broker_key_prefix!r}: set "

@@ -191,3 +191,6 @@ def test_an_apps_own_global_keyprefix_must_be_the_settings_one() -> None:
     # Configured again (celeriac's own options now): still the same prefix.
     configure(app, Settings(broker_key_prefix="billing:"))
     assert app.conf.broker_transport_options["global_keyprefix"] == "billing:"
+    # celeriac's own earlier prefix is not the app's: configured with another, it is replaced.
+    configure(app, Settings())
+    assert "global_keyprefix" not in app.conf.broker_transport_options
